@@ -1,0 +1,87 @@
+"""The media clock: one timer that drives every call's paced playout.
+
+Each call's output is paced by the clock, never by its producers: at every tick a track sends
+exactly one frame (silence when nothing plays). One process-wide ticker instead of one timer per
+call keeps the per-call cost of pacing to a function call, which is what lets one core carry
+hundreds of calls; every track still has its own schedule state and jitter figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import structlog
+
+log = structlog.get_logger("clock")
+
+
+class MediaClock:
+    """Calls every registered tick callback once per `ptime_ms`, on absolute deadlines.
+
+    Callbacks are synchronous and must be quick (decode, encode, hand bytes to a transport
+    buffer). A callback that raises is unregistered and its `on_error` is called, so one broken
+    track cannot stop the others.
+    """
+
+    def __init__(self, ptime_ms: int = 20, *, max_catch_up: int = 5) -> None:
+        self.ptime = ptime_ms / 1000.0
+        self.max_catch_up = max_catch_up
+        self._subs: dict[int, tuple[Callable[[float], None], Callable[[BaseException], None]]] = {}
+        self._next_id = 0
+        self._task: asyncio.Task[None] | None = None
+        self.ticks = 0
+        self.skipped = 0
+        self.late_ticks = 0
+
+    def register(self, tick: Callable[[float], None], on_error: Callable[[BaseException], None]) -> int:
+        self._next_id += 1
+        self._subs[self._next_id] = (tick, on_error)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="media-clock")
+        return self._next_id
+
+    def unregister(self, handle: int) -> None:
+        self._subs.pop(handle, None)
+
+    def __len__(self) -> int:
+        return len(self._subs)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        deadline = time.monotonic()
+        while self._subs:
+            deadline += self.ptime
+            now = time.monotonic()
+            if now - deadline > self.ptime * self.max_catch_up:
+                # Far behind (a stalled loop): resynchronise instead of bursting frames at the peer.
+                missed = int((now - deadline) / self.ptime)
+                self.skipped += missed
+                deadline += missed * self.ptime
+            delay = deadline - now
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                self.late_ticks += 1
+            self.ticks += 1
+            tick_time = time.monotonic()
+            for handle, (tick, on_error) in list(self._subs.items()):
+                try:
+                    tick(tick_time)
+                except Exception as exc:  # noqa: BLE001 - isolate one track's failure from the rest
+                    self._subs.pop(handle, None)
+                    log.error("tick failed", error=repr(exc))
+                    try:
+                        on_error(exc)
+                    except Exception:  # noqa: BLE001
+                        log.exception("tick error handler failed")
+        self._task = None

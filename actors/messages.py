@@ -1,0 +1,99 @@
+"""Control-plane messages between transports, calls and their children.
+
+Anything that must not wait behind ordinary work (hangup, kill, interrupt, the client going away)
+is a SystemMessage and rides the system lane of the mailbox.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .mailbox import SystemMessage
+
+
+# --- transport -> Call -----------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ClientCommand:
+    """A parsed API command from the application's WebSocket."""
+
+    command: Any  # one of protocol.api's command dataclasses
+
+
+@dataclass(frozen=True, slots=True)
+class UrgentCommand(SystemMessage):
+    """A command that jumps the queue (interrupt, hangup): it must act within a frame of arrival."""
+
+    command: Any
+
+
+@dataclass(frozen=True, slots=True)
+class BadCommand:
+    """A command that did not parse; the call answers with an `error` event and goes on."""
+
+    error: str
+    code: int = 400
+
+
+@dataclass(frozen=True, slots=True)
+class ClientGone(SystemMessage):
+    """The application's WebSocket closed: the call ends, nobody is left to tell."""
+
+
+@dataclass(frozen=True, slots=True)
+class Kill(SystemMessage):
+    """End the call from outside (REST kill, gateway drain)."""
+
+    reason: str = "killed"
+    initiator: str = "system"
+
+
+@dataclass(frozen=True, slots=True)
+class Describe:
+    """Ask a call for its CallInfo (REST listing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    id: str
+    call_type: str
+    created_at: str          # ISO 8601
+    option: dict[str, Any] | None
+    state: str
+
+
+# --- Call <-> Track --------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class SetMute(SystemMessage):
+    """Replace a direction's audio with silence. inbound: what the leg hears from its peer;
+    outbound: what the gateway sends to the peer."""
+
+    inbound: bool | None = None
+    outbound: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrackStats:
+    track_id: str
+    frames_in: int
+    frames_out: int
+    bytes_in: int
+    bad_frames: int
+    jitter_ms_p50: float
+    jitter_ms_p99: float
+    last_input_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class GetTrackStats:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class MediaError:
+    """A leg reported bad media it could not decode (counted; the first few become error events)."""
+
+    track_id: str
+    error: str

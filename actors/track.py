@@ -1,0 +1,230 @@
+"""A call leg's media: codec, inbound framing and fan-out, paced playout, mute.
+
+The leg itself (WebSocket, RTP socket, WebRTC) belongs to a transport; the Track sees it only as a
+`LegIO`: a bounded pipe of payloads from the peer and a non-blocking `send` towards it. The same
+Track therefore carries WebSocket, RTP and WebRTC audio.
+
+Both directions run on the media clock's tick, not on tasks of their own: per tick the track
+drains what the peer sent (decode, re-frame to 20 ms, fan out to taps such as recorder or VAD) and
+sends exactly one frame out. Tick callbacks are synchronous, so they never interleave with the
+actor's own message handling in the middle of a state change.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import structlog
+
+from protocol.codecs import MEDIA_RATE, CodecInfo, Decoder, Encoder, frame_samples
+from protocol.errors import ProtocolError
+
+from .base import Actor
+from .clock import MediaClock
+from .messages import GetTrackStats, MediaError, SetMute, TrackStats
+from .pipes import AudioPipe
+
+FRAME = frame_samples(MEDIA_RATE)           # samples per 20 ms media frame
+SILENCE = np.zeros(FRAME, dtype=np.int16)
+MAX_INBOUND_PER_TICK = 25                   # a burst from the peer is worked off over a few ticks
+
+
+@dataclass(frozen=True, slots=True)
+class LegIO:
+    inbound: AudioPipe[bytes]              # payloads from the peer, pushed by the transport
+    send: Callable[[bytes], None]          # payloads to the peer; must not block
+
+
+class PlayoutSource(Protocol):
+    """Something the playout clock pulls audio from (a file, a synthesis, a bridged call)."""
+
+    def read(self, samples: int) -> np.ndarray | None:
+        """Up to `samples` of MEDIA_RATE PCM; an empty array when starved; None when finished."""
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Ask for a tap on the track's audio: direction 'in' (from the peer) or 'out' (to it)."""
+
+    name: str
+    direction: str = "in"
+    capacity: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    name: str
+    direction: str = "in"
+
+
+@dataclass(frozen=True, slots=True)
+class SetSource:
+    source: PlayoutSource | None
+
+
+class Track(Actor):
+    def __init__(
+        self,
+        track_id: str,
+        codec: CodecInfo,
+        leg: LegIO,
+        clock: MediaClock,
+        *,
+        report: Callable[[object], None],
+        jitter_window: int = 500,
+    ) -> None:
+        self.track_id = track_id
+        self.codec = codec
+        self.leg = leg
+        self.clock = clock
+        self.report = report                       # messages up to the Call (MediaError)
+        self.log = structlog.get_logger("track").bind(track_id=track_id)
+        self._decoder = Decoder(codec)
+        self._encoder = Encoder(codec)
+        # Stateless codecs encode silence to the same bytes every time: encode it once.
+        self._silence_bytes = None if codec.name == "g722" else self._encoder.encode(SILENCE)
+        self._in_buf = np.zeros(0, dtype=np.int16)
+        self._taps: dict[str, dict[str, AudioPipe[np.ndarray]]] = {"in": {}, "out": {}}
+        self._source: PlayoutSource | None = None
+        self._mute_in = False
+        self._mute_out = False
+        self._clock_handle: int | None = None
+        self._last_tick: float | None = None
+        self._intervals: deque[float] = deque(maxlen=jitter_window)
+        self.frames_in = 0
+        self.frames_out = 0
+        self.bytes_in = 0
+        self.bad_frames = 0
+        self.last_input_at: float | None = None
+        self.started_at = time.time()
+
+    async def on_start(self) -> None:
+        self._clock_handle = self.clock.register(self._tick, self._tick_failed)
+
+    async def on_stop(self) -> None:
+        self._release()
+
+    async def on_failure(self, error: BaseException) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self._clock_handle is not None:
+            self.clock.unregister(self._clock_handle)
+            self._clock_handle = None
+        for taps in self._taps.values():
+            for pipe in taps.values():
+                pipe.close()
+            taps.clear()
+
+    def _tick_failed(self, error: BaseException) -> None:
+        self._clock_handle = None
+        self.log.error("track tick failed", error=repr(error))
+        # Fail the actor from its own task so the Call learns through supervision.
+        self.actor_ref.tell(_TickFailed(error))
+
+    async def on_receive(self, message: object) -> object:
+        if isinstance(message, SetMute):
+            if message.inbound is not None:
+                self._mute_in = message.inbound
+            if message.outbound is not None:
+                self._mute_out = message.outbound
+            return None
+        if isinstance(message, SetSource):
+            self._source = message.source
+            return None
+        if isinstance(message, Subscribe):
+            pipe: AudioPipe[np.ndarray] = AudioPipe(message.capacity, name=f"{self.track_id}.{message.name}")
+            old = self._taps[message.direction].pop(message.name, None)
+            if old is not None:
+                old.close()
+            self._taps[message.direction][message.name] = pipe
+            return pipe
+        if isinstance(message, Unsubscribe):
+            pipe = self._taps[message.direction].pop(message.name, None)
+            if pipe is not None:
+                pipe.close()
+            return None
+        if isinstance(message, GetTrackStats):
+            return self.stats()
+        if isinstance(message, _TickFailed):
+            raise message.error
+        raise TypeError(f"track: unexpected message {type(message).__name__}")
+
+    # --- media plane (runs on the clock's tick) ---------------------------------------------
+
+    def _tick(self, now: float) -> None:
+        if self._last_tick is not None:
+            self._intervals.append(now - self._last_tick)
+        self._last_tick = now
+        self._receive()
+        self._send()
+
+    def _receive(self) -> None:
+        inbound = self.leg.inbound
+        for _ in range(MAX_INBOUND_PER_TICK):
+            payload = inbound.pop_nowait()
+            if payload is None:
+                break
+            self.bytes_in += len(payload)
+            try:
+                pcm = self._decoder.decode(payload)
+            except ProtocolError as exc:
+                self.bad_frames += 1
+                if self.bad_frames <= 3:
+                    self.report(MediaError(self.track_id, str(exc)))
+                continue
+            self.last_input_at = time.time()
+            self._in_buf = np.concatenate((self._in_buf, pcm)) if len(self._in_buf) else pcm
+            while len(self._in_buf) >= FRAME:
+                frame, self._in_buf = self._in_buf[:FRAME], self._in_buf[FRAME:]
+                self.frames_in += 1
+                self._fan_out("in", SILENCE if self._mute_in else frame)
+
+    def _send(self) -> None:
+        frame = None
+        if self._source is not None:
+            frame = self._source.read(FRAME)
+            if frame is None:
+                self._source = None
+            elif len(frame) < FRAME:
+                frame = np.concatenate((frame, SILENCE[: FRAME - len(frame)]))
+        if frame is None or self._mute_out:
+            frame = SILENCE
+        if frame is SILENCE and self._silence_bytes is not None:
+            payload = self._silence_bytes
+        else:
+            payload = self._encoder.encode(frame)
+        self.leg.send(payload)
+        self.frames_out += 1
+        self._fan_out("out", frame)
+
+    def _fan_out(self, direction: str, frame: np.ndarray) -> None:
+        for pipe in self._taps[direction].values():
+            pipe.push(frame)
+
+    def stats(self) -> TrackStats:
+        if self._intervals:
+            dev = np.abs(np.fromiter(self._intervals, dtype=np.float64) - self.clock.ptime) * 1000.0
+            p50, p99 = float(np.percentile(dev, 50)), float(np.percentile(dev, 99))
+        else:
+            p50 = p99 = 0.0
+        return TrackStats(
+            track_id=self.track_id,
+            frames_in=self.frames_in,
+            frames_out=self.frames_out,
+            bytes_in=self.bytes_in,
+            bad_frames=self.bad_frames,
+            jitter_ms_p50=p50,
+            jitter_ms_p99=p99,
+            last_input_at=self.last_input_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _TickFailed:
+    error: BaseException

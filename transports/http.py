@@ -1,0 +1,309 @@
+"""The HTTP side of the gateway: the API WebSockets (/call, /call/sip, /call/webrtc) and REST.
+
+The HttpServer is an actor of the gateway's supervision tree: it owns the listening socket, and
+each WebSocket connection hands its call to the CallSupervisor. The handler itself only moves
+bytes: text frames are parsed into commands and told to the Call, binary frames go into the leg's
+bounded pipe, events come back through the session's Outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import WSMsgType, web
+
+from actors import ActorDeadError, ActorRef
+from actors.base import Actor
+from actors.call import Call, CallSettings, now_ms
+from actors.call_supervisor import AdmissionRefused, DuplicateSession, GetCall, ListCalls, StartCall
+from actors.clock import MediaClock
+from actors.messages import BadCommand, CallInfo, ClientCommand, ClientGone, Describe, Kill, UrgentCommand
+from actors.pipes import AudioPipe
+from actors.track import LegIO
+from protocol import api
+
+from .config import Config
+from .ws_session import EventDump, Outbox, session_id_ok
+
+log = structlog.get_logger("http")
+
+# Wire names of the call types, as the original active-call serialises them.
+CALL_TYPE_WIRE = {"websocket": "webSocket", "sip": "sip", "webrtc": "webrtc"}
+URGENT_COMMANDS = (api.Interrupt, api.Hangup)
+MAX_TEXT_FRAME = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class CallParams:
+    session_id: str
+    dump: bool
+    ping_interval: float
+    server_side_track: str
+
+
+class BadParams(Exception):
+    pass
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on", ""):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise BadParams(f"query parameter {name}: expected true or false, got {value!r}")
+
+
+def parse_call_params(query: dict[str, str]) -> CallParams:
+    session_id = query.get("id") or str(uuid.uuid4())
+    if not session_id_ok(session_id):
+        raise BadParams("query parameter id: must be 1..128 characters without '/' or NUL")
+    dump = _parse_bool("dump", query["dump"]) if "dump" in query else True
+    raw_ping = query.get("pingInterval", query.get("ping"))
+    ping = 20.0
+    if raw_ping is not None:
+        try:
+            ping = float(raw_ping)
+        except ValueError:
+            raise BadParams(f"query parameter pingInterval: expected seconds, got {raw_ping!r}") from None
+        if not 0 <= ping <= 86400:
+            raise BadParams(f"query parameter pingInterval: must be 0..86400 seconds, got {raw_ping}")
+    track = query.get("serverSideTrack", query.get("server_side_track")) or "serverSideTrack"
+    return CallParams(session_id, dump, ping, track)
+
+
+class CallRouter:
+    """Routes and handlers; `calls` gives the current CallSupervisor ref."""
+
+    def __init__(self, config: Config, calls: Callable[[], ActorRef], clock: MediaClock) -> None:
+        self.config = config
+        self.calls = calls
+        self.clock = clock
+        self.started_at = time.time()
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        r = app.router
+        for path, call_type in (("/call", "websocket"), ("/call/sip", "sip"), ("/call/webrtc", "webrtc")):
+            handler = self._ws_handler(call_type)
+            r.add_get(path, handler)
+            r.add_get(path + "/", handler)  # clients that build URLs with a trailing slash
+        r.add_get("/call/lists", self.list_calls)
+        r.add_post("/call/kill/{id}", self.kill_call)
+        r.add_get("/iceservers", self.ice_servers)
+        r.add_get("/health", self.health)
+        # The original active-call's forms, so its existing clients keep working.
+        r.add_get("/list", self.list_calls_original)
+        r.add_get("/kill/{id}", self.kill_call_original)
+        return app
+
+    # --- REST ---------------------------------------------------------------------------------
+
+    async def _describe_all(self) -> list[CallInfo]:
+        sup = self.calls()
+        ids = await sup.ask(ListCalls(), timeout=2.0)
+        refs = await asyncio.gather(*(sup.ask(GetCall(i), timeout=2.0) for i in ids))
+
+        async def describe(ref: ActorRef | None) -> CallInfo | None:
+            if ref is None:
+                return None
+            try:
+                return await ref.ask(Describe(), timeout=1.0)
+            except (ActorDeadError, TimeoutError):
+                return None  # ended while we were listing
+
+        infos = await asyncio.gather(*(describe(ref) for ref in refs))
+        return [i for i in infos if i is not None]
+
+    async def list_calls(self, request: web.Request) -> web.Response:
+        calls = [
+            {"id": i.id, "call_type": CALL_TYPE_WIRE[i.call_type], "created_at": i.created_at, "option": i.option}
+            for i in await self._describe_all()
+        ]
+        return web.json_response({"calls": calls})
+
+    async def list_calls_original(self, request: web.Request) -> web.Response:
+        calls = [
+            {"id": i.id, "callType": CALL_TYPE_WIRE[i.call_type], "cs.option": i.option,
+             "ringTime": None, "startTime": i.created_at}
+            for i in await self._describe_all()
+        ]
+        return web.json_response({"active_calls": calls})
+
+    async def _kill(self, session_id: str) -> bool:
+        ref = await self.calls().ask(GetCall(session_id), timeout=2.0)
+        if ref is None:
+            return False
+        try:
+            ref.tell(Kill(reason="killed", initiator="system"))
+        except ActorDeadError:
+            return False
+        return True
+
+    async def kill_call(self, request: web.Request) -> web.Response:
+        session_id = request.match_info["id"]
+        if not await self._kill(session_id):
+            return web.json_response({"error": f"no active call with id {session_id!r}"}, status=404)
+        return web.json_response(True)
+
+    async def kill_call_original(self, request: web.Request) -> web.Response:
+        session_id = request.match_info["id"]
+        status = "killed" if await self._kill(session_id) else "not_found"
+        return web.json_response({"status": status, "id": session_id})
+
+    async def ice_servers(self, request: web.Request) -> web.Response:
+        return web.json_response([s.to_json() for s in self.config.ice_servers])
+
+    async def health(self, request: web.Request) -> web.Response:
+        ids = await self.calls().ask(ListCalls(), timeout=2.0)
+        return web.json_response({"status": "ok", "calls": len(ids), "max_calls": self.config.max_calls,
+                                  "uptime": round(time.time() - self.started_at, 3)})
+
+    # --- the API WebSocket --------------------------------------------------------------------
+
+    def _ws_handler(self, call_type: str) -> Callable[[web.Request], object]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            try:
+                params = parse_call_params(dict(request.query))
+            except BadParams as exc:
+                return web.json_response({"error": str(exc)}, status=400)
+            return await self._serve_call(request, call_type, params)
+
+        return handler
+
+    async def _serve_call(self, request: web.Request, call_type: str, params: CallParams) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=MAX_TEXT_FRAME, autoping=True)
+        await ws.prepare(request)
+        sid = params.session_id
+        clog = log.bind(session_id=sid, call_type=call_type)
+        outbox = Outbox(ws)
+        dump = EventDump(self.config.dump_root, sid) if params.dump else None
+
+        def emit(event: object) -> None:
+            text = api.dumps_event(event)
+            if dump is not None:
+                dump.event(text)
+            outbox.event(text)
+
+        leg = None
+        if call_type == "websocket":
+            leg = LegIO(inbound=AudioPipe(50, name=f"{sid}.ws-in"), send=outbox.audio)
+        settings = CallSettings(server_side_track=params.server_side_track,
+                                child_shutdown_timeout=self.config.supervision.child_shutdown_timeout)
+
+        def start(parent: ActorRef) -> ActorRef:
+            return Call.start(sid, call_type, emit=emit, close=outbox.close, clock=self.clock, leg=leg,
+                              settings=settings, parent=parent, name=f"call:{sid}")
+
+        call: ActorRef | None = None
+        ping_task: asyncio.Task[None] | None = None
+        try:
+            try:
+                call = await self.calls().ask(StartCall(sid, start), timeout=5.0)
+            except (AdmissionRefused, DuplicateSession) as exc:
+                code = 503 if isinstance(exc, AdmissionRefused) else 409
+                emit(api.ErrorEvent(track_id=sid, timestamp=now_ms(), sender="server",
+                                    error=f"call refused: {exc}", code=code))
+                clog.warning("call refused", error=str(exc))
+                outbox.close(code=1013 if code == 503 else 1008)
+                await outbox.wait_closed(5.0)
+                return ws
+            # Whatever ends the call (even a crash before its hangup), the client connection closes.
+            call.add_watcher(lambda _exit: outbox.close())
+            if params.ping_interval > 0:
+                ping_task = asyncio.create_task(self._ping(emit, params.ping_interval))
+            await self._read(ws, call, leg, dump, clog)
+        finally:
+            if ping_task is not None:
+                ping_task.cancel()
+            if call is not None and call.is_alive():
+                try:
+                    call.tell(ClientGone())
+                except ActorDeadError:
+                    pass
+                try:
+                    await asyncio.wait_for(call.wait_stopped(), self.config.supervision.call_shutdown_timeout)
+                except asyncio.TimeoutError:
+                    clog.error("call did not stop after its client left; stopping it")
+                    await call.stop(timeout=1.0)
+            outbox.close()
+            await outbox.wait_closed(5.0)
+            if dump is not None:
+                dump.close()
+        return ws
+
+    async def _read(self, ws: web.WebSocketResponse, call: ActorRef, leg: LegIO | None,
+                    dump: EventDump | None, clog: structlog.typing.FilteringBoundLogger) -> None:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                if dump is not None:
+                    dump.command(msg.data)
+                try:
+                    cmd = api.parse_command(msg.data)
+                except api.ApiError as exc:
+                    message: object = BadCommand(str(exc))
+                else:
+                    message = UrgentCommand(cmd) if isinstance(cmd, URGENT_COMMANDS) else ClientCommand(cmd)
+                try:
+                    call.tell(message)
+                except ActorDeadError:
+                    break
+            elif msg.type == WSMsgType.BINARY:
+                if leg is not None:
+                    leg.inbound.push(msg.data)
+            elif msg.type == WSMsgType.ERROR:
+                clog.info("websocket error", error=repr(ws.exception()))
+                break
+
+    async def _ping(self, emit: Callable[[object], None], interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            emit(api.PingEvent(timestamp=now_ms()))
+
+
+class HttpServer(Actor):
+    """Owns the listening socket; stopping it stops accepting and closes open connections."""
+
+    start_error: BaseException | None = None  # last bind failure, for a clear start-up message
+
+    def __init__(self, config: Config, calls: Callable[[], ActorRef], clock: MediaClock) -> None:
+        self.config = config
+        self.router = CallRouter(config, calls, clock)
+        self.runner: web.AppRunner | None = None
+        self.address: tuple[str, int] | None = None
+
+    async def on_start(self) -> None:
+        host, port = self.config.http_host_port
+        self.runner = web.AppRunner(self.router.app(), handle_signals=False, access_log=None,
+                                    shutdown_timeout=self.config.supervision.call_shutdown_timeout)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            HttpServer.start_error = exc
+            await self.runner.cleanup()
+            raise
+        sockets = site._server.sockets if site._server is not None else []  # noqa: SLF001 - bound port for :0
+        self.address = sockets[0].getsockname()[:2] if sockets else (host, port)
+        log.info("http listening", address=f"{self.address[0]}:{self.address[1]}")
+
+    async def on_stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    async def on_receive(self, message: object) -> object:
+        if isinstance(message, GetAddress):
+            return self.address
+        return await super().on_receive(message)
+
+
+@dataclass(frozen=True, slots=True)
+class GetAddress:
+    pass

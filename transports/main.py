@@ -1,0 +1,77 @@
+"""`active-call --conf config.toml [--http ADDR:PORT] [--sip ADDR:PORT]`: run the gateway."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from typing import Any
+
+import structlog
+
+from .config import Config, ConfigError, load_config, split_host_port
+from .gateway import GatewayStartError, start_gateway
+from .logs import configure_logging
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="active-call", description="Voice-call gateway")
+    p.add_argument("--conf", help="path to config.toml (default: embedded defaults)")
+    p.add_argument("--http", help="HTTP listen address ADDR:PORT (overrides http_addr)")
+    p.add_argument("--sip", help="SIP listen address ADDR:PORT (overrides sip_addr and udp_port)")
+    return p.parse_args(argv)
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if args.http:
+        split_host_port(args.http, "--http")
+        out["http_addr"] = args.http
+    if args.sip:
+        host, port = split_host_port(args.sip, "--sip")
+        out["sip_addr"], out["udp_port"] = host, port
+    return out
+
+
+async def serve(config: Config) -> int:
+    log = structlog.get_logger("main")
+    try:
+        gateway = await start_gateway(config)
+    except GatewayStartError as exc:
+        log.error("gateway failed to start", error=str(exc))
+        return 1
+    host, port = gateway.http_address
+    log.info("gateway ready", http=f"{host}:{port}", max_calls=config.max_calls)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.create_task(gateway.ref.wait_stopped())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if waiter.done():
+        log.error("gateway supervisor gave up; exiting")
+        await gateway.clock.stop()
+        return 1
+    log.info("shutting down: draining calls")
+    stopper.cancel()
+    await gateway.stop()
+    waiter.cancel()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.conf, overrides_from(args))
+    except ConfigError as exc:
+        print(f"active-call: config error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level, config.log_format)
+    return asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

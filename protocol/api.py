@@ -18,7 +18,8 @@ Decoding rules (they are the contract with applications, so they are spelled out
 - Integers are non-negative and below 2**63 unless a field says otherwise (sample rates, ptime
   and packet sizes are positive; a rejection's SIP code is 300-699; ``volume`` may be negative
   because providers use signed scales). ``NaN``, ``Infinity`` and numbers beyond float range are
-  not JSON and are rejected.
+  not JSON and are rejected, as are strings holding a lone UTF-16 surrogate (``"\\ud800"``),
+  which could not be echoed back in a UTF-8 text frame.
 - ``CallOption.codec`` is matched case-insensitively and stored lower-case.
 - Every error is an ``ApiError`` whose ``field`` is the dotted path of the offending value
   relative to the message (``option.vad.samplerate``, ``data[3]``) and whose message names the

@@ -352,7 +352,6 @@ def test_dumps_event_is_compact_and_ordered() -> None:
         "to": {"username": "bob", "realm": "example.com", "source": "sip:bob@example.com"},
         "extra": {"k": "v"},
     }
-    assert dumps_event(ev.__class__(track_id="t", timestamp=0, digit="1")).startswith('{"event":"dtmf"')
     assert "你好" in dumps_event(api.AsrFinalEvent(track_id="t", timestamp=1, index=0, text="你好"))
 
 

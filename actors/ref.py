@@ -68,32 +68,39 @@ class ActorRef:
 
     __slots__ = (
         "actor_class",
-        "actor_urn",
+        "_urn",
         "name",
         "parent",
         "_mailbox",
         "_task",
         "_exit",
         "_watchers",
-        "_stopped",
+        "_stop_waiters",
     )
 
     def __init__(self, actor_class: type[Actor], name: str | None, parent: ActorRef | None) -> None:
         self.actor_class = actor_class
-        self.actor_urn = uuid.uuid4().urn
+        self._urn: str | None = None
         self.name = name
         self.parent = parent
         self._mailbox = Mailbox()
         self._task: asyncio.Task[None] | None = None
         self._exit: ChildExited | None = None
         self._watchers: list[Callable[[ChildExited], None]] = []
-        self._stopped: asyncio.Future[None] | None = None
+        self._stop_waiters: list[asyncio.Future[bool]] | None = None
 
     def __repr__(self) -> str:
         return f"<ActorRef {self.actor_class.__name__} {self.name or self.actor_urn}>"
 
+    @property
+    def actor_urn(self) -> str:
+        """A uuid4 URN, drawn on first use: most refs never need one, and drawing costs a syscall."""
+        if self._urn is None:
+            self._urn = uuid.uuid4().urn
+        return self._urn
+
     def is_alive(self) -> bool:
-        """False from the moment the actor stops taking messages (its ``on_stop`` may still be running)."""
+        """False from the moment the actor stops taking messages (``on_stop`` may still be running)."""
         return not self._mailbox.closed
 
     @property
@@ -116,26 +123,29 @@ class ActorRef:
         ``TimeoutError`` after ``timeout`` seconds. A timed-out message stays queued and may still
         be handled later: its answer is then discarded, its effects are not undone.
         """
-        if self._task is not None and asyncio.current_task() is self._task:
+        task = self._task
+        if task is not None and asyncio.current_task() is task:
             raise RuntimeError(f"{self!r} cannot ask itself: it would wait for its own reply")
-        reply: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[object] = loop.create_future()
         self._mailbox.put(Envelope(message, reply))
         if timeout is None:
             return await reply
+        # One timer on the reply itself: cheaper than wait_for, which adds a future and callbacks.
+        timer = loop.call_later(timeout, _expire_ask, reply, self, message, timeout)
         try:
-            return await asyncio.wait_for(reply, timeout)
-        except TimeoutError:
-            raise TimeoutError(
-                f"ask {type(message).__name__} to {self!r} timed out after {timeout} s"
-            ) from None
+            return await reply
+        finally:
+            timer.cancel()
 
     async def stop(self, *, timeout: float | None = 5.0) -> bool:
         """Stop the actor through its system lane and wait until it has ended.
 
         Returns True if it ended within ``timeout``. Otherwise its task is cancelled: whatever it was
-        awaiting (a message, ``on_stop``) gets ``CancelledError`` so its ``finally`` blocks run, the
-        actor ends with reason "shutdown", and False is returned. After the cancel, waits up to
-        ``timeout`` more for those ``finally`` blocks. Stopping a dead actor returns True.
+        awaiting (a message, ``on_stop``) gets ``CancelledError`` so its ``finally`` blocks run
+        (``on_stop`` is not started if it had not been), the actor ends with reason "shutdown", and
+        False is returned. After the cancel, waits up to ``timeout`` more for those ``finally``
+        blocks. Stopping a dead actor returns True.
         """
         task = self._task
         if task is not None and asyncio.current_task() is task:
@@ -146,26 +156,21 @@ class ActorRef:
             self._mailbox.put(Envelope(STOP))
         except ActorDeadError:
             pass  # already ending: just wait for it
-        stopped = self._stopped_future()
-        try:
-            await asyncio.wait_for(asyncio.shield(stopped), timeout)
+        if await self._wait_end(timeout):
             return True
-        except TimeoutError:
-            pass
         log.warning("%r did not stop within %s s; cancelling it", self, timeout)
         if task is not None:
+            # A task cancelled before its first step never runs its body, so nothing inside it
+            # would announce the end: the done callback does.
+            task.add_done_callback(self._task_done)
             task.cancel()
-        try:
-            await asyncio.wait_for(asyncio.shield(stopped), timeout)
-        except TimeoutError:
+        if not await self._wait_end(timeout):
             log.error("%r still running %s s after being cancelled", self, timeout)
         return False
 
     async def wait_stopped(self) -> None:
         """Return once the actor has ended, for whatever reason."""
-        if self._exit is not None:
-            return
-        await asyncio.shield(self._stopped_future())
+        await self._wait_end(None)
 
     def add_watcher(self, callback: Callable[[ChildExited], None]) -> None:
         """Call ``callback`` once when the actor ends (at once if it already has)."""
@@ -174,13 +179,32 @@ class ActorRef:
         else:
             self._watchers.append(callback)
 
-    def _stopped_future(self) -> asyncio.Future[None]:
-        if self._stopped is None:
-            self._stopped = asyncio.get_running_loop().create_future()
-        return self._stopped
+    async def _wait_end(self, timeout: float | None) -> bool:
+        """True once the actor has ended; False if ``timeout`` passed first."""
+        if self._exit is not None:
+            return True
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        if self._stop_waiters is None:
+            self._stop_waiters = []
+        self._stop_waiters.append(waiter)
+        timer = None if timeout is None else loop.call_later(timeout, _expire_wait, waiter)
+        try:
+            return await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if self._exit is None and self._stop_waiters is not None:
+                self._stop_waiters.remove(waiter)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if self._exit is None:
+            self._ended(ChildExited(self, "shutdown"))
 
     def _ended(self, exit: ChildExited) -> None:
-        """Called by the runtime exactly once, after on_stop/on_failure: announce the end."""
+        """Called once, after on_stop/on_failure: close the mailbox and announce the end."""
+        if self._exit is not None:
+            return
         self._mailbox.close()
         self._exit = exit
         if self.parent is not None:
@@ -191,8 +215,22 @@ class ActorRef:
         watchers, self._watchers = self._watchers, []
         for callback in watchers:
             _call_watcher(callback, exit)
-        if self._stopped is not None and not self._stopped.done():
-            self._stopped.set_result(None)
+        waiters, self._stop_waiters = self._stop_waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(True)
+
+
+def _expire_ask(reply: asyncio.Future[object], ref: ActorRef, message: object, timeout: float) -> None:
+    if not reply.done():
+        reply.set_exception(
+            TimeoutError(f"ask {type(message).__name__} to {ref!r} timed out after {timeout} s")
+        )
+
+
+def _expire_wait(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
 
 
 def _call_watcher(callback: Callable[[ChildExited], None], exit: ChildExited) -> None:

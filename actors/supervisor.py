@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from actors.base import Actor
 from actors.mailbox import SystemMessage
-from actors.ref import ActorDeadError, ActorRef, ChildExited, ExitReason, ReplyError
+from actors.ref import ActorDeadError, ActorRef, ChildExited, ExitReason, ReplyError, Stop
 
 __all__ = [
     "Backoff",
@@ -166,7 +166,7 @@ class Supervisor(Actor):
     async def on_start(self) -> None:
         for spec in self._initial:
             self._add(spec)
-            self._set_ref(spec.id, spec.start(self.actor_ref))
+            self._set_ref(spec.id, self._start_spec(spec))
 
     async def on_stop(self) -> None:
         await self.shutdown_children()
@@ -202,7 +202,7 @@ class Supervisor(Actor):
             if self._refs.get(spec.id) is not None or spec.id in self._pending:
                 raise DuplicateChild(f"child {spec.id!r} already exists")
             self._remove(spec.id)
-        ref = spec.start(self.actor_ref)
+        ref = self._start_spec(spec)
         self._add(spec)
         self._set_ref(spec.id, ref)
         return ref
@@ -251,6 +251,16 @@ class Supervisor(Actor):
         self._restarts.pop(id, None)
         self._child_windows.pop(id, None)
         self._pending.pop(id, None)
+
+    def _start_spec(self, spec: ChildSpec) -> ActorRef:
+        ref = spec.start(self.actor_ref)
+        if ref.parent is not self.actor_ref:
+            # Without the parent link no ChildExited ever arrives: the child would never be
+            # restarted, and it would outlive its supervisor.
+            if ref.is_alive():
+                ref.tell(Stop())
+            raise ValueError(f"child {spec.id!r} must be started with parent= the ref given to it")
+        return ref
 
     def _set_ref(self, id: str, ref: ActorRef | None) -> None:
         old = self._refs.get(id)
@@ -361,7 +371,7 @@ class Supervisor(Actor):
             self._pending.pop(id, None)
             self._restarts[id] = self._restarts.get(id, 0) + 1
             try:
-                ref = spec.start(self.actor_ref)
+                ref = self._start_spec(spec)
             except Exception as exc:
                 log.exception("%r: restarting child %r raised", self.actor_ref, id)
                 await self._child_ended(spec, "failure", exc)

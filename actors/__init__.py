@@ -20,13 +20,16 @@ from actors.ref import ActorDeadError, ActorRef, ChildExited, ReplyError, Stop, 
 from actors.supervisor import (
     Backoff,
     ChildSpec,
+    ChildStartFailed,
     DuplicateChild,
     GetChild,
     GetRestartCounts,
     Restart,
     RestartLimitExceeded,
+    StartChild,
     Strategy,
     Supervisor,
+    TerminateChild,
 )
 
 __all__ = [
@@ -40,6 +43,7 @@ __all__ = [
     "CallSupervisor",
     "ChildExited",
     "ChildSpec",
+    "ChildStartFailed",
     "DuplicateChild",
     "DuplicateSession",
     "GetCall",
@@ -53,9 +57,11 @@ __all__ = [
     "Restart",
     "RestartLimitExceeded",
     "StartCall",
+    "StartChild",
     "Stop",
     "Strategy",
     "Supervisor",
     "SystemMessage",
+    "TerminateChild",
     "UnhandledMessage",
 ]

@@ -66,7 +66,9 @@ class Actor:
         actor = cls(*args, **kwargs)
         ref = ActorRef(cls, name, parent)
         actor.actor_ref = ref
-        ref._task = loop.create_task(_run(actor, ref), name=f"actor {cls.__name__} {name or ''}")
+        task = loop.create_task(_run(actor, ref), name=f"actor {cls.__name__} {name or ''}")
+        task.add_done_callback(ref._task_done)
+        ref._task = task
         return ref
 
 
@@ -75,6 +77,13 @@ def _cancel_requested() -> bool:
     # bug in the handler, not a request to stop: count it as a failure.
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def _stray(cancelled: asyncio.CancelledError) -> RuntimeError:
+    # Handed to an asker as is, a CancelledError would look like the asker's own cancellation.
+    error = RuntimeError("CancelledError raised without the actor being cancelled")
+    error.__cause__ = cancelled
+    return error
 
 
 def _answer_error(envelope: Envelope, error: BaseException) -> None:
@@ -95,7 +104,7 @@ async def _run(actor: Actor, ref: ActorRef) -> None:
         except asyncio.CancelledError as exc:
             if _cancel_requested():
                 raise
-            error = exc
+            error = _stray(exc)
         if error is None and actor._actor_stop_requested:
             reason = "normal"
         elif error is None:
@@ -126,8 +135,8 @@ async def _run(actor: Actor, ref: ActorRef) -> None:
                 except asyncio.CancelledError as exc:
                     if _cancel_requested():
                         raise
-                    _answer_error(envelope, exc)
-                    error = exc
+                    error = _stray(exc)
+                    _answer_error(envelope, error)
                     break
                 else:
                     if envelope.reply is not None and not envelope.reply.done():

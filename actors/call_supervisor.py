@@ -7,7 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from actors.ref import ActorRef, ReplyError
-from actors.supervisor import ChildSpec, DuplicateChild, Restart, Strategy, Supervisor
+from actors.supervisor import (
+    ChildSpec,
+    ChildStartFailed,
+    DuplicateChild,
+    Restart,
+    Strategy,
+    Supervisor,
+)
 
 __all__ = [
     "AdmissionRefused",
@@ -28,7 +35,7 @@ class DuplicateSession(DuplicateChild):
     """A call with this session id is already running."""
 
 
-class CallStartFailed(ReplyError):
+class CallStartFailed(ChildStartFailed):
     """The call's start function raised; the supervisor itself goes on. The cause is chained."""
 
 

@@ -160,9 +160,6 @@ class ActorRef:
             return True
         log.warning("%r did not stop within %s s; cancelling it", self, timeout)
         if task is not None:
-            # A task cancelled before its first step never runs its body, so nothing inside it
-            # would announce the end: the done callback does.
-            task.add_done_callback(self._task_done)
             task.cancel()
         if not await self._wait_end(timeout):
             log.error("%r still running %s s after being cancelled", self, timeout)
@@ -198,6 +195,8 @@ class ActorRef:
                 self._stop_waiters.remove(waiter)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
+        # A task cancelled before its first step never runs its body (so none of its finally
+        # blocks): the end must still be announced.
         if self._exit is None:
             self._ended(ChildExited(self, "shutdown"))
 
@@ -221,7 +220,9 @@ class ActorRef:
                 waiter.set_result(True)
 
 
-def _expire_ask(reply: asyncio.Future[object], ref: ActorRef, message: object, timeout: float) -> None:
+def _expire_ask(
+    reply: asyncio.Future[object], ref: ActorRef, message: object, timeout: float
+) -> None:
     if not reply.done():
         reply.set_exception(
             TimeoutError(f"ask {type(message).__name__} to {ref!r} timed out after {timeout} s")

@@ -29,13 +29,16 @@ from actors.ref import ActorDeadError, ActorRef, ChildExited, ExitReason, ReplyE
 __all__ = [
     "Backoff",
     "ChildSpec",
+    "ChildStartFailed",
     "DuplicateChild",
     "GetChild",
     "GetRestartCounts",
     "Restart",
     "RestartLimitExceeded",
+    "StartChild",
     "Strategy",
     "Supervisor",
+    "TerminateChild",
 ]
 
 log = logging.getLogger(__name__)
@@ -92,6 +95,24 @@ class RestartLimitExceeded(Exception):
 
 class DuplicateChild(ReplyError):
     """``start_child`` with the id of a child that is running or about to be restarted."""
+
+
+class ChildStartFailed(ReplyError):
+    """A ``StartChild`` whose ``spec.start`` raised; the supervisor goes on. The cause is chained."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartChild:
+    """Ask a supervisor to add and start a child; answers its ``ActorRef``."""
+
+    spec: ChildSpec
+
+
+@dataclass(frozen=True, slots=True)
+class TerminateChild:
+    """Ask a supervisor to stop a child and forget it (answers once it has stopped)."""
+
+    id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +208,18 @@ class Supervisor(Actor):
             return self.child(message.id)
         if isinstance(message, GetRestartCounts):
             return self.restart_counts()
+        if isinstance(message, StartChild):
+            try:
+                return await self.start_child(message.spec)
+            except DuplicateChild:
+                raise
+            except Exception as exc:
+                raise ChildStartFailed(
+                    f"child {message.spec.id!r} failed to start: {exc!r}"
+                ) from exc
+        if isinstance(message, TerminateChild):
+            await self.terminate_child(message.id)
+            return None
         return await super().on_receive(message)
 
     # -- dynamic children ------------------------------------------------------------------

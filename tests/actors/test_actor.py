@@ -344,3 +344,59 @@ async def test_an_actor_cannot_ask_or_await_its_own_stop() -> None:
 def test_start_requires_a_running_loop() -> None:
     with pytest.raises(RuntimeError):
         Recorder.start()
+
+
+async def test_an_actor_cancelled_before_it_ever_ran_still_announces_its_end() -> None:
+    exits: list[ChildExited] = []
+    parent = Parent.start(exits)
+    ref = Recorder.start(parent=parent)
+    # Only the loop's teardown cancels a task this early; reach the task directly to do the same.
+    ref._task.cancel()  # type: ignore[union-attr]
+    await asyncio.wait_for(ref.wait_stopped(), 1.0)
+    assert ref.exit == ChildExited(ref, "shutdown")
+    await eventually(lambda: len(exits) == 1)
+    await parent.stop()
+
+
+async def test_stop_requested_in_on_start_ends_normally_after_on_start() -> None:
+    calls: list[str] = []
+
+    class OneShot(Actor):
+        async def on_start(self) -> None:
+            calls.append("on_start")
+            self.stop()
+
+        async def on_stop(self) -> None:
+            calls.append("on_stop")
+
+    ref = OneShot.start()
+    await asyncio.wait_for(ref.wait_stopped(), 1.0)
+    assert calls == ["on_start", "on_stop"]
+    assert ref.exit == ChildExited(ref, "normal")
+
+
+async def test_an_on_stop_that_raises_makes_the_exit_a_failure() -> None:
+    class BadCleanup(Actor):
+        async def on_stop(self) -> None:
+            raise OSError("disk full")
+
+    ref = BadCleanup.start()
+    assert await ref.stop()
+    assert ref.exit is not None and ref.exit.reason == "failure"
+    assert isinstance(ref.exit.error, OSError)
+
+
+async def test_a_stray_cancelled_error_in_on_receive_is_a_failure_not_a_stop() -> None:
+    class Stray(Actor):
+        async def on_receive(self, message: object) -> object:
+            future = asyncio.get_running_loop().create_future()
+            future.cancel()
+            return await future  # raises CancelledError without anyone cancelling this task
+
+    ref = Stray.start()
+    with pytest.raises(RuntimeError, match="without the actor being cancelled") as raised:
+        await ref.ask("x")
+    assert isinstance(raised.value.__cause__, asyncio.CancelledError)
+    await ref.wait_stopped()
+    assert ref.exit is not None and ref.exit.reason == "failure"
+    assert ref.exit.error is raised.value

@@ -12,13 +12,16 @@ from actors import (
     Backoff,
     ChildExited,
     ChildSpec,
+    ChildStartFailed,
     DuplicateChild,
     GetChild,
     GetRestartCounts,
     Restart,
     RestartLimitExceeded,
+    StartChild,
     Strategy,
     Supervisor,
+    TerminateChild,
 )
 from tests.actors.support import Parent, RecordingSupervisor, Worker, eventually, worker_spec
 
@@ -289,53 +292,68 @@ async def test_per_child_shutdown_timeout_is_honoured_in_reverse_order() -> None
     ]  # fmt: skip
 
 
-class Dynamic(Supervisor):
-    """Reaches the dynamic-children API through messages, as a subclass does."""
-
-    async def on_receive(self, message: object) -> object:
-        match message:
-            case ("add", ChildSpec() as spec):
-                return await self.start_child(spec)
-            case ("terminate", str(id)):
-                await self.terminate_child(id)
-                return self.child_ids()
-        return await super().on_receive(message)
-
-
 async def test_start_child_and_terminate_child() -> None:
     log: list[str] = []
-    sup = Dynamic.start([worker_spec("a", log)])
-    b = await sup.ask(("add", worker_spec("b", log)))
+    sup = Supervisor.start([worker_spec("a", log)])
+    b = await sup.ask(StartChild(worker_spec("b", log)))
     assert await b.ask("ping") == "b"  # type: ignore[attr-defined]
     with pytest.raises(DuplicateChild):
-        await sup.ask(("add", worker_spec("b", log)))
-    assert await sup.ask(("terminate", "b")) == ["a"]
+        await sup.ask(StartChild(worker_spec("b", log)))
+    await sup.ask(TerminateChild("b"))
     assert not b.is_alive()  # type: ignore[attr-defined]
-    assert await sup.ask(("terminate", "nobody")) == ["a"]
+    await sup.ask(TerminateChild("nobody"))
     assert await child_of(sup, "b") is None
+    assert await sup.ask(GetRestartCounts()) == {"a": 0}
     await sup.stop()
     assert log == ["start:a", "start:b", "stop:b", "stopped:b", "stop:a", "stopped:a"]
 
 
 async def test_terminating_a_child_in_backoff_cancels_its_restart() -> None:
     log: list[str] = []
-    sup = Dynamic.start([worker_spec("w", log, backoff=Backoff(initial=0.1))])
+    sup = Supervisor.start([worker_spec("w", log, backoff=Backoff(initial=0.1))])
     child = await child_of(sup, "w")
     await end_child(child, "failure")  # type: ignore[arg-type]
-    assert await sup.ask(("terminate", "w")) == []
+    await sup.ask(TerminateChild("w"))
     await asyncio.sleep(0.2)
     assert log.count("start:w") == 1 and await child_of(sup, "w") is None
     assert sup.is_alive()
     await sup.stop()
 
 
-async def test_a_given_up_child_can_be_started_again() -> None:
+async def test_a_child_down_for_good_can_be_started_again() -> None:
     log: list[str] = []
-    sup = Dynamic.start([worker_spec("w", log, restart=Restart.TRANSIENT)])
+    sup = Supervisor.start([worker_spec("w", log, restart=Restart.TRANSIENT)])
     await end_child(await child_of(sup, "w"), "normal")  # type: ignore[arg-type]
     assert await child_of(sup, "w") is None
-    again = await sup.ask(("add", worker_spec("w", log)))
+    again = await sup.ask(StartChild(worker_spec("w", log)))
     assert await again.ask("ping") == "w"  # type: ignore[attr-defined]
+    await sup.stop()
+
+
+async def test_a_failing_dynamic_start_is_answered_and_the_supervisor_goes_on() -> None:
+    def broken(parent: ActorRef) -> ActorRef:
+        raise OSError("no such device")
+
+    sup = Supervisor.start()
+    with pytest.raises(ChildStartFailed, match="no such device") as failed:
+        await sup.ask(StartChild(ChildSpec("x", broken)))
+    assert isinstance(failed.value.__cause__, OSError)
+    assert sup.is_alive() and await sup.ask(GetRestartCounts()) == {}
+    await sup.stop()
+
+
+async def test_a_child_started_without_the_parent_link_is_refused_and_stopped() -> None:
+    orphans: list[ActorRef] = []
+
+    def forgetful(parent: ActorRef) -> ActorRef:
+        orphans.append(Worker.start("orphan", []))
+        return orphans[-1]
+
+    sup = Supervisor.start()
+    with pytest.raises(ChildStartFailed, match="must be started with parent="):
+        await sup.ask(StartChild(ChildSpec("orphan", forgetful)))
+    await asyncio.wait_for(orphans[0].wait_stopped(), 1.0)  # not left running unsupervised
+    assert sup.is_alive()
     await sup.stop()
 
 
@@ -350,17 +368,3 @@ def test_duplicate_ids_in_the_initial_specs_are_refused() -> None:
     with pytest.raises(ValueError, match="duplicate child ids"):
         Supervisor([worker_spec("a", []), worker_spec("a", [])])
 
-
-async def test_a_child_started_without_the_parent_link_is_refused() -> None:
-    orphans: list[ActorRef] = []
-
-    def forgetful(parent: ActorRef) -> ActorRef:
-        orphans.append(Worker.start("orphan", []))
-        return orphans[-1]
-
-    sup = Dynamic.start()
-    with pytest.raises(ValueError, match="must be started with parent="):
-        await sup.ask(("add", ChildSpec("orphan", forgetful)))
-    await orphans[0].wait_stopped()  # not left running unsupervised
-    await sup.wait_stopped()
-    assert sup.exit is not None and isinstance(sup.exit.error, ValueError)

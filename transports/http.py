@@ -9,6 +9,7 @@ bounded pipe, events come back through the session's Outbox.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -161,8 +162,16 @@ class CallRouter:
 
     async def health(self, request: web.Request) -> web.Response:
         ids = await self.calls().ask(ListCalls(), timeout=2.0)
-        return web.json_response({"status": "ok", "calls": len(ids), "max_calls": self.config.max_calls,
-                                  "uptime": round(time.time() - self.started_at, 3)})
+        return web.json_response({
+            "status": "ok",
+            "calls": len(ids),
+            "max_calls": self.config.max_calls,
+            "uptime": round(time.time() - self.started_at, 3),
+            # Resource figures an operator (and the leak tests) watch across calls.
+            "tasks": len(asyncio.all_tasks()),
+            "open_fds": _open_fds(),
+            "clocked_tracks": len(self.clock),
+        })
 
     # --- the API WebSocket --------------------------------------------------------------------
 
@@ -264,6 +273,13 @@ class CallRouter:
         while True:
             await asyncio.sleep(interval)
             emit(api.PingEvent(timestamp=now_ms()))
+
+
+def _open_fds() -> int | None:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
 
 
 class HttpServer(Actor):

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import pytest
+
+from transports.config import Config, ConfigError, load_config
+from transports.main import main, overrides_from, parse_args
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_config_loads():
+    cfg = load_config("config.toml")
+    assert cfg.http_addr == "127.0.0.1:8080"
+    assert cfg.max_calls == 400
+
+
+def test_embedded_defaults_follow_the_spec():
+    cfg = load_config(None)
+    assert cfg == Config()
+    assert cfg.http_addr == "0.0.0.0:8080"
+    assert cfg.ice_servers == ()
+
+
+def test_every_key(tmp_path):
+    cfg = load_config(write(tmp_path, """
+http_addr = "127.0.0.1:9000"
+sip_addr = "127.0.0.1"
+udp_port = 5070
+external_ip = "192.0.2.1"
+rtp_start_port = 20000
+rtp_end_port = 20100
+media_root = "/srv/media"
+recorder_root = "/srv/rec"
+dump_root = "/srv/dump"
+max_calls = 3
+log_level = "debug"
+log_format = "json"
+[[ice_servers]]
+urls = ["stun:127.0.0.1:3478"]
+[[ice_servers]]
+urls = ["turn:127.0.0.1:3478"]
+username = "u"
+credential = "p"
+[handler]
+url = "http://127.0.0.1:8090/hook"
+[supervision]
+provider_restarts = 5
+call_shutdown_timeout = 2
+"""))
+    assert cfg.http_host_port == ("127.0.0.1", 9000)
+    assert cfg.ice_servers[1].username == "u" and cfg.ice_servers[0].credential is None
+    assert cfg.handler.url == "http://127.0.0.1:8090/hook" and cfg.handler.method == "POST"
+    assert cfg.supervision.provider_restarts == 5
+    assert cfg.supervision.call_shutdown_timeout == 2.0  # an integer is accepted as seconds
+
+
+@pytest.mark.parametrize("text,message", [
+    ("http_adr = '1.2.3.4:5'", "unknown key 'http_adr'"),
+    ("[supervision]\nrestarts = 1", "unknown key 'supervision.restarts'"),
+    ("[[ice_servers]]\nurl = ['stun:x']", "unknown key 'ice_servers[0].url'"),
+    ("max_calls = '10'", "max_calls: expected an integer, got str"),
+    ("max_calls = true", "max_calls: expected an integer, got bool"),
+    ("max_calls = 0", "max_calls: must be at least 1"),
+    ("log_format = 'xml'", "log_format: expected one of json, console"),
+    ("http_addr = 'localhost'", "http_addr: expected ADDR:PORT"),
+    ("rtp_start_port = 5000\nrtp_end_port = 4000", "rtp_start_port/rtp_end_port"),
+    ("ice_servers = 'stun:x'", "ice_servers: expected an array"),
+    ("max_calls = ", "not valid TOML"),
+])
+def test_bad_config_names_the_key_and_the_file(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_cli_flags_override_the_file(tmp_path):
+    path = write(tmp_path, "http_addr = '127.0.0.1:1'\nudp_port = 1")
+    args = parse_args(["--conf", str(path), "--http", "127.0.0.1:9999", "--sip", "[::1]:5080"])
+    cfg = load_config(args.conf, overrides_from(args))
+    assert cfg.http_addr == "127.0.0.1:9999"
+    assert (cfg.sip_addr, cfg.udp_port) == ("::1", 5080)
+
+
+def test_cli_exits_2_on_config_error(tmp_path, capsys):
+    path = write(tmp_path, "bogus = 1")
+    assert main(["--conf", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'bogus'" in err and str(path) in err

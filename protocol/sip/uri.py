@@ -452,4 +452,7 @@ def parse_name_addr(text: str) -> NameAddr:
     gt = s.find(">", lt)
     if gt < 0:
         raise ProtocolError(f"'<' without '>' in {s[:80]!r}")
-    return NameAddr(parse_uri(s[lt + 1 : gt]), display, parse_params(s[gt + 1 :], "address"))
+    uri_text = s[lt + 1 : gt]
+    if uri_text != uri_text.strip(" \t"):
+        raise ProtocolError(f"spaces around the URI inside <> in {s[:80]!r}")
+    return NameAddr(parse_uri(uri_text), display, parse_params(s[gt + 1 :], "address"))

@@ -35,6 +35,7 @@ __all__ = [
     "Challenge",
     "Credentials",
     "DigestClient",
+    "challenges_of",
     "compute_ha1",
     "compute_response",
     "hash_username",
@@ -63,9 +64,6 @@ ALGORITHMS_BASE: Mapping[str, str] = {name: name.removesuffix("-sess") for name 
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _HEX = re.compile(r"[0-9A-Fa-f]+")
-
-# Parameters the Authorization grammar sends as tokens; everything else is a quoted-string.
-_UNQUOTED = frozenset({"algorithm", "qop", "nc", "userhash", "stale"})
 
 
 class _Headers(Protocol):

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, TypeAlias
 
 from protocol.errors import ProtocolError
+from protocol.sip.headers import Via
 from protocol.sip.message import Request, Response, make_request, make_response, parse_message
 from protocol.sip.timers import TimerConfig, Timers
 
@@ -172,7 +173,7 @@ Event: TypeAlias = (
 # -- keys -----------------------------------------------------------------------------------------
 
 
-def _top_via(message: Message):  # noqa: ANN202 - the parser's Via type
+def _top_via(message: Message) -> Via:
     vias = message.via
     if not vias:
         raise ProtocolError("message without Via")
@@ -183,7 +184,7 @@ def _is_rfc3261_branch(branch: str | None) -> bool:
     return branch is not None and branch.lower().startswith(MAGIC_COOKIE.lower())
 
 
-def _sent_by(via) -> str:  # noqa: ANN001
+def _sent_by(via: Via) -> str:
     host = via.host.lower()
     return host if via.port is None else f"{host}:{via.port}"
 
@@ -219,7 +220,8 @@ def server_key(request: Request, *, to_tag: str | None = None) -> TransactionKey
 
 
 def _reliable_transport(message: Message) -> bool:
-    return _top_via(message).transport.upper() not in ("UDP", "DTLS")
+    """Every SIP transport but UDP (TCP, TLS, SCTP, WS, WSS) delivers reliably."""
+    return _top_via(message).transport.upper() != "UDP"
 
 
 def build_non2xx_ack(request: Request, response: Response) -> Request:
@@ -456,6 +458,11 @@ class InviteClientTransaction(_ClientTransaction):
             raise ValueError("InviteClientTransaction is for INVITE")
         super().__init__(request, reliable=reliable, config=config, addr=addr)
         self.ack: Request | None = None
+
+    @property
+    def cancellable(self) -> bool:
+        """Whether a CANCEL may go out now: §9.1 waits for a provisional response first."""
+        return self.state is PROCEEDING
 
     def _start(self, now: float, message: Message | None) -> None:
         self._transmit(self.request)

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 import pytest
 
+from protocol.errors import ProtocolError
 from protocol.sip.dialog import (
     Dialog,
     DialogConfirmed,
@@ -28,7 +29,7 @@ from protocol.sip.transaction import (
     SendMessage,
     TransactionLayer,
 )
-from protocol.sip.uri import parse_name_addr, parse_uri
+from protocol.sip.uri import parse_name_addr
 
 VIA = "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKinv"
 ALICE_CONTACT = "<sip:alice@127.0.0.1:5070>"
@@ -201,8 +202,6 @@ def test_dialog_uac_checks() -> None:
         Dialog.uac(req, make_response(req, 100, to_tag="x"))
     with pytest.raises(ValueError):
         Dialog.uac(req, make_response(req, 486, to_tag="x"))
-    from protocol.errors import ProtocolError
-
     with pytest.raises(ProtocolError):
         Dialog.uac(req, make_response(req, 200))  # no To tag
 

@@ -136,7 +136,9 @@ def test_invite_client_provisional_stops_retransmissions_and_b() -> None:
     t = started_invite_client()
     t.handle_timer(0.5)
     drain(t)
+    assert not t.cancellable  # §9.1: no CANCEL before a provisional response
     t.receive(make_response(t.request, 180, to_tag="b1"), 0.7)
+    assert t.cancellable
     assert drain(t) == ["tu 180"]
     assert t.state is TransactionState.PROCEEDING
     assert t.get_timer() is None

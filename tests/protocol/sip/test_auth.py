@@ -23,6 +23,7 @@ from protocol.sip.auth import (
     select_challenge,
     verify,
 )
+from protocol.sip.message import make_request, parse_message
 
 
 class FakeResponse:
@@ -443,3 +444,42 @@ def test_session_algorithm_without_cnonce_is_rejected() -> None:
     )
     with pytest.raises(ProtocolError):
         verify(value, "INVITE", "pw")
+
+
+# -- with real SIP messages -----------------------------------------------------------------------
+
+
+def test_parsed_401_answered_and_verified_after_a_round_trip() -> None:
+    raw = (
+        b"SIP/2.0 401 Unauthorized\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n"
+        b"From: <sip:alice@example.org>;tag=a1\r\n"
+        b"To: <sip:alice@example.org>;tag=s1\r\n"
+        b"Call-ID: reg-1\r\n"
+        b"CSeq: 1 REGISTER\r\n"
+        b'WWW-Authenticate: Digest realm="example.org", nonce="n-md5", algorithm=MD5, qop="auth"\r\n'
+        b'WWW-Authenticate: Digest realm="example.org", nonce="n-sha", algorithm=SHA-256, '
+        b'qop="auth,auth-int", opaque="o,1"\r\n'
+        b"Content-Length: 0\r\n\r\n"
+    )
+    response = parse_message(raw)
+    client = DigestClient(Credentials("alice", "pw"), cnonce_source=lambda: "c0ffee")
+    [(name, value)] = client.respond(response, "REGISTER", "sip:example.org")
+    retry = make_request(
+        "REGISTER",
+        "sip:example.org",
+        headers=[
+            ("Via", "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK2"),
+            ("From", "<sip:alice@example.org>;tag=a1"),
+            ("To", "<sip:alice@example.org>"),
+            ("Call-ID", "reg-1"),
+            ("CSeq", "2 REGISTER"),
+            (name, value),
+        ],
+    )
+    received = parse_message(bytes(retry))
+    header = received.get("Authorization")
+    assert header is not None
+    creds = parse_authorization(header)
+    assert (creds.algorithm, creds.nonce, creds.opaque) == ("SHA-256", "n-sha", "o,1")
+    assert verify(header, received.method, "pw", realm="example.org", nonce="n-sha")

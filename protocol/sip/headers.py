@@ -142,18 +142,20 @@ def _check_value(value: str) -> str:
 
 class Headers:
     """Ordered header fields as received (names kept as written), with typed views cached
-    until the next change."""
+    until the next change. A field that came off the wire keeps its exact text, so an unchanged
+    message serialises to the bytes it was parsed from."""
 
     __slots__ = ("_items", "_views")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items: list[tuple[str, str, str]] = []
+        # (key, name as written, value, the field's text as received or None)
+        self._items: list[tuple[str, str, str, str | None]] = []
         self._views: dict[str, Any] = {}
         for name, value in items:
             self.add(name, value)
 
     @classmethod
-    def _from_parsed(cls, items: list[tuple[str, str, str]]) -> Headers:
+    def _from_parsed(cls, items: list[tuple[str, str, str, str | None]]) -> Headers:
         self = cls.__new__(cls)
         self._items = items
         self._views = {}
@@ -163,7 +165,7 @@ class Headers:
         return Headers._from_parsed(list(self._items))
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        return ((name, value) for _, name, value in self._items)
+        return ((name, value) for _, name, value, _ in self._items)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -172,37 +174,42 @@ class Headers:
         if not isinstance(name, str):
             return False
         key = header_key(name)
-        return any(k == key for k, _, _ in self._items)
+        return any(item[0] == key for item in self._items)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Headers):
             return NotImplemented
-        return [(k, v) for k, _, v in self._items] == [(k, v) for k, _, v in other._items]
+        return [(i[0], i[2]) for i in self._items] == [(i[0], i[2]) for i in other._items]
 
     def __repr__(self) -> str:
         return f"Headers({list(self)!r})"
 
     def keys(self) -> list[str]:
         """The lookup key of every field, in order (compact forms expanded, lowercased)."""
-        return [k for k, _, _ in self._items]
+        return [item[0] for item in self._items]
 
     def lines(self, name: str) -> list[str]:
         """The value of each field named ``name``, without splitting at commas."""
         key = header_key(name)
-        return [v for k, _, v in self._items if k == key]
+        return [v for k, _, v, _ in self._items if k == key]
 
     def elements(self, name: str) -> list[str]:
         """Every comma-separated element of a list header, empty elements kept (for validation)."""
-        key = header_key(name)
+        return self._elements(header_key(name))
+
+    def _lines(self, key: str) -> list[str]:
+        return [v for k, _, v, _ in self._items if k == key]
+
+    def _elements(self, key: str) -> list[str]:
         out: list[str] = []
-        for k, _, v in self._items:
+        for k, _, v, _ in self._items:
             if k == key:
                 out.extend(split_list(v))
         return out
 
     def get(self, name: str) -> str | None:
         key = header_key(name)
-        for k, _, v in self._items:
+        for k, _, v, _ in self._items:
             if k == key:
                 if key in LIST_HEADERS:
                     for element in split_list(v):
@@ -216,31 +223,31 @@ class Headers:
         key = header_key(name)
         if key in LIST_HEADERS:
             out: list[str] = []
-            for k, _, v in self._items:
+            for k, _, v, _ in self._items:
                 if k == key:
                     out.extend(e for e in split_list(v) if e)
             return out
-        return [v for k, _, v in self._items if k == key]
+        return [v for k, _, v, _ in self._items if k == key]
 
     def set(self, name: str, value: str) -> None:
         """Replace the first field named ``name`` in place (dropping the others), else append."""
         key = header_key(name)
         value = _check_value(value)
         self._views.clear()
-        for i, (k, n, _) in enumerate(self._items):
+        for i, (k, n, _, _) in enumerate(self._items):
             if k == key:
-                self._items[i] = (k, n, value)
+                self._items[i] = (k, n, value, None)
                 self._items[i + 1 :] = [item for item in self._items[i + 1 :] if item[0] != key]
                 return
-        self._items.append((key, name, value))
+        self._items.append((key, name, value, None))
 
     def add(self, name: str, value: str, *, first: bool = False) -> None:
         """Add a field after the last one of the same name (or at the end); ``first=True`` puts it
         before the first one of that name (or at the top), as a new Via or Record-Route goes."""
         key = header_key(name)
-        item = (key, name, _check_value(value))
+        item = (key, name, _check_value(value), None)
         self._views.clear()
-        positions = [i for i, (k, _, _) in enumerate(self._items) if k == key]
+        positions = [i for i, item in enumerate(self._items) if item[0] == key]
         if first:
             self._items.insert(positions[0] if positions else 0, item)
         elif positions:

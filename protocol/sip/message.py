@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from protocol.errors import ProtocolError
 from protocol.sip.headers import (
+    _KEY_CACHE,
     Contact,
     CSeq,
     Headers,
@@ -152,7 +153,7 @@ class SipParseError(ProtocolError):
 
 def _build_vias(headers: Headers) -> tuple[Via, ...]:
     out = []
-    for element in headers.elements("via"):
+    for element in headers._elements("via"):
         if not element:
             raise ProtocolError("empty element in Via")
         out.append(parse_via(element))
@@ -161,7 +162,7 @@ def _build_vias(headers: Headers) -> tuple[Via, ...]:
 
 def _build_single_address(key: str):
     def build(headers: Headers) -> NameAddr:
-        lines = headers.lines(key)
+        lines = headers._lines(key)
         if not lines:
             raise ProtocolError(f"no {key} header")
         return parse_name_addr(lines[0])
@@ -172,7 +173,7 @@ def _build_single_address(key: str):
 def _build_addresses(key: str):
     def build(headers: Headers) -> tuple[NameAddr, ...]:
         out = []
-        for element in headers.elements(key):
+        for element in headers._elements(key):
             if not element:
                 raise ProtocolError(f"empty element in {key}")
             out.append(parse_name_addr(element))
@@ -182,14 +183,14 @@ def _build_addresses(key: str):
 
 
 def _build_cseq(headers: Headers) -> CSeq:
-    lines = headers.lines("cseq")
+    lines = headers._lines("cseq")
     if not lines:
         raise ProtocolError("no CSeq header")
     return parse_cseq(lines[0])
 
 
 def _build_call_id(headers: Headers) -> str:
-    lines = headers.lines("call-id")
+    lines = headers._lines("call-id")
     if not lines:
         raise ProtocolError("no Call-ID header")
     value = lines[0]
@@ -199,11 +200,11 @@ def _build_call_id(headers: Headers) -> str:
 
 
 def _build_contacts(headers: Headers) -> tuple[Contact, ...]:
-    return tuple(parse_contacts(headers.elements("contact")))
+    return tuple(parse_contacts(headers._elements("contact")))
 
 
 def _build_max_forwards(headers: Headers) -> int | None:
-    lines = headers.lines("max-forwards")
+    lines = headers._lines("max-forwards")
     if not lines:
         return None
     value = lines[0]
@@ -223,7 +224,7 @@ def _content_length_value(value: str) -> int:
 
 
 def _build_content_length(headers: Headers) -> int | None:
-    values = {_content_length_value(v) for v in headers.lines("content-length")}
+    values = {_content_length_value(v) for v in headers._lines("content-length")}
     if len(values) > 1:
         raise ProtocolError(f"conflicting Content-Length values {sorted(values)}")
     return values.pop() if values else None
@@ -327,8 +328,12 @@ class Message:
 
     def __bytes__(self) -> bytes:
         parts = [self._start_line(), "\r\n"]
-        for _, name, value in self.headers._items:
-            parts.append(f"{name}: {value}\r\n" if value else f"{name}:\r\n")
+        for _, name, value, raw in self.headers._items:
+            if raw is not None:
+                parts.append(raw)
+                parts.append("\r\n")
+            else:
+                parts.append(f"{name}: {value}\r\n" if value else f"{name}:\r\n")
         parts.append("\r\n")
         return "".join(parts).encode("utf-8", "surrogateescape") + self._body
 
@@ -443,10 +448,38 @@ class _Head:
 
     __slots__ = ("start", "items", "content_length")
 
-    def __init__(self, start: str, items: list[tuple[str, str, str]], content_length: int | None):
+    def __init__(
+        self, start: str, items: list[tuple[str, str, str, str | None]], content_length: int | None
+    ) -> None:
         self.start = start
         self.items = items
         self.content_length = content_length
+
+
+def _header_items(lines: list[str]) -> list[tuple[str, str, str, str | None]]:
+    items: list[tuple[str, str, str, str | None]] = []
+    for line in lines[1:]:
+        if not line:
+            raise SipParseError("empty line inside the header section")
+        first = line[0]
+        if first == " " or first == "\t":
+            if not items:
+                raise SipParseError("continuation line before the first header")
+            key, name, value, raw = items[-1]
+            more = line.strip(" \t")
+            value = f"{value} {more}" if value and more else value or more
+            items[-1] = (key, name, value, f"{raw}\r\n{line}")
+            continue
+        colon = line.find(":")
+        if colon <= 0:
+            raise SipParseError(f"header line without a name and colon: {line[:60]!r}")
+        name = line[:colon].rstrip(" \t")
+        try:
+            key = header_key(name)
+        except ProtocolError as e:
+            raise SipParseError(e.message) from None
+        items.append((key, name, line[colon + 1 :].strip(" \t"), line))
+    return items
 
 
 def _parse_head(head: bytes | bytearray) -> _Head:
@@ -462,37 +495,30 @@ def _parse_head(head: bytes | bytearray) -> _Head:
         lines = text.split("\n")
     if _CTL_RE.search(text):
         _check_controls(text)
+    if len(lines) > 4 * MAX_HEADERS:
+        raise SipParseError(f"more than {MAX_HEADERS} header fields", 413)
+    if max(map(len, lines)) > MAX_LINE_LENGTH:
+        raise SipParseError(f"header section line longer than {MAX_LINE_LENGTH} characters", 413)
     start = lines[0]
-    if len(start) > MAX_LINE_LENGTH:
-        raise SipParseError(f"start line longer than {MAX_LINE_LENGTH} characters", 413)
-    items: list[tuple[str, str, str]] = []
-    key_of = header_key
-    for line in lines[1:]:
-        if len(line) > MAX_LINE_LENGTH:
-            raise SipParseError(f"header line longer than {MAX_LINE_LENGTH} characters", 413)
-        if not line:
-            raise SipParseError("empty line inside the header section")
-        first = line[0]
-        if first == " " or first == "\t":
-            if not items:
-                raise SipParseError("continuation line before the first header")
-            key, name, value = items[-1]
-            more = line.strip(" \t")
-            items[-1] = (key, name, f"{value} {more}" if value and more else value or more)
-            continue
-        colon = line.find(":")
-        if colon <= 0:
-            raise SipParseError(f"header line without a name and colon: {line[:60]!r}")
-        name = line[:colon].rstrip(" \t")
-        try:
-            key = key_of(name)
-        except ProtocolError as e:
-            raise SipParseError(e.message) from None
-        items.append((key, name, line[colon + 1 :].strip(" \t")))
+    items = None
+    if "\n " not in text and "\n\t" not in text:
+        # Fast path for the common shape: no folding, names as seen before, no space before ':'.
+        body_lines = lines[1:]
+        parts = [line.partition(":") for line in body_lines]
+        if all(p[1] for p in parts):
+            try:
+                items = [
+                    (_KEY_CACHE[n], n, v.strip(" \t"), line)
+                    for (n, _, v), line in zip(parts, body_lines)
+                ]
+            except KeyError:
+                pass
+    if items is None:
+        items = _header_items(lines)
     if len(items) > MAX_HEADERS:
         raise SipParseError(f"more than {MAX_HEADERS} header fields", 413)
     content_length: int | None = None
-    for key, _, value in items:
+    for key, _, value, _ in items:
         if key == "content-length":
             try:
                 number = _content_length_value(value)
@@ -745,7 +771,7 @@ def make_error_response(
     nothing to answer (a broken response, or a request too broken to echo its headers)."""
     if not isinstance(error, SipParseError) or error.method is None or error.headers is None:
         return None
-    if any(not error.headers.lines(key) for key in _MANDATORY):
+    if any(not error.headers._lines(key) for key in _MANDATORY):
         return None
     return _respond(error.headers, error.status, reason or error.message[:200], to_tag, (), b"", False)
 

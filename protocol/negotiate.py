@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from protocol.errors import ProtocolError
 from protocol.sdp import (
+    DIRECTIONS,
     Attribute,
     Codec,
     Connection,
@@ -189,6 +190,11 @@ def _session(session: SdpSession, address: str, medias: Sequence[MediaDescriptio
     )
 
 
+def _check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
+
+
 def _specs(prefs: Iterable[str]) -> tuple[list[CodecSpec], bool]:
     audio = []
     telephone_event = False
@@ -219,6 +225,7 @@ def make_offer(
     the first at ``telephone_event_pt``. Each call takes a new origin version from ``session``,
     so a re-offer (e.g. ``direction="sendonly"`` to hold) is numbered after the last SDP.
     """
+    _check_direction(direction)
     specs, with_events = _specs(prefs)
     if not specs:
         raise ValueError("an offer needs at least one audio codec")
@@ -303,6 +310,7 @@ def answer(
     offer's ptime, or ``ptime`` when the offer has none. ``rtcp_mux`` accepts an offered rtcp-mux.
     Raises ProtocolError with status 488 when no stream can be accepted.
     """
+    _check_direction(direction)
     specs, with_events = _specs(prefs)
     session = session if session is not None else SdpSession(local_addr)
     medias: list[MediaDescription] = []

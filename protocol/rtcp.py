@@ -214,10 +214,16 @@ class SourceDescription:
 
 @dataclass(frozen=True, slots=True)
 class Bye:
+    """Sources leaving, with an optional reason kept raw like SDES text (UTF-8 by RFC 3550)."""
+
     sources: tuple[int, ...] = ()
-    reason: str | None = None
+    reason: bytes | None = None
 
     packet_type = RTCP_BYE
+
+    @property
+    def reason_text(self) -> str | None:
+        return None if self.reason is None else self.reason.decode("utf-8", "replace")
 
     @classmethod
     def parse_body(cls, count: int, body: bytes) -> Bye:
@@ -230,16 +236,15 @@ class Bye:
             length = body[end]
             if end + 1 + length > len(body):
                 raise ProtocolError("RTCP BYE reason is truncated")
-            reason = body[end + 1 : end + 1 + length].decode("utf-8", "replace")
+            reason = body[end + 1 : end + 1 + length]
         return cls(tuple(sources), reason)
 
     def __bytes__(self) -> bytes:
         body = struct.pack(f"!{len(self.sources)}I", *self.sources)
         if self.reason is not None:
-            text = self.reason.encode("utf-8")
-            if len(text) > 255:
-                raise ValueError(f"RTCP BYE reason of {len(text)} bytes exceeds 255")
-            body += _pad4(bytes((len(text),)) + text)
+            if len(self.reason) > 255:
+                raise ValueError(f"RTCP BYE reason of {len(self.reason)} bytes exceeds 255")
+            body += _pad4(bytes((len(self.reason),)) + self.reason)
         return _header(RTCP_BYE, len(self.sources), body)
 
 

@@ -9,7 +9,7 @@ are validated once, at parse time, so a bad line is reported with its line numbe
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from protocol.errors import ProtocolError
@@ -41,7 +41,9 @@ STATIC_PAYLOAD_TYPES: dict[int, tuple[str, int, int]] = {
 _SESSION_ORDER = "vosiuepcbtrzka"
 _MEDIA_TYPES = frozenset("micbka")
 _TOKEN = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+$")
-_INTEGER = re.compile(r"^[0-9]+$")
+# Bounded so that int() never meets a number too long to convert.
+_INTEGER = re.compile(r"^[0-9]{1,20}$")
+_DECIMAL = re.compile(r"^[0-9]{1,9}(\.[0-9]{1,9})?$")
 
 
 def _bad(lineno: int, kind: str, line: str) -> ProtocolError:
@@ -218,10 +220,13 @@ def _parse_fmtp(value: str) -> Fmtp:
 
 def _parse_ms(value: str) -> int:
     # RFC 4566 allows a decimal ptime ("20.0"); media clocks here tick in whole milliseconds.
-    number = float(value.strip())
+    text = value.strip()
+    if not _DECIMAL.match(text):
+        raise ValueError(value)
+    number = round(float(text))
     if not 0 < number < 100000:
         raise ValueError(value)
-    return round(number)
+    return number
 
 
 def _parse_rtcp(value: str) -> RtcpAddress:
@@ -381,9 +386,6 @@ class MediaDescription(_Attributes):
             out.append(f"k={self.key}")
         out.extend(f"a={a}" for a in self.attributes)
         return out
-
-    def with_attributes(self, attributes: Iterable[Attribute]) -> MediaDescription:
-        return replace(self, attributes=tuple(attributes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -645,11 +647,6 @@ def parse(data: bytes | str) -> SessionDescription:
     )
 
 
-def attributes(*items: tuple[str, str | None] | Attribute) -> tuple[Attribute, ...]:
-    """Build an attribute tuple from ``(name, value)`` pairs or Attributes."""
-    return tuple(i if isinstance(i, Attribute) else Attribute(*i) for i in items)
-
-
 __all__: Sequence[str] = (
     "DIRECTIONS",
     "STATIC_PAYLOAD_TYPES",
@@ -665,6 +662,5 @@ __all__: Sequence[str] = (
     "SessionDescription",
     "SsrcAttribute",
     "Timing",
-    "attributes",
     "parse",
 )

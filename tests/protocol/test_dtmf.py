@@ -2,6 +2,8 @@ import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol.dtmf import (
     DIGITS,
@@ -251,3 +253,41 @@ def test_sip_info_garbage(content_type, body, message, status):
     with pytest.raises(ProtocolError) as info:
         parse_dtmf_info(content_type, body)
     assert (info.value.message, info.value.status) == (message, status)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 800, 1600, 2**32 - 400]),  # event timestamp
+            st.integers(0, 20),  # event code (16+ are not digits)
+            st.booleans(),  # E bit
+            st.booleans(),  # marker
+            st.integers(0, 0xFFFF),  # duration
+            st.floats(0, 1.0),  # time since the previous packet
+        ),
+        max_size=40,
+    )
+)
+def test_any_packet_stream_gives_well_formed_digit_events(items):
+    receiver = DtmfReceiver(PT, timeout=0.5)
+    now = 0.0
+    events = []
+    for ts, code, end, marker, duration, gap in items:
+        now += gap
+        events += receiver.handle_timer(now) if gap > 0.6 else []
+        events += receiver.receive(packet(ts, code, duration, end=end, marker=marker), now)
+    events += receiver.handle_timer(now + 1.0)
+    # Starts and ends alternate, each end closing the digit its start opened.
+    open_digit = None
+    for event in events:
+        if isinstance(event, DtmfStarted):
+            assert open_digit is None
+            open_digit = event
+        else:
+            assert open_digit is not None
+            assert (event.digit, event.timestamp) == (open_digit.digit, open_digit.timestamp)
+            assert event.duration >= 0 and event.reason in ("end", "new-event", "timeout")
+            open_digit = None
+    assert open_digit is None
+    assert receiver.get_timer() is None

@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol.jitter import Gap, JitterBuffer
 from protocol.rtp import RtpPacket
@@ -194,3 +196,29 @@ def test_bad_configuration():
         JitterBuffer(8000, 0)
     with pytest.raises(ValueError):
         JitterBuffer(0, 20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(-3, 40),  # frame index (negative: before the first; jumps: far ones below)
+            st.floats(0, 0.3),  # network delay
+            st.sampled_from([1, 1, 1, 2]),  # SSRC
+        ),
+        max_size=60,
+    ),
+    st.sampled_from([0, 1000, 2**32 - 5 * SPF]),
+)
+def test_any_arrival_pattern_keeps_the_books(frames, ts0):
+    buffer = JitterBuffer(8000, 20, 60, max_delay_ms=200)
+    arrivals = [(i * TICK + delay, packet(i if i < 35 else i * 50, ssrc=ssrc, ts0=ts0)) for i, delay, ssrc in frames]
+    out = run(buffer, arrivals, ticks=80)
+    stats = buffer.stats()
+    assert stats.received == len(frames)
+    assert stats.received == stats.played + stats.late + stats.duplicates + stats.skipped + stats.depth
+    assert stats.played == sum(isinstance(x, str) for x in out)
+    assert stats.gaps == sum(isinstance(x, Gap) for x in out)
+    # Once playout has begun, every tick yields a frame or a gap.
+    first = next((k for k, x in enumerate(out) if x is not None), len(out))
+    assert all(x is not None for x in out[first:])

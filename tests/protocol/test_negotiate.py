@@ -286,8 +286,12 @@ def test_make_offer_with_opus_gets_dynamic_types_and_events_per_clock_rate():
 
 
 def test_make_offer_rejects_unknown_or_empty_prefs():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least one audio codec"):
         make_offer(session(), ["telephone-event"], "127.0.0.1", 30000)
+    with pytest.raises(ValueError, match="direction must be one of"):
+        make_offer(session(), ["PCMU"], "127.0.0.1", 30000, direction="hold")
+    with pytest.raises(ValueError, match="direction must be one of"):
+        answer(fixture("asterisk_pjsip.sdp"), PREFS, "127.0.0.1", 1, direction="sendrecv ")
     with pytest.raises(ValueError, match="unknown codec 'speex'"):
         codec_spec("speex")
 

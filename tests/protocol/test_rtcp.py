@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol.errors import ProtocolError
 from protocol.rtcp import (
@@ -96,14 +98,18 @@ def test_sdes_several_chunks_and_items():
 
 
 def test_bye_wire_format():
-    bye = Bye((0x11223344,), "bye")
+    bye = Bye((0x11223344,), b"bye")
     data = bytes.fromhex("81cb0002" "11223344" "03627965")
     assert bytes(bye) == data
     assert parse_rtcp(data) == [bye]
+    assert bye.reason_text == "bye"
     assert parse_rtcp(bytes(Bye((1, 2)))) == [Bye((1, 2))]
-    assert parse_rtcp(bytes(Bye((1,), ""))) == [Bye((1,), "")]
-    long_reason = Bye((7,), "call ended by the application")
-    assert parse_rtcp(bytes(long_reason)) == [long_reason]
+    assert parse_rtcp(bytes(Bye((1,), b""))) == [Bye((1,), b"")]
+    long_reason = Bye((7,), "call ended \u2013 hung up".encode())
+    (parsed,) = parse_rtcp(bytes(long_reason))
+    assert parsed == long_reason
+    assert parsed.reason_text == "call ended \u2013 hung up"
+    assert Bye((1,)).reason_text is None
 
 
 def test_app_is_kept_raw():
@@ -130,7 +136,7 @@ def test_compound_packet_round_trip():
         SourceDescription((SdesChunk(1, (SdesItem(SDES_CNAME, b"gateway"),)),)),
         RtcpUnknown(206, 1, b"\x00\x00\x00\x01\x00\x00\x00\x02"),
         App(1, 1, b"NAME", b""),
-        Bye((1,), "hangup"),
+        Bye((1,), b"hangup"),
     ]
     data = serialize_rtcp(packets)
     assert parse_rtcp(data) == packets
@@ -186,3 +192,28 @@ def test_unbuildable_packets():
         bytes(SdesChunk(1, (SdesItem(SDES_CNAME, b"x" * 256),)))
     with pytest.raises(ValueError, match="4 bytes"):
         bytes(App(0, 1, b"NAMES"))
+    with pytest.raises(ValueError, match="exceeds 255"):
+        bytes(Bye((1,), b"x" * 256))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_parse_or_raise_protocol_error(data):
+    try:
+        packets = parse_rtcp(data)
+    except ProtocolError:
+        return
+    assert parse_rtcp(serialize_rtcp(packets)) == packets
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([ReceiverReport(1, (BLOCK,)), Bye((2,), b"x"), App(3, 4, b"abcd", b"12345")]),
+                min_size=1, max_size=4), st.integers(0, 255))
+def test_mutated_compound_packets_parse_or_raise_protocol_error(packets, flip):
+    data = bytearray(serialize_rtcp(packets))
+    data[flip % len(data)] ^= 0xFF
+    try:
+        parsed = parse_rtcp(bytes(data))
+    except ProtocolError:
+        return
+    assert parse_rtcp(serialize_rtcp(parsed)) == parsed

@@ -1,6 +1,8 @@
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol.errors import ProtocolError
 from protocol.sdp import (
@@ -338,6 +340,10 @@ HEAD = "v=0\no=- 1 1 IN IP4 10.0.0.1\ns=-\nt=0 0\n"
         (HEAD + "m=audio 4000 RTP/AVP 0\na=fmtp:\n", "sdp line 6: bad a=fmtp line 'a=fmtp:'"),
         (HEAD + "m=audio 4000 RTP/AVP 0\na=ptime:abc\n", "sdp line 6: bad a=ptime line 'a=ptime:abc'"),
         (HEAD + "m=audio 4000 RTP/AVP 0\na=maxptime:0\n", "sdp line 6: bad a=maxptime line 'a=maxptime:0'"),
+        (HEAD + "m=audio 4000 RTP/AVP 0\na=ptime:0.4\n", "sdp line 6: bad a=ptime line 'a=ptime:0.4'"),
+        (HEAD + "m=audio 4000 RTP/AVP 0\na=ptime:nan\n", "sdp line 6: bad a=ptime line 'a=ptime:nan'"),
+        (HEAD + "m=audio 4000 RTP/AVP 0\na=ptime:inf\n", "sdp line 6: bad a=ptime line 'a=ptime:inf'"),
+        (HEAD + "m=audio 4000 RTP/AVP 0\na=ptime:1e999\n", "sdp line 6: bad a=ptime line 'a=ptime:1e999'"),
         (HEAD + "m=audio 4000 RTP/AVP 0\na=rtcp:port\n", "sdp line 6: bad a=rtcp line 'a=rtcp:port'"),
         (HEAD + "m=audio 4000 RTP/AVP 0\na=rtcp:4001 IN IP4\n", "sdp line 6: bad a=rtcp line 'a=rtcp:4001 IN IP4'"),
         (HEAD + "m=audio 4000 RTP/AVP 0\na=ssrc:12\n", "sdp line 6: bad a=ssrc line 'a=ssrc:12'"),
@@ -362,3 +368,29 @@ def test_lf_and_crlf_give_the_same_description():
     data = (FIXTURES / "asterisk_chan_sip.sdp").read_bytes()
     assert b"\r" not in data
     assert parse(data) == parse(data.replace(b"\n", b"\r\n")) == parse(data.decode())
+
+
+# Anything a peer sends is either a description or a ProtocolError, never another exception.
+_SDP_ALPHABET = st.sampled_from(
+    ["v=0", "o=- 1 1 IN IP4 1.2.3.4", "s=-", "t=0 0", "c=IN IP4 1.2.3.4", "c=IN IP6 ::1/2", "m=audio 4000 RTP/AVP 0",
+     "m=video 0 RTP/AVP 96", "m=application 9 UDP/DTLS/SCTP webrtc-datachannel", "a=rtpmap:0 PCMU/8000",
+     "a=rtpmap:96 opus/48000/2", "a=fmtp:96 a=b;c", "a=ptime:20", "a=rtcp:9 IN IP4 0.0.0.0", "a=ssrc:1 cname:x",
+     "a=sendonly", "a=x", "b=AS:64", "r=1 2 3", "k=clear:x", "i=info", "z=0 0", "", "a=rtpmap:", "m=", "c=",
+     "a=ptime:", "a=rtcp:", "a=ssrc:", "x", "=", "a=:"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_SDP_ALPHABET | st.text(max_size=30), max_size=12), st.sampled_from(["\n", "\r\n"]))
+def test_arbitrary_input_parses_or_raises_protocol_error(lines, ending):
+    text = ending.join(lines)
+    try:
+        sdp = parse(text.encode("utf-8", "surrogatepass"))
+    except ProtocolError:
+        return
+    assert parse(bytes(sdp)) == sdp
+    # The typed views read only lines checked at parse time, so they cannot fail afterwards.
+    for media in sdp.media:
+        assert isinstance(media.codecs, list) and isinstance(media.fmtps, dict) and isinstance(media.ssrcs, list)
+        assert media.rtcp is None or 0 <= media.rtcp.port <= 65535
+        assert media.ptime is None or media.ptime > 0

@@ -11,6 +11,9 @@ closes and every child stops in reverse start order.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
 import secrets
 import time
 from collections.abc import Callable
@@ -25,6 +28,9 @@ from protocol.codecs import codec_info
 from protocol.errors import ProtocolError
 
 from .clock import MediaClock
+from .playout import PlaybackEvent, PlayItem
+from .services import CallServices, MediaLoadError, SynthRequest
+from .tts import CancelSynthesis, Synthesize, Tts, TtsFailed, TtsMetric
 from .messages import (
     BadCommand,
     CallInfo,
@@ -37,9 +43,9 @@ from .messages import (
     SetMute,
     UrgentCommand,
 )
-from .ref import ChildExited
-from .supervisor import ChildSpec, Restart, Supervisor
-from .track import LegIO, Track
+from .ref import ActorRef, ChildExited
+from .supervisor import Backoff, ChildSpec, Restart, Supervisor
+from .track import Enqueue, InterruptPlayback, LegIO, SetPaused, Track
 
 CALL_TYPES = ("websocket", "sip", "webrtc")
 
@@ -56,6 +62,9 @@ def iso8601(ts: float) -> str:
 class CallSettings:
     server_side_track: str = "serverSideTrack"
     child_shutdown_timeout: float = 2.0
+    provider_restarts: int = 3          # ASR/TTS restarts allowed within provider_period
+    provider_period: float = 30.0
+    backoff: Backoff = Backoff(initial=0.2, factor=2.0, maximum=5.0)
 
 
 class Call(Supervisor):
@@ -69,6 +78,7 @@ class Call(Supervisor):
         clock: MediaClock,
         leg: LegIO | None = None,
         settings: CallSettings = CallSettings(),
+        services: CallServices = CallServices(),
     ) -> None:
         super().__init__(children=())
         if call_type not in CALL_TYPES:
@@ -80,6 +90,11 @@ class Call(Supervisor):
         self.clock = clock
         self.leg = leg
         self.settings = settings
+        self.services = services
+        self._playing: dict[int, PlayItem] = {}      # id(item) -> item, queued or playing
+        self._streams: dict[str | None, PlayItem] = {}  # open streaming tts items by playId
+        self._current_tts_play_id: str | None = None
+        self._loads: set[asyncio.Task[None]] = set()
         self.log = structlog.get_logger("call").bind(session_id=session_id, call_type=call_type)
         self.state = "new"
         self.option: api.CallOption | None = None
@@ -100,6 +115,7 @@ class Call(Supervisor):
         if self.state != "ended":
             # Stopped from above (gateway drain) without a hangup: still tell the application.
             self._end("shutdown", "system")
+        await self._cancel_loads()
         await super().on_stop()
         self.log.info("call stopped")
 
@@ -113,6 +129,7 @@ class Call(Supervisor):
         finally:
             self.state = "ended"
             self._close()
+            await self._cancel_loads()
             await super().on_failure(error)
 
     # --- messages ---------------------------------------------------------------------------
@@ -146,6 +163,22 @@ class Call(Supervisor):
                                          error=f"media track failed: {message.error}", code=500))
                 self._hangup("media_failure", "system")
             return None
+        if isinstance(message, _PlayFailed):
+            self.emit(api.ErrorEvent(track_id=self.settings.server_side_track, timestamp=now_ms(), sender="play",
+                                     error=f"play {message.url}: {message.error}", code=message.code))
+            return None
+        if isinstance(message, PlaybackEvent):
+            self._playback(message)
+            return None
+        if isinstance(message, TtsMetric):
+            self.emit(api.MetricsEvent(timestamp=now_ms(), key=f"ttfb.tts.{message.provider}",
+                                       duration=message.ttfb_ms,
+                                       data={"playId": message.play_id, "provider": message.provider}))
+            return None
+        if isinstance(message, TtsFailed):
+            self.emit(api.ErrorEvent(track_id=self.settings.server_side_track, timestamp=now_ms(), sender="tts",
+                                     error=f"{message.provider}: {message.error}", code=message.code))
+            return None
         if isinstance(message, GetTrackStats):
             track = self.child("track")
             return None if track is None else await track.ask(message, timeout=1.0)
@@ -160,6 +193,20 @@ class Call(Supervisor):
             self._hangup(cmd.reason or "hangup_command", cmd.initiator or "user")
         elif isinstance(cmd, (api.Mute, api.Unmute)):
             await self._mute(cmd.track_id, isinstance(cmd, api.Mute))
+        elif isinstance(cmd, api.Tts):
+            await self._tts(cmd)
+        elif isinstance(cmd, api.Play):
+            await self._play(cmd)
+        elif isinstance(cmd, api.Interrupt):
+            await self._interrupt(cmd.graceful)
+        elif isinstance(cmd, (api.Pause, api.Resume)):
+            track = self._need_track(_wire(cmd))
+            if track is not None:
+                await track.ask(SetPaused(isinstance(cmd, api.Pause)), timeout=1.0)
+        elif isinstance(cmd, api.History):
+            self.emit(api.AddHistoryEvent(timestamp=now_ms(), speaker=cmd.speaker, text=cmd.text))
+        elif isinstance(cmd, api.Custom):
+            self.emit(api.CustomEvent(timestamp=now_ms(), sender=cmd.sender, data=cmd.data))
         elif isinstance(cmd, (api.Reject, api.Ringing)) and self.call_type == "websocket":
             self._error("command", f"{_wire(cmd)}: a /call session has no incoming call to {_wire(cmd)}", 400)
         elif isinstance(cmd, api.Refer) and self.call_type == "websocket":
@@ -217,6 +264,167 @@ class Call(Supervisor):
             self._error("command", f"{'mute' if muted else 'unmute'}: unknown trackId {track_id!r} "
                         f"(tracks: {self.session_id!r}, {self.settings.server_side_track!r})", 404)
 
+    # --- playback ---------------------------------------------------------------------------
+
+    def _need_track(self, name: str) -> ActorRef | None:
+        track = self.child("track")
+        if track is None:
+            self._error("command", f"{name}: the call is not answered yet", 400)
+        return track
+
+    def _tts_provider(self, option: api.SynthesisOption | None) -> str | None:
+        name = (option.provider if option is not None else None) or self.services.default_tts
+        if name is None or name.lower() not in self.services.tts:
+            known = ", ".join(sorted(self.services.tts)) or "none"
+            self._error("tts", f"tts: unknown provider {name!r} (available: {known})", 400)
+            return None
+        return name.lower()
+
+    async def _tts(self, cmd: api.Tts) -> None:
+        track = self._need_track("tts")
+        if track is None:
+            return
+        call_option = self.option.tts if self.option is not None else None
+        option = api.merge_options(call_option, cmd.option) or api.SynthesisOption()
+        provider = "base64" if cmd.base64 else self._tts_provider(option)
+        if provider is None:
+            return
+        raw = None
+        if cmd.base64:
+            try:
+                raw = base64.b64decode(cmd.text, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                self._error("tts", f"tts: text is not valid base64: {exc}", 400)
+                return
+        play_id = cmd.play_id
+        item = self._streams.get(play_id) if cmd.streaming else None
+        if item is None:
+            if play_id is not None and play_id != self._current_tts_play_id and self._tts_active():
+                await self._interrupt(graceful=False)
+            item = PlayItem(play_id, "tts", text="" if cmd.base64 else cmd.text, auto_hangup=cmd.auto_hangup,
+                            wait_input_timeout=cmd.wait_input_timeout)
+            self._playing[id(item)] = item
+            if cmd.streaming:
+                self._streams[play_id] = item
+            await track.ask(Enqueue(item), timeout=1.0)
+        else:
+            if not cmd.base64:
+                item.append_text(cmd.text)
+            item.auto_hangup = item.auto_hangup or cmd.auto_hangup
+        if cmd.streaming and cmd.end_of_stream:
+            self._streams.pop(play_id, None)
+        self._current_tts_play_id = play_id
+        request = SynthRequest(text="" if cmd.base64 else cmd.text, speaker=cmd.speaker or option.speaker,
+                               speed=option.speed, volume=option.volume, sample_rate=option.samplerate,
+                               options=option.extra or {})
+        tts = await self._tts_actor()
+        if tts is None:
+            item.finish(error="tts unavailable")
+            return
+        tts.tell(Synthesize(item, request, provider, streaming=cmd.streaming, end_of_stream=cmd.end_of_stream,
+                            max_concurrent=option.max_concurrent_tasks or 1, base64_pcm=raw))
+
+    async def _tts_actor(self) -> ActorRef | None:
+        tts = self.child("tts")
+        if tts is not None:
+            return tts
+        if "tts" in self.child_ids():
+            # Restarting after a crash, or given up: the command is refused, the call goes on.
+            self._error("tts", "tts: the synthesis service is restarting or unavailable", 503)
+            return None
+        factories = self.services.tts
+        option = self.option.tts if self.option is not None else None
+        spec = ChildSpec(
+            id="tts",
+            start=lambda parent: Tts.start(lambda name: factories[name](option), report=parent.tell,
+                                           session_id=self.session_id, parent=parent, name="tts"),
+            restart=Restart.PERMANENT,
+            shutdown=self.settings.child_shutdown_timeout,
+            backoff=self.settings.backoff,
+            escalate=False,
+            intensity=self.settings.provider_restarts,
+            period=self.settings.provider_period,
+        )
+        return await self.start_child(spec)
+
+    def _tts_active(self) -> bool:
+        return any(item.kind == "tts" for item in self._playing.values())
+
+    async def _play(self, cmd: api.Play) -> None:
+        track = self._need_track("play")
+        if track is None:
+            return
+        if self.services.load_media is None:
+            self._error("play", "play: media loading is not configured", 501)
+            return
+        item = PlayItem(cmd.url, "play", auto_hangup=cmd.auto_hangup, wait_input_timeout=cmd.wait_input_timeout)
+        self._playing[id(item)] = item
+        # `play` replaces whatever plays now, as the original replaces its server-side track.
+        cut = await track.ask(Enqueue(item, replace=True), timeout=1.0)
+        await self._after_cut(cut, graceful=False)
+        load = self.services.load_media
+        task = asyncio.get_running_loop().create_task(self._load(load, cmd.url, item), name="play-load")
+        self._loads.add(task)
+        task.add_done_callback(self._loads.discard)
+
+    async def _load(self, load: Any, url: str, item: PlayItem) -> None:
+        try:
+            clip = await load(url)
+        except MediaLoadError as exc:
+            item.finish(error=str(exc))
+            self.actor_ref.tell(_PlayFailed(url, str(exc), exc.code))
+            return
+        except Exception as exc:  # noqa: BLE001 - a loader bug is this play's error, not the call's
+            item.finish(error=repr(exc))
+            self.actor_ref.tell(_PlayFailed(url, f"cannot play: {exc!r}", 500))
+            return
+        item.append(clip.pcm)
+        item.finish()
+
+    async def _cancel_loads(self) -> None:
+        for task in list(self._loads):
+            task.cancel()
+        if self._loads:
+            await asyncio.gather(*self._loads, return_exceptions=True)
+
+    async def _interrupt(self, graceful: bool) -> None:
+        track = self.child("track")
+        if track is None:
+            return
+        cut = await track.ask(InterruptPlayback(graceful), timeout=1.0)
+        await self._after_cut(cut, graceful)
+
+    async def _after_cut(self, cut: list[PlayItem], graceful: bool) -> None:
+        self._streams.clear()
+        tts = self.child("tts")
+        if tts is not None and any(item.kind == "tts" for item in cut):
+            tts.tell(CancelSynthesis())
+        current = cut[0] if cut else None
+        if current is not None and current.kind == "tts" and current.cut_unfinished:
+            self.emit(api.InterruptionEvent(
+                track_id=self.settings.server_side_track, timestamp=now_ms(), play_id=current.play_id,
+                subtitle=current.text or None, position=current.word_position(),
+                total_duration=current.total_ms, current=current.played_ms))
+
+    def _playback(self, ev: PlaybackEvent) -> None:
+        item = ev.item
+        track_id = self.settings.server_side_track
+        if ev.kind == "started":
+            self.emit(api.TrackStartEvent(track_id=track_id, timestamp=int(ev.at * 1000), play_id=item.play_id))
+            return
+        self._playing.pop(id(item), None)
+        self.emit(api.TrackEndEvent(track_id=track_id, timestamp=int(ev.at * 1000), duration=item.played_ms,
+                                    ssrc=self.ssrc, play_id=item.play_id))
+        if item.auto_hangup and not ev.interrupted and self.state != "ended":
+            self._hangup("autohangup", "system")
+
+    async def on_child_gave_up(self, spec: ChildSpec, error: BaseException | None) -> None:
+        if spec.id == "tts":
+            self.emit(api.ErrorEvent(track_id=self.settings.server_side_track, timestamp=now_ms(), sender="tts",
+                                     error=f"tts: gave up after repeated failures: {error}", code=503))
+            return
+        await super().on_child_gave_up(spec, error)
+
     # --- ending -----------------------------------------------------------------------------
 
     def _hangup(self, reason: str, initiator: str) -> None:
@@ -262,6 +470,13 @@ class Call(Supervisor):
             option = api.option_to_json(self.option)
         return CallInfo(id=self.session_id, call_type=self.call_type, created_at=iso8601(self.created_at),
                         option=option, state=self.state)
+
+
+@dataclass(frozen=True, slots=True)
+class _PlayFailed:
+    url: str
+    error: str
+    code: int
 
 
 def _wire(cmd: Any) -> str:

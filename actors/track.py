@@ -16,7 +16,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import structlog
@@ -26,8 +25,10 @@ from protocol.errors import ProtocolError
 
 from .base import Actor
 from .clock import MediaClock
+from .mailbox import SystemMessage
 from .messages import GetTrackStats, MediaError, SetMute, TrackStats
 from .pipes import AudioPipe
+from .playout import PlayItem, Playlist
 
 FRAME = frame_samples(MEDIA_RATE)           # samples per 20 ms media frame
 SILENCE = np.zeros(FRAME, dtype=np.int16)
@@ -38,13 +39,6 @@ MAX_INBOUND_PER_TICK = 25                   # a burst from the peer is worked of
 class LegIO:
     inbound: AudioPipe[bytes]              # payloads from the peer, pushed by the transport
     send: Callable[[bytes], None]          # payloads to the peer; must not block
-
-
-class PlayoutSource(Protocol):
-    """Something the playout clock pulls audio from (a file, a synthesis, a bridged call)."""
-
-    def read(self, samples: int) -> np.ndarray | None:
-        """Up to `samples` of MEDIA_RATE PCM; an empty array when starved; None when finished."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +57,23 @@ class Unsubscribe:
 
 
 @dataclass(frozen=True, slots=True)
-class SetSource:
-    source: PlayoutSource | None
+class Enqueue:
+    """Play `item` after what is queued, or (replace) instead of everything playing now."""
+
+    item: PlayItem
+    replace: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InterruptPlayback(SystemMessage):
+    """Cut playback now (graceful: after a short fade); answers the items cut, current first."""
+
+    graceful: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SetPaused(SystemMessage):
+    paused: bool
 
 
 class Track(Actor):
@@ -82,7 +91,7 @@ class Track(Actor):
         self.codec = codec
         self.leg = leg
         self.clock = clock
-        self.report = report                       # messages up to the Call (MediaError)
+        self.report = report                       # messages up to the Call (MediaError, PlaybackEvent)
         self.log = structlog.get_logger("track").bind(track_id=track_id)
         self._decoder = Decoder(codec)
         self._encoder = Encoder(codec)
@@ -90,7 +99,8 @@ class Track(Actor):
         self._silence_bytes = None if codec.name == "g722" else self._encoder.encode(SILENCE)
         self._in_buf = np.zeros(0, dtype=np.int16)
         self._taps: dict[str, dict[str, AudioPipe[np.ndarray]]] = {"in": {}, "out": {}}
-        self._source: PlayoutSource | None = None
+        # The server-side track: what the gateway plays to this leg.
+        self.playlist = Playlist(report)
         self._mute_in = False
         self._mute_out = False
         self._clock_handle: int | None = None
@@ -134,8 +144,18 @@ class Track(Actor):
             if message.outbound is not None:
                 self._mute_out = message.outbound
             return None
-        if isinstance(message, SetSource):
-            self._source = message.source
+        if isinstance(message, InterruptPlayback):
+            return self.playlist.interrupt(message.graceful)
+        if isinstance(message, Enqueue):
+            if message.replace:
+                return self.playlist.replace(message.item)
+            self.playlist.enqueue(message.item)
+            return None
+        if isinstance(message, SetPaused):
+            if message.paused:
+                self.playlist.pause()
+            else:
+                self.playlist.resume()
             return None
         if isinstance(message, Subscribe):
             pipe: AudioPipe[np.ndarray] = AudioPipe(message.capacity, name=f"{self.track_id}.{message.name}")
@@ -186,13 +206,9 @@ class Track(Actor):
                 self._fan_out("in", SILENCE if self._mute_in else frame)
 
     def _send(self) -> None:
-        frame = None
-        if self._source is not None:
-            frame = self._source.read(FRAME)
-            if frame is None:
-                self._source = None
-            elif len(frame) < FRAME:
-                frame = np.concatenate((frame, SILENCE[: FRAME - len(frame)]))
+        frame = self.playlist.read(FRAME)
+        if frame is not None and len(frame) < FRAME:
+            frame = np.concatenate((frame, SILENCE[: FRAME - len(frame)])) if len(frame) else None
         if frame is None or self._mute_out:
             frame = SILENCE
         if frame is SILENCE and self._silence_bytes is not None:

@@ -1,8 +1,9 @@
 """Per-connection plumbing of an API WebSocket: the ordered outbox and the event dump.
 
-The outbox keeps control events and audio apart: events are never dropped, audio is a bounded
-ring that drops its oldest frame when the client reads too slowly, so a stalled client costs a
-fixed amount of memory and never stalls the call.
+The outbox keeps control events and audio apart but in order: events are never dropped, audio is a
+bounded ring that drops its oldest frame when the client reads too slowly, so a stalled client
+costs a fixed amount of memory and never stalls the call. A sequence number on every item keeps
+the order they were produced in (a trackEnd never overtakes the last frame of its playback).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ log = structlog.get_logger("ws")
 class Outbox:
     def __init__(self, ws: web.WebSocketResponse, audio_capacity: int = 50) -> None:
         self.ws = ws
-        self._events: deque[str] = deque()
-        self._audio: deque[bytes] = deque(maxlen=audio_capacity)
+        self._events: deque[tuple[int, str]] = deque()
+        self._audio: deque[tuple[int, bytes]] = deque(maxlen=audio_capacity)
+        self._seq = 0
         self._wake = asyncio.Event()
         self._closing = False
         self._close_code = 1000
@@ -35,7 +37,8 @@ class Outbox:
 
     def event(self, text: str) -> None:
         if not self._closing:
-            self._events.append(text)
+            self._seq += 1
+            self._events.append((self._seq, text))
             self._wake.set()
 
     def audio(self, payload: bytes) -> None:
@@ -43,7 +46,8 @@ class Outbox:
             return
         if len(self._audio) == self._audio.maxlen:
             self.audio_dropped += 1
-        self._audio.append(payload)
+        self._seq += 1
+        self._audio.append((self._seq, payload))
         self._wake.set()
 
     def close(self, code: int = 1000) -> None:
@@ -66,10 +70,10 @@ class Outbox:
                 while self._events or self._audio:
                     if ws.closed:
                         return
-                    if self._events:
-                        await ws.send_str(self._events.popleft())
+                    if self._events and (not self._audio or self._events[0][0] < self._audio[0][0]):
+                        await ws.send_str(self._events.popleft()[1])
                     else:
-                        await ws.send_bytes(self._audio.popleft())
+                        await ws.send_bytes(self._audio.popleft()[1])
                         self.audio_sent += 1
                 if self._closing:
                     break

@@ -11,7 +11,8 @@ import pytest
 
 from actors import GetCall, GetChild
 from actors.messages import GetTrackStats
-from actors.track import SetSource, Subscribe
+from actors.playout import PlayItem
+from actors.track import Enqueue, Subscribe
 from protocol.codecs import Decoder, Encoder, codec_info
 from tests.conftest import base_url, connect
 from tests.support.audio import dominant_frequency, frames, rms, tone
@@ -27,18 +28,12 @@ async def track_ref(gw, session_id):
     return await call.ask(GetChild("track"), timeout=2)
 
 
-class ToneSource:
-    """A playout source: a fixed buffer of MEDIA_RATE PCM, read by the media clock."""
-
-    def __init__(self, pcm: np.ndarray) -> None:
-        self.pcm, self.pos = pcm, 0
-
-    def read(self, samples: int):
-        if self.pos >= len(self.pcm):
-            return None
-        out = self.pcm[self.pos:self.pos + samples]
-        self.pos += samples
-        return out
+def ToneItem(pcm: np.ndarray) -> PlayItem:
+    """A finished playback item holding `pcm` (16 kHz), as a producer leaves it."""
+    item = PlayItem("tone", "play")
+    item.append(pcm)
+    item.finish()
+    return item
 
 
 def parse_iso(text: str) -> datetime:
@@ -71,7 +66,7 @@ async def test_audio_both_ways_in_every_codec(gateway, http, codec, rate, frame_
 
     # Gateway -> caller: a 1 kHz tone played out, paced, in the same codec and rate.
     client.audio.clear()
-    await track.ask(SetSource(ToneSource(tone(1000, 0.6, 16000))), timeout=2)
+    await track.ask(Enqueue(ToneItem(tone(1000, 0.6, 16000))), timeout=2)
     await asyncio.sleep(0.8)
     sizes = {len(f) for f in client.audio}
     assert sizes == {frame_bytes}, sizes
@@ -291,7 +286,7 @@ async def test_server_side_track_id_for_mute(gateway, http):
     await client.send({"command": "invite", "option": {"codec": "pcm"}})
     await client.wait_event("answer")
     track = await track_ref(gateway, "m")
-    await track.ask(SetSource(ToneSource(tone(1000, 2.0, 16000))), timeout=2)
+    await track.ask(Enqueue(ToneItem(tone(1000, 2.0, 16000))), timeout=2)
     await asyncio.sleep(0.2)
     await client.send({"command": "mute", "trackId": "bot"})
     await asyncio.sleep(0.1)

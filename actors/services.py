@@ -1,0 +1,111 @@
+"""What a call needs from the outside world, handed in by transports as callables and protocols.
+
+Actors never import transports: the entry point builds a `CallServices` with real providers,
+loaders and sinks, and each Call receives it. Tests build one from in-memory or local parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+
+# --- speech synthesis --------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class SynthChunk:
+    """A piece of synthesised speech: int16 mono PCM at `sample_rate`, with the words that start
+    in it (`(word_index, sample_offset_in_this_chunk)`, word_index counted from 0 over the text)."""
+
+    pcm: np.ndarray
+    sample_rate: int
+    words: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SynthRequest:
+    text: str
+    speaker: str | None = None
+    speed: float = 1.0          # 1.0 = the provider's normal rate
+    volume: int = 5             # the API's 1..10 scale; 5 = the provider's normal volume
+    sample_rate: int = 16000    # preferred output rate; a provider may return its own
+    options: Mapping[str, Any] = field(default_factory=dict)  # provider-specific (SynthesisOption.extra etc.)
+
+
+class TtsProvider(Protocol):
+    name: str
+
+    def synthesize(self, request: SynthRequest) -> AsyncIterator[SynthChunk]:
+        """Stream the speech for `request`. Raises `ProviderError` on failure. Cancelling the
+        iteration (aclose / task cancel) stops the synthesis promptly."""
+
+    async def close(self) -> None:
+        ...
+
+
+class ProviderError(Exception):
+    """A provider could not do its work. `permanent` failures (bad credentials, unknown voice) are
+    reported and not retried; the others restart the provider with backoff."""
+
+    def __init__(self, message: str, *, code: int | None = None, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.permanent = permanent
+
+
+TtsFactory = Callable[[Any], TtsProvider]          # SynthesisOption -> provider
+
+
+# --- media files ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class MediaClip:
+    """Decoded audio: int16 mono PCM at 16 kHz."""
+
+    pcm: np.ndarray
+    source: str
+
+    @property
+    def duration_ms(self) -> int:
+        return len(self.pcm) * 1000 // 16000
+
+
+class MediaLoadError(Exception):
+    """A `play` source that cannot be played; `code` follows HTTP (400 refused path, 404 missing,
+    413 too large, 415 unsupported format, 502 upstream error, 504 timeout)."""
+
+    def __init__(self, message: str, code: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+LoadMedia = Callable[[str], Awaitable[MediaClip]]  # url or media_root-relative path -> clip
+
+
+# --- recording -----------------------------------------------------------------------------------
+
+class RecordingSink(Protocol):
+    """A two-channel 16-bit WAV being written. Every `write` leaves a readable file behind."""
+
+    path: str
+
+    def write(self, left: np.ndarray, right: np.ndarray) -> None:
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+OpenRecording = Callable[[str, int, int], RecordingSink]  # (resolved path, samplerate, segment) -> sink
+
+
+@dataclass(frozen=True, slots=True)
+class CallServices:
+    tts: Mapping[str, TtsFactory] = field(default_factory=dict)
+    default_tts: str | None = None
+    load_media: LoadMedia | None = None
+    open_recording: OpenRecording | None = None
+    resolve_recording: Callable[[str, str], str] | None = None   # (recorderFile, session id) -> path

@@ -362,22 +362,38 @@ def test_process_answer_errors(reply, message, status):
 
 
 def _captured_sdp_bodies() -> list[tuple[str, bytes]]:
-    """SDP bodies of SIP messages captured from sipp/baresip under tests/fixtures/sip/captures/."""
+    """(dir/file, SDP body) of every SIP message with an SDP body under tests/fixtures/sip/captures/."""
     root = FIXTURES / "sip" / "captures"
     bodies = []
-    for path in sorted(root.rglob("*")) if root.is_dir() else []:
-        if not path.is_file():
-            continue
+    for path in sorted(root.glob("*/*.sip")) if root.is_dir() else []:
         data = path.read_bytes()
-        if path.suffix == ".sdp":
-            bodies.append((path.name, data))
-            continue
-        for match in re.finditer(rb"\r?\n\r?\n(v=0\r?\n.*?)(?=\r?\n\r?\n|\Z)", data, re.S):
-            bodies.append((f"{path.name}@{match.start(1)}", match.group(1) + b"\r\n"))
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if not sep:
+            head, sep, body = data.partition(b"\n\n")
+        content_type = re.search(rb"^(?:content-type|c)[ \t]*:[ \t]*([^\r\n;]+)", head, re.I | re.M)
+        if content_type and content_type.group(1).strip().lower() == b"application/sdp" and body.strip():
+            bodies.append((f"{path.parent.name}/{path.name}", body))
     return bodies
 
 
 CAPTURED = _captured_sdp_bodies()
+
+
+def _captured_offer_answer_pairs() -> list[tuple[str, bytes, bytes]]:
+    """Each INVITE's SDP with the SDP of the 200 that follows it in the same capture."""
+    pairs = []
+    pending: dict[str, tuple[str, bytes]] = {}
+    for name, body in CAPTURED:
+        directory = name.split("/")[0]
+        if "INVITE" in name:
+            pending[directory] = (name, body)
+        elif "-200" in name and directory in pending:
+            offer_name, offer = pending.pop(directory)
+            pairs.append((f"{offer_name}+{name.split('/')[1]}", offer, body))
+    return pairs
+
+
+PAIRS = _captured_offer_answer_pairs()
 
 
 @pytest.mark.skipif(not CAPTURED, reason="no SIP captures under tests/fixtures/sip/captures/")
@@ -385,7 +401,33 @@ CAPTURED = _captured_sdp_bodies()
 def test_captured_sip_sdp_negotiates(name, body):
     sdp = parse(body)
     assert parse(bytes(sdp)) == sdp
-    if any(m.port and m.media == "audio" for m in sdp.media):
-        reply, media = answer(sdp, PREFS, "127.0.0.1", 40000)
-        assert media.codec.name in ("PCMU", "PCMA", "G722")
-        assert len(reply.media) == len(sdp.media)
+    assert bytes(sdp) == body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    reply, media = answer(sdp, PREFS, "127.0.0.1", 40000)
+    assert media.codec.name in ("PCMU", "PCMA")
+    assert media.remote_address == "127.0.0.1"
+    assert (media.direction, media.on_hold) == ("sendrecv", False)
+    assert len(reply.media) == len(sdp.media)
+    assert parse(bytes(reply)) == reply
+
+
+@pytest.mark.skipif(not PAIRS, reason="no INVITE/200 pairs under tests/fixtures/sip/captures/")
+@pytest.mark.parametrize(("name", "offer", "reply"), PAIRS, ids=[n for n, _, _ in PAIRS])
+def test_captured_offer_and_answer_agree(name, offer, reply):
+    offer_sdp, answer_sdp = parse(offer), parse(reply)
+    offered = {c.name for c in offer_sdp.media[0].codecs}
+    if not any(c.name in offered for c in answer_sdp.media[0].codecs if c.name != "telephone-event"):
+        # sipp's canned UAS answers PCMU whatever was offered (its uac_pcap offers PCMA only).
+        with pytest.raises(ProtocolError) as info:
+            process_answer(offer_sdp, answer_sdp)
+        assert (info.value.message, info.value.status) == ("sdp answer has no codec that was offered", 488)
+        return
+    media = process_answer(offer_sdp, answer_sdp)
+    assert media.codec.payload_type == answer_sdp.media[0].payload_types[0]
+    assert (media.remote_address, media.remote_port) == ("127.0.0.1", answer_sdp.media[0].port)
+    assert media.direction == "sendrecv"
+
+
+def test_captures_were_found_when_present():
+    root = FIXTURES / "sip" / "captures"
+    if any(root.glob("*/*.sip")):
+        assert len(CAPTURED) >= 2 and PAIRS

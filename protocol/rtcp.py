@@ -308,7 +308,9 @@ def parse_rtcp(data: bytes) -> list[RtcpPacket]:
             raise ProtocolError(f"RTCP packet has invalid version {first >> 6}")
         end = pos + 4 + 4 * words
         if end > len(data):
-            raise ProtocolError(f"RTCP packet is truncated: length field needs {end - pos} bytes, got {len(data) - pos}")
+            raise ProtocolError(
+                f"RTCP packet is truncated: length field needs {end - pos} bytes, got {len(data) - pos}"
+            )
         body = data[pos + 4 : end]
         if first & 0x20:
             padding = body[-1] if body else 0

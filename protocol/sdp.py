@@ -201,7 +201,7 @@ def _parse_rtpmap(value: str) -> RtpMap:
     parts = encoding.strip().split("/")
     if not _INTEGER.match(pt_text) or int(pt_text) > 127 or len(parts) not in (2, 3):
         raise ValueError(value)
-    if not parts[0] or not _INTEGER.match(parts[1]):
+    if not parts[0] or not _INTEGER.match(parts[1]) or int(parts[1]) == 0:
         raise ValueError(value)
     channels = None
     if len(parts) == 3:

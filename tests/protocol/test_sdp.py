@@ -242,7 +242,9 @@ def test_every_line_type_round_trips():
 
 def test_lines_out_of_order_are_accepted_and_written_in_order():
     sdp = parse(b"v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\nt=0 0\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\n")
-    assert bytes(sdp) == b"v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+    assert bytes(sdp) == (
+        b"v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+    )
     assert parse(bytes(sdp)) == sdp
 
 
@@ -335,6 +337,7 @@ HEAD = "v=0\no=- 1 1 IN IP4 10.0.0.1\ns=-\nt=0 0\n"
         (HEAD + "m=audio 4000 RTP/AVP 0\na=rtpmap:x PCMU/8000\n",
          "sdp line 6: bad a=rtpmap line 'a=rtpmap:x PCMU/8000'"),
         (HEAD + "m=audio 4000 RTP/AVP 0\na=rtpmap:0 PCMU/8k\n", "sdp line 6: bad a=rtpmap line 'a=rtpmap:0 PCMU/8k'"),
+        (HEAD + "m=audio 4000 RTP/AVP 0\na=rtpmap:0 PCMU/0\n", "sdp line 6: bad a=rtpmap line 'a=rtpmap:0 PCMU/0'"),
         (HEAD + "m=audio 4000 RTP/AVP 0\na=rtpmap:200 X/8000\n",
          "sdp line 6: bad a=rtpmap line 'a=rtpmap:200 X/8000'"),
         (HEAD + "m=audio 4000 RTP/AVP 0\na=fmtp:\n", "sdp line 6: bad a=fmtp line 'a=fmtp:'"),

@@ -1,0 +1,1 @@
+"""Speech providers: the implementations of ``actors.services.TtsProvider`` the entry point hands to calls."""

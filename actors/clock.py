@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 
 import structlog
@@ -34,6 +35,7 @@ class MediaClock:
         self.ticks = 0
         self.skipped = 0
         self.late_ticks = 0
+        self._lateness: deque[float] = deque(maxlen=3000)  # seconds each tick ran after its deadline
 
     def register(self, tick: Callable[[float], None], on_error: Callable[[BaseException], None]) -> int:
         self._next_id += 1
@@ -47,6 +49,17 @@ class MediaClock:
 
     def __len__(self) -> int:
         return len(self._subs)
+
+    def stats(self) -> dict[str, float | int]:
+        """Tick figures: how late ticks ran after their deadline (ms) over the last ~60 s."""
+        late = sorted(self._lateness)
+
+        def pct(p: float) -> float:
+            return round(late[min(len(late) - 1, int(p * len(late)))] * 1000, 3) if late else 0.0
+
+        return {"tracks": len(self._subs), "ticks": self.ticks, "late_ticks": self.late_ticks,
+                "skipped": self.skipped, "lateness_ms_p50": pct(0.50), "lateness_ms_p99": pct(0.99),
+                "lateness_ms_max": round(late[-1] * 1000, 3) if late else 0.0}
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -74,6 +87,7 @@ class MediaClock:
                 self.late_ticks += 1
             self.ticks += 1
             tick_time = time.monotonic()
+            self._lateness.append(tick_time - deadline)
             for handle, (tick, on_error) in list(self._subs.items()):
                 try:
                     tick(tick_time)

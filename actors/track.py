@@ -76,6 +76,15 @@ class SetPaused(SystemMessage):
     paused: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Mix:
+    """Mix a continuous source (mediaPass, a bridged call) into the output beside the playlist;
+    `add=False` removes it. Interrupts and `play` never cut a mixed source."""
+
+    item: PlayItem
+    add: bool = True
+
+
 class Track(Actor):
     def __init__(
         self,
@@ -101,6 +110,7 @@ class Track(Actor):
         self._taps: dict[str, dict[str, AudioPipe[np.ndarray]]] = {"in": {}, "out": {}}
         # The server-side track: what the gateway plays to this leg.
         self.playlist = Playlist(report)
+        self._mix: list[PlayItem] = []
         self._mute_in = False
         self._mute_out = False
         self._clock_handle: int | None = None
@@ -150,6 +160,12 @@ class Track(Actor):
             if message.replace:
                 return self.playlist.replace(message.item)
             self.playlist.enqueue(message.item)
+            return None
+        if isinstance(message, Mix):
+            if message.add:
+                self._mix.append(message.item)
+            elif message.item in self._mix:
+                self._mix.remove(message.item)
             return None
         if isinstance(message, SetPaused):
             if message.paused:
@@ -209,6 +225,8 @@ class Track(Actor):
         frame = self.playlist.read(FRAME)
         if frame is not None and len(frame) < FRAME:
             frame = np.concatenate((frame, SILENCE[: FRAME - len(frame)])) if len(frame) else None
+        if self._mix:
+            frame = self._mixed(frame)
         if frame is None or self._mute_out:
             frame = SILENCE
         if frame is SILENCE and self._silence_bytes is not None:
@@ -218,6 +236,17 @@ class Track(Actor):
         self.leg.send(payload)
         self.frames_out += 1
         self._fan_out("out", frame)
+
+    def _mixed(self, frame: np.ndarray | None) -> np.ndarray | None:
+        acc = None if frame is None else frame.astype(np.int32)
+        for item in self._mix:
+            part = item.read(FRAME)
+            if len(part):
+                if acc is None:
+                    acc = np.zeros(FRAME, dtype=np.int32)
+                acc[: len(part)] += part
+        self._mix = [item for item in self._mix if not item.done]
+        return None if acc is None else np.clip(acc, -32768, 32767).astype(np.int16)
 
     def _fan_out(self, direction: str, frame: np.ndarray) -> None:
         for pipe in self._taps[direction].values():

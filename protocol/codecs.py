@@ -107,12 +107,37 @@ class Resampler:
         h = cutoff * np.sinc(cutoff * k) * np.kaiser(n, 6.0) * self.up
         # phases[p][j] multiplies input x[i - j] for output phase p
         self._phases = h.reshape(self.TAPS, self.up).T[:, ::-1].astype(np.float64).copy()
+        self._kernels = [np.ascontiguousarray(p[::-1]) for p in self._phases]  # for np.convolve
         self._history = np.zeros(self.TAPS - 1, dtype=np.float64)
         self._pos = 0  # position of the next output in the upsampled domain, relative to history end
 
     def process(self, pcm: np.ndarray) -> np.ndarray:
         if self._passthrough:
             return pcm
+        if self.down == 1:
+            return self._interpolate(pcm)
+        if self.up == 1:
+            return self._decimate(pcm)
+        return self._rational(pcm)
+
+    def _interpolate(self, pcm: np.ndarray) -> np.ndarray:
+        # Integer up-sampling (8 -> 16 kHz, 16 -> 48 kHz): every phase yields one output per input.
+        x = np.concatenate((self._history, pcm))
+        self._history = x[len(x) - (self.TAPS - 1):]
+        y = np.empty(len(pcm) * self.up)
+        for p, kernel in enumerate(self._kernels):
+            y[p::self.up] = np.convolve(x, kernel, "valid")
+        return np.clip(np.rint(y), -32768, 32767).astype(np.int16)
+
+    def _decimate(self, pcm: np.ndarray) -> np.ndarray:
+        # Integer down-sampling (16 -> 8 kHz, 48 -> 16 kHz): keep every down-th filtered sample.
+        x = np.concatenate((self._history, pcm))
+        self._history = x[len(x) - (self.TAPS - 1):]
+        y = np.convolve(x, self._kernels[0], "valid")[self._pos::self.down]
+        self._pos = (self._pos - len(pcm)) % self.down
+        return np.clip(np.rint(y), -32768, 32767).astype(np.int16)
+
+    def _rational(self, pcm: np.ndarray) -> np.ndarray:
         x = np.concatenate((self._history, pcm.astype(np.float64)))
         base = len(self._history)                     # index in x of the first new sample
         limit = len(pcm) * self.up                    # upsampled positions covered by this chunk
@@ -127,7 +152,7 @@ class Resampler:
             # few phases: one 'valid' convolution per phase is far cheaper than a gather
             start = base + self._pos // self.up - (self.TAPS - 1)
             seg = x[start:]
-            conv = np.stack([np.convolve(seg, self._phases[p][::-1], "valid") for p in range(self.up)])
+            conv = np.stack([np.convolve(seg, kernel, "valid") for kernel in self._kernels])
             y = conv[phase, idx - (self.TAPS - 1) - start]
         else:
             window = idx[:, None] - (self.TAPS - 1) + np.arange(self.TAPS)[None, :]

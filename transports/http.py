@@ -36,7 +36,7 @@ log = structlog.get_logger("http")
 # Wire names of the call types, as the original active-call serialises them.
 CALL_TYPE_WIRE = {"websocket": "webSocket", "sip": "sip", "webrtc": "webrtc"}
 URGENT_COMMANDS = (api.Interrupt, api.Hangup)
-MAX_TEXT_FRAME = 1 << 20
+MAX_TEXT_FRAME = 4 << 20  # a base64 `tts` of ~90 s of 16 kHz audio fits
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +171,7 @@ class CallRouter:
             "tasks": len(asyncio.all_tasks()),
             "open_fds": _open_fds(),
             "clocked_tracks": len(self.clock),
+            "clock": self.clock.stats(),
         })
 
     # --- the API WebSocket --------------------------------------------------------------------

@@ -206,6 +206,9 @@ class Recorder(Actor):
     async def on_start(self) -> None:
         self._sink = self._open_sink()
         self._path = self._sink.path
+        # A cancelled actor (a stop that timed out, a loop shutting down) runs neither on_stop nor
+        # on_failure; its watchers are still called, and the file must still be completed and closed.
+        self.actor_ref.add_watcher(self._ended)
         loop = asyncio.get_running_loop()
         self._started_at = loop.time()
         self._deadline = self._started_at + self.flush_ms / 1000.0
@@ -240,6 +243,10 @@ class Recorder(Actor):
         )
 
     # --- flushing ----------------------------------------------------------------------------
+
+    def _ended(self, exit: object) -> None:
+        if self._sink is not None:
+            self._finish(drain=True)
 
     def _on_timer(self) -> None:
         # A loop callback, outside the actor's task: a failure is handed to the task as a message

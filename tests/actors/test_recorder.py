@@ -240,6 +240,27 @@ async def test_timed_flushes_keep_a_valid_file_on_the_wall_clock(tmp_path):
     assert np.array_equal(left[tone_at:tone_at + n_tone * FRAME], np.concatenate(tone(n_tone)))
 
 
+async def test_a_cancelled_recorder_still_completes_and_closes_its_file(tmp_path):
+    path = str(tmp_path / "cancelled.wav")
+    inbound, outbound = pipes()
+    opened: list[WavSink] = []
+
+    def open_sink() -> WavSink:
+        opened.append(open_recording(path, 16000, 0))
+        return opened[-1]
+
+    ref = Recorder.start(inbound, outbound, open_sink, ptime_ms=1000)
+    await eventually(lambda: len(opened) == 1)
+    for frame in tone(4):
+        inbound.push(frame)
+    ref._task.cancel()  # type: ignore[union-attr]  # what a timed-out stop does
+    await ref.wait_stopped()
+    assert ref.exit is not None and ref.exit.reason == "shutdown"
+    assert opened[0].closed
+    _, left, right = read_wav(path)
+    assert np.array_equal(left, np.concatenate(tone(4))) and not right.any()
+
+
 class FailingSink:
     """A real sink whose n-th write fails as a full disk would."""
 

@@ -95,7 +95,9 @@ LIST_HEADERS = frozenset(
 )
 
 _BAD_VALUE_RE = re.compile(r"[\x00\r\n]")
-_LIST_SPLIT_RE = re.compile(r'"(?:[^"\\]|\\.)*"|<[^>]*>|,', re.S)
+# Each alternative that can start also always succeeds (an unterminated quote or "<" runs to the
+# end), so the scan stays linear however many unbalanced '"' or '<' an input holds.
+_LIST_SPLIT_RE = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?\Z)|<[^>]*(?:>|\Z)|,', re.S)
 _DIGITS_RE = re.compile(r"[0-9]+")
 _Q_RE = re.compile(r"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)")
 _KEY_CACHE: dict[str, str] = {}

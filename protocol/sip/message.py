@@ -642,6 +642,8 @@ class StreamParser:
         self.max_message_size = max_message_size
         self.pings = 0
         self._buf = bytearray()
+        self._pos = 0  # start of the unconsumed data in _buf
+        self._scanned = 0  # how far the search for the end of the headers has got
         self._head: _Head | None = None
         self._body_start = 0
         self._crlfs = 0
@@ -662,7 +664,7 @@ class StreamParser:
             while True:
                 framed = self._next()
                 if framed is None:
-                    return out
+                    break
                 head, body = framed
                 try:
                     out.append(_build(head, body))
@@ -672,10 +674,17 @@ class StreamParser:
             self._fatal = e
             self._buf.clear()
             raise
+        # Consumed bytes are dropped once per feed, not once per message.
+        if self._pos:
+            del self._buf[: self._pos]
+            self._scanned -= self._pos
+            self._body_start -= self._pos
+            self._pos = 0
+        return out
 
     def _skip_crlf(self) -> None:
         buf = self._buf
-        i = 0
+        i = self._pos
         n = len(buf)
         while i < n:
             if buf[i] == 13:
@@ -692,31 +701,33 @@ class StreamParser:
             if self._crlfs == 2:
                 self.pings += 1
                 self._crlfs = 0
-        if i:
-            del buf[:i]
+        if i != self._pos:
+            self._pos = self._scanned = i
 
     def _next(self) -> tuple[_Head, bytes] | None:
         buf = self._buf
         if self._head is None:
             self._skip_crlf()
-            if not buf or buf[0] == 13:
+            start = self._pos
+            if start == len(buf) or buf[start] == 13:
                 return None
             self._crlfs = 0
-            head_end, body_start = _find_head_end(buf, 0)
+            # Resume the search a few bytes back: the blank line may straddle two segments.
+            head_end, body_start = _find_head_end(buf, max(start, self._scanned - 3))
             if head_end < 0:
-                if len(buf) > self.max_message_size:
+                self._scanned = len(buf)
+                if len(buf) - start > self.max_message_size:
                     raise SipParseError(
                         f"no end of headers within {self.max_message_size} bytes", 413
                     )
                 return None
-            head = _parse_head(bytes(buf[:head_end]))
+            head = _parse_head(bytes(buf[start:head_end]))
             if head.content_length is None:
                 raise SipParseError("Content-Length is required on a stream transport")
-            if body_start + head.content_length > self.max_message_size:
+            size = body_start - start + head.content_length
+            if size > self.max_message_size:
                 raise SipParseError(
-                    f"message of {body_start + head.content_length} bytes exceeds the "
-                    f"{self.max_message_size} byte limit",
-                    413,
+                    f"message of {size} bytes exceeds the {self.max_message_size} byte limit", 413
                 )
             self._head, self._body_start = head, body_start
         head = self._head
@@ -724,7 +735,7 @@ class StreamParser:
         if len(buf) < end:
             return None
         body = bytes(buf[self._body_start : end])
-        del buf[:end]
+        self._pos = self._scanned = end
         self._head = None
         return head, body
 

@@ -49,7 +49,7 @@ _DIGITS_RE = re.compile(r"[0-9]+")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 # gen-value = token / host / quoted-string: a host adds ":" "[" "]" to the token characters.
 _GEN_VALUE_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+")
-_PARAM_SPLIT_RE = re.compile(r'"(?:[^"\\]|\\.)*"|;', re.S)
+_PARAM_SPLIT_RE = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?\Z)|;', re.S)
 _VISUAL_SEPARATORS = str.maketrans("", "", "-.()")
 
 # Parameters that must agree whenever either URI carries them (RFC 3261 §19.1.4).

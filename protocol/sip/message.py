@@ -23,6 +23,7 @@ from protocol.sip.headers import (
     parse_contacts,
     parse_cseq,
     parse_via,
+    split_list,
 )
 from protocol.sip.uri import NameAddr, SipUri, _TOKEN_RE, parse_name_addr, parse_uri
 
@@ -151,13 +152,28 @@ class SipParseError(ProtocolError):
         self.headers = headers
 
 
-def _build_vias(headers: Headers) -> tuple[Via, ...]:
+def _vias(lines: list[str]) -> tuple[Via, ...]:
     out = []
-    for element in headers._elements("via"):
-        if not element:
-            raise ProtocolError("empty element in Via")
-        out.append(parse_via(element))
+    for line in lines:
+        for element in split_list(line):
+            if not element:
+                raise ProtocolError("empty element in Via")
+            out.append(parse_via(element))
     return tuple(out)
+
+
+def _call_id(value: str) -> str:
+    if not value or " " in value or "\t" in value:
+        raise ProtocolError(f"bad Call-ID {value[:60]!r}")
+    return value
+
+
+def _contacts(lines: list[str]) -> tuple[Contact, ...]:
+    return tuple(parse_contacts([e for line in lines for e in split_list(line)]))
+
+
+def _build_vias(headers: Headers) -> tuple[Via, ...]:
+    return _vias(headers._lines("via"))
 
 
 def _build_single_address(key: str):
@@ -193,14 +209,11 @@ def _build_call_id(headers: Headers) -> str:
     lines = headers._lines("call-id")
     if not lines:
         raise ProtocolError("no Call-ID header")
-    value = lines[0]
-    if not value or len(value.split()) != 1:
-        raise ProtocolError(f"bad Call-ID {value[:60]!r}")
-    return value
+    return _call_id(lines[0])
 
 
 def _build_contacts(headers: Headers) -> tuple[Contact, ...]:
-    return tuple(parse_contacts(headers._elements("contact")))
+    return _contacts(headers._lines("contact"))
 
 
 def _build_max_forwards(headers: Headers) -> int | None:
@@ -583,22 +596,27 @@ def _check_version(version: str, method: str | None, headers: Headers | None) ->
 
 
 def _validate(msg: Request | Response, headers: Headers) -> None:
-    keys = headers.keys()
-    present = set(keys)
-    missing = [k for k in _MANDATORY if k not in present]
+    """Check the mandatory headers and leave their typed values in the view cache."""
+    fields: dict[str, list[str]] = {}
+    for key, _, value, _ in headers._items:
+        if key in fields:
+            fields[key].append(value)
+        else:
+            fields[key] = [value]
+    missing = [k for k in _MANDATORY if k not in fields]
     if missing:
         raise ProtocolError(f"missing mandatory header(s): {', '.join(missing)}")
-    if len(keys) != len(present):
-        for key in _SINGLE:
-            if keys.count(key) > 1:
-                raise ProtocolError(f"more than one {key} header")
-    msg.via
-    msg.from_
-    msg.to
-    msg.call_id
-    cseq = msg.cseq
-    if "contact" in present:
-        msg.contact
+    for key in _SINGLE:
+        if key in fields and len(fields[key]) > 1:
+            raise ProtocolError(f"more than one {key} header")
+    views = headers._views
+    views["via"] = _vias(fields["via"])
+    views["from"] = parse_name_addr(fields["from"][0])
+    views["to"] = parse_name_addr(fields["to"][0])
+    views["call-id"] = _call_id(fields["call-id"][0])
+    views["cseq"] = cseq = parse_cseq(fields["cseq"][0])
+    if "contact" in fields:
+        views["contact"] = _contacts(fields["contact"])
     if isinstance(msg, Request) and cseq.method != msg.method:
         raise ProtocolError(f"CSeq method {cseq.method!r} does not match request method {msg.method!r}")
 

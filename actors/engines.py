@@ -49,7 +49,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-T_co = TypeVar("T_co", covariant=True)
 
 EngineFactory = Callable[[], Any]
 
@@ -70,14 +69,14 @@ class EngineStalled(EngineError):
     """A stream's consumer left its in-flight items unread for longer than the stall timeout."""
 
 
-class Emitter(Protocol[T_co]):
+class Emitter(Protocol[T]):
     """What a streaming engine method receives as its first argument (used on the engine thread)."""
 
     @property
     def cancelled(self) -> bool:
         """True once the consumer has gone: stop producing."""
 
-    def emit(self, item: Any) -> bool:
+    def emit(self, item: T) -> bool:
         """Hand one item to the consumer; False means it has gone and the item was dropped."""
 
 
@@ -177,7 +176,7 @@ class _StreamTicket(_Ticket):
         if self.cancelled:
             return False
         if not self.credit.acquire(timeout=self.stall_timeout):
-            self.stalled = True
+            self.stalled = not self.cancelled
             self.cancelled = True
             return False
         if self.cancelled:      # woken by the consumer leaving, not by a read
@@ -404,11 +403,13 @@ class EngineHost:
         if ref is None:
             ref = EngineActor.start(name, factory, self._counters[name])
             self._refs[name] = ref
+        counters = self._counters[name]
+        counters.submitted += 1         # before the engine can count the job as done
         try:
             ref.tell(job)
         except pykka.ActorDeadError:
+            counters.submitted -= 1
             raise EngineStopped(f"engine {name!r} has stopped") from None
-        self._counters[name].submitted += 1
         self._tickets.add(job.ticket)
 
     async def stop(self, timeout: float = 5.0) -> bool:

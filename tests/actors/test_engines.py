@@ -179,8 +179,10 @@ async def test_a_consumer_slower_than_its_engine_does_not_hold_the_loop():
         job = asyncio.create_task(consume())
         lateness = await tick_while(job, period=0.005)
         assert await job == 300
+    # Held by the consumer, the loop would be late by the whole stream (300 ms and more); the
+    # bound leaves room for a machine whose cores are all busy.
     assert len(lateness) >= 20
-    assert max(lateness) < 0.020
+    assert max(lateness) < 0.050
 
 
 async def test_a_queued_job_whose_caller_gave_up_is_skipped():

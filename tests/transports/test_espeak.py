@@ -22,6 +22,7 @@ from transports.providers.espeak import (
     espeak_rate,
     espeak_volume,
     make_espeak_factory,
+    register_espeak,
 )
 
 RATE = 22050
@@ -213,24 +214,30 @@ async def test_cancelling_mid_text_stops_promptly_and_the_next_synthesis_works(h
     assert (await speak(espeak, "hello world")).seconds > 0.5
 
 
-async def test_two_concurrent_syntheses_are_serialised_and_both_complete(espeak):
+async def test_two_concurrent_syntheses_are_serialised_and_both_complete():
     texts = {"a": " ".join(["Hello world, this is the first caller."] * 5),
              "b": " ".join(["Good morning, a second caller speaking here."] * 5)}
-    solo = {tag: await speak(espeak, text) for tag, text in texts.items()}
-    arrivals: list[str] = []
+    in_flight = 2
+    async with EngineHost(max_in_flight=in_flight) as host:
+        espeak = EspeakProvider(host)
+        solo = {tag: await speak(espeak, text) for tag, text in texts.items()}
+        arrivals: list[str] = []
 
-    async def run(tag: str) -> Speech:
-        chunks = []
-        async for chunk in espeak.synthesize(SynthRequest(texts[tag])):
-            arrivals.append(tag)
-            chunks.append(chunk)
-            await asyncio.sleep(0)
-        return Speech(chunks)
+        async def run(tag: str) -> Speech:
+            chunks = []
+            async for chunk in espeak.synthesize(SynthRequest(texts[tag])):
+                arrivals.append(tag)
+                chunks.append(chunk)
+                await asyncio.sleep(0)
+            return Speech(chunks)
 
-    together = dict(zip("ab", await asyncio.gather(run("a"), run("b"))))
-    # One engine thread: all of one synthesis, then all of the other.
-    runs = [tag for i, tag in enumerate(arrivals) if i == 0 or arrivals[i - 1] != tag]
-    assert sorted(runs) == ["a", "b"]
+        together = dict(zip("ab", await asyncio.gather(run("a"), run("b"))))
+    # One engine thread: the second synthesis starts only once the first has emitted all its
+    # chunks, so at most `in_flight` of the first can still be unread when the second begins.
+    first = arrivals[0]
+    second = "b" if first == "a" else "a"
+    before_second = arrivals[:arrivals.index(second)]
+    assert before_second.count(first) >= len(together[first].chunks) - in_flight
     for tag in "ab":
         assert abs(together[tag].seconds - solo[tag].seconds) < 0.02 * solo[tag].seconds
         assert together[tag].rms > 1000
@@ -265,3 +272,11 @@ async def test_the_library_has_one_owner_per_process_and_a_stopped_host_frees_it
     assert [t for t in threading.enumerate() if t.name.startswith("engine-")] == []
     async with EngineHost() as again:
         assert (await speak(EspeakProvider(again), "hello world")).seconds > 0.5
+
+
+async def test_missing_voice_data_is_a_permanent_error_not_a_dead_process(host, tmp_path):
+    register_espeak(host, name="espeak-broken", data_path=str(tmp_path / "nowhere"))
+    with pytest.raises(ProviderError, match="no espeak-ng data") as info:
+        await speak(EspeakProvider(host, engine="espeak-broken"), "hello")
+    assert info.value.permanent
+    assert (await speak(EspeakProvider(host), "hello world")).seconds > 0.5

@@ -7,8 +7,8 @@ into it. It runs in AUDIO_OUTPUT_SYNCHRONOUS mode: ``espeak_Synth`` does the wor
 library's own and leave the engine thread parked in ``espeak_Synchronize``.
 
 Queueing: every call's synthesis goes through that one thread, in arrival order, one request at a
-time. That is cheap because espeak-ng is fast (about a thousandth of real time here, see the
-tests' printed figures) and each request is short (a sentence or a paragraph); a synthesis that a
+time. That is cheap because espeak-ng is fast (a few thousandths of real time through the host, see
+the figures the tests print) and each request is short (a sentence or a paragraph); a synthesis that a
 call abandons stops within one chunk (``CHUNK_MS`` of audio) and frees the thread for the next.
 
 Audio comes out as int16 mono at the library's rate (22,050 Hz), in chunks of ``CHUNK_MS``, while
@@ -23,6 +23,7 @@ import bisect
 import ctypes
 import functools
 import math
+import os
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
@@ -58,6 +59,7 @@ VOLUME_NORMAL = 100                                # espeak's 0..200 scale
 
 # speak_lib.h values
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
+_INITIALIZE_DONT_EXIT = 0x8000      # without it, missing data makes the library call exit()
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _EE_OK, _EE_NOT_FOUND = 0, 2
@@ -100,7 +102,7 @@ _SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), 
 
 
 @functools.cache
-def _library() -> tuple[ctypes.CDLL, bytes]:
+def _library() -> ctypes.CDLL:
     import espeakng_loader
 
     lib = ctypes.CDLL(espeakng_loader.get_library_path())
@@ -118,7 +120,7 @@ def _library() -> tuple[ctypes.CDLL, bytes]:
     lib.espeak_Synth.restype = ctypes.c_int
     lib.espeak_Terminate.argtypes = []
     lib.espeak_Terminate.restype = ctypes.c_int
-    return lib, espeakng_loader.get_data_path().encode()
+    return lib
 
 
 _WORD = re.compile(r"\S+")
@@ -182,13 +184,22 @@ class EspeakEngine:
 
     _owned = False      # the library is process-global: one owner at a time
 
-    def __init__(self, *, chunk_ms: int = CHUNK_MS) -> None:
+    def __init__(self, *, chunk_ms: int = CHUNK_MS, data_path: str | None = None) -> None:
         if EspeakEngine._owned:
             raise RuntimeError("espeak-ng is already owned by another engine thread")
-        lib, data_path = _library()
-        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, chunk_ms, data_path, 0)
+        lib = _library()
+        if data_path is None:
+            import espeakng_loader
+
+            data_path = espeakng_loader.get_data_path()
+        # Checked here because the library cannot tell: once initialised in this process, a
+        # second espeak_Initialize over missing data still reports success.
+        if not os.path.isfile(os.path.join(data_path, "phontab")):
+            raise RuntimeError(f"no espeak-ng data (phontab) in {data_path}")
+        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, chunk_ms, data_path.encode(),
+                                     _INITIALIZE_DONT_EXIT)
         if rate <= 0:
-            raise RuntimeError(f"espeak_Initialize failed ({rate}) with data at {data_path.decode()}")
+            raise RuntimeError(f"espeak_Initialize failed ({rate}) with data at {data_path}")
         EspeakEngine._owned = True
         self._lib = lib
         self.sample_rate = rate
@@ -226,11 +237,12 @@ class EspeakEngine:
             return
         if not voice or "\x00" in voice:
             raise ProviderError(f"invalid espeak-ng voice name {voice!r}", code=400, permanent=True)
+        # Whatever a failed selection left behind, the next request selects its voice afresh.
+        self._voice = None
         status = self._lib.espeak_SetVoiceByName(voice.encode("utf-8"))
         if status == _EE_NOT_FOUND:
             raise ProviderError(f"unknown espeak-ng voice {voice!r}", code=400, permanent=True)
         if status != _EE_OK:
-            self._voice = None
             raise RuntimeError(f"espeak_SetVoiceByName({voice!r}) failed ({status})")
         self._voice = voice
 
@@ -250,9 +262,14 @@ class EspeakEngine:
             EspeakEngine._owned = False
 
 
-def register_espeak(host: EngineHost, *, name: str = ENGINE_NAME) -> None:
-    """Declare the espeak-ng engine on ``host`` (idempotent)."""
-    host.register(name, EspeakEngine)
+def register_espeak(host: EngineHost, *, name: str = ENGINE_NAME, chunk_ms: int = CHUNK_MS,
+                    data_path: str | None = None) -> None:
+    """Declare the espeak-ng engine on ``host`` under ``name``; the defaults may be declared again
+    harmlessly. ``data_path`` is an espeak-ng-data directory (default: the wheel's own)."""
+    if chunk_ms == CHUNK_MS and data_path is None:
+        host.register(name, EspeakEngine)
+    else:
+        host.register(name, functools.partial(EspeakEngine, chunk_ms=chunk_ms, data_path=data_path))
 
 
 class EspeakProvider:
@@ -261,7 +278,8 @@ class EspeakProvider:
     name = "espeak"
 
     def __init__(self, host: EngineHost, *, voice: str = DEFAULT_VOICE, engine: str = ENGINE_NAME) -> None:
-        register_espeak(host, name=engine)
+        if not host.is_registered(engine):
+            register_espeak(host, name=engine)
         self._host = host
         self._engine = engine
         self.voice = voice
@@ -293,7 +311,8 @@ class EspeakProvider:
 
 def make_espeak_factory(host: EngineHost, *, voice: str = DEFAULT_VOICE) -> Callable[[SynthesisOption | None], TtsProvider]:
     """A TTS factory for ``CallServices.tts``: the option's ``speaker`` becomes the default voice."""
-    register_espeak(host)
+    if not host.is_registered(ENGINE_NAME):
+        register_espeak(host)
 
     def factory(option: SynthesisOption | None) -> TtsProvider:
         speaker = option.speaker if option is not None and option.speaker else voice

@@ -29,6 +29,7 @@ from protocol.errors import ProtocolError
 
 from .clock import MediaClock
 from .playout import PlaybackEvent, PlayItem
+from .recorder import Recorder, segment_opener
 from .services import CallServices, MediaLoadError, SynthRequest
 from .tts import CancelSynthesis, Synthesize, Tts, TtsFailed, TtsMetric
 from .messages import (
@@ -45,7 +46,7 @@ from .messages import (
 )
 from .ref import ActorRef, ChildExited
 from .supervisor import Backoff, ChildSpec, Restart, Supervisor
-from .track import Enqueue, InterruptPlayback, LegIO, SetPaused, Track
+from .track import Enqueue, InterruptPlayback, LegIO, Mix, SetPaused, Subscribe, Track
 
 CALL_TYPES = ("websocket", "sip", "webrtc")
 
@@ -95,6 +96,9 @@ class Call(Supervisor):
         self._streams: dict[str | None, PlayItem] = {}  # open streaming tts items by playId
         self._current_tts_play_id: str | None = None
         self._loads: set[asyncio.Task[None]] = set()
+        self._ringing_recorder: api.RecorderOption | None = None
+        self.recording_path: str | None = None
+        self._media_pass: Any = None
         self.log = structlog.get_logger("call").bind(session_id=session_id, call_type=call_type)
         self.state = "new"
         self.option: api.CallOption | None = None
@@ -116,6 +120,7 @@ class Call(Supervisor):
             # Stopped from above (gateway drain) without a hangup: still tell the application.
             self._end("shutdown", "system")
         await self._cancel_loads()
+        await self._close_media_pass()
         await super().on_stop()
         self.log.info("call stopped")
 
@@ -130,6 +135,7 @@ class Call(Supervisor):
             self.state = "ended"
             self._close()
             await self._cancel_loads()
+            await self._close_media_pass()
             await super().on_failure(error)
 
     # --- messages ---------------------------------------------------------------------------
@@ -162,6 +168,10 @@ class Call(Supervisor):
                 self.emit(api.ErrorEvent(track_id=self.session_id, timestamp=now_ms(), sender="media",
                                          error=f"media track failed: {message.error}", code=500))
                 self._hangup("media_failure", "system")
+            return None
+        if isinstance(message, _ServiceError):
+            self.emit(api.ErrorEvent(track_id=self.session_id, timestamp=now_ms(), sender=message.sender,
+                                     error=message.error, code=message.code))
             return None
         if isinstance(message, _PlayFailed):
             self.emit(api.ErrorEvent(track_id=self.settings.server_side_track, timestamp=now_ms(), sender="play",
@@ -241,13 +251,19 @@ class Call(Supervisor):
             restart=Restart.TEMPORARY,
             shutdown=self.settings.child_shutdown_timeout,
         )
-        await self.start_child(spec)
+        track = await self.start_child(spec)
         self.state = "answered"
         self.answer_at = self.track_started_at = time.time()
         ts = now_ms()
         self.emit(api.AnswerEvent(track_id=self.session_id, timestamp=ts, sdp=""))
         self.emit(api.TrackStartEvent(track_id=self.session_id, timestamp=ts))
         self.log.info("call answered", codec=info.name, rate=info.sample_rate)
+        # A recorder set while ringing is not overridden by the accept (the API's note on ringing).
+        recorder = self._ringing_recorder or option.recorder
+        if recorder is not None:
+            await self._start_recorder(track, recorder)
+        if option.media_pass is not None:
+            await self._start_media_pass(track, option.media_pass)
 
     async def _mute(self, track_id: str | None, muted: bool) -> None:
         track = self.child("track")
@@ -263,6 +279,65 @@ class Call(Supervisor):
         else:
             self._error("command", f"{'mute' if muted else 'unmute'}: unknown trackId {track_id!r} "
                         f"(tracks: {self.session_id!r}, {self.settings.server_side_track!r})", 404)
+
+    # --- recording and media pass -----------------------------------------------------------
+
+    async def _start_recorder(self, track: ActorRef, option: api.RecorderOption) -> None:
+        services = self.services
+        if services.open_recording is None or services.resolve_recording is None:
+            self._error("recorder", "recorder: recording is not configured on this gateway", 501)
+            return
+        try:
+            path = services.resolve_recording(option.recorder_file, self.session_id)
+        except ValueError as exc:
+            self._error("recorder", f"recorder: {exc}", 400)
+            return
+        inbound = await track.ask(Subscribe("recorder", "in", capacity=50), timeout=1.0)
+        outbound = await track.ask(Subscribe("recorder", "out", capacity=50), timeout=1.0)
+        open_sink = segment_opener(services.open_recording, path, option.samplerate)
+        spec = ChildSpec(
+            id="recorder",
+            start=lambda parent: Recorder.start(inbound, outbound, open_sink, samplerate=option.samplerate,
+                                                ptime_ms=option.ptime, parent=parent, name="recorder"),
+            restart=Restart.TRANSIENT,
+            shutdown=self.settings.child_shutdown_timeout,
+            backoff=self.settings.backoff,
+            escalate=False,
+            intensity=self.settings.provider_restarts,
+            period=self.settings.provider_period,
+        )
+        self.recording_path = path
+        await self.start_child(spec)
+        self.log.info("recording", path=path)
+
+    async def _start_media_pass(self, track: ActorRef, option: api.MediaPassOption) -> None:
+        if self.services.media_pass is None:
+            self._error("mediaPass", "mediaPass: not configured on this gateway", 501)
+            return
+        tap = await track.ask(Subscribe("mediaPass", "in", capacity=50), timeout=1.0)
+        item = PlayItem("mediaPass", "pass")
+        ref = self.actor_ref
+
+        def on_error(text: str) -> None:
+            if ref.is_alive():
+                ref.tell(_ServiceError("mediaPass", text, 502))
+
+        try:
+            link = self.services.media_pass(option, tap, item, on_error)
+        except (ProtocolError, ValueError) as exc:
+            self._error("mediaPass", f"mediaPass: {exc}", 400)
+            return
+        await track.ask(Mix(item), timeout=1.0)
+        link.start()
+        self._media_pass = link
+
+    async def _close_media_pass(self) -> None:
+        link, self._media_pass = self._media_pass, None
+        if link is not None:
+            try:
+                await asyncio.wait_for(link.close(), self.settings.child_shutdown_timeout)
+            except Exception as exc:  # noqa: BLE001 - cleanup goes on whatever the link does
+                self.log.warning("media pass close failed", error=repr(exc))
 
     # --- playback ---------------------------------------------------------------------------
 
@@ -419,9 +494,9 @@ class Call(Supervisor):
             self._hangup("autohangup", "system")
 
     async def on_child_gave_up(self, spec: ChildSpec, error: BaseException | None) -> None:
-        if spec.id == "tts":
-            self.emit(api.ErrorEvent(track_id=self.settings.server_side_track, timestamp=now_ms(), sender="tts",
-                                     error=f"tts: gave up after repeated failures: {error}", code=503))
+        if spec.id in ("tts", "recorder"):
+            self.emit(api.ErrorEvent(track_id=self.settings.server_side_track, timestamp=now_ms(), sender=spec.id,
+                                     error=f"{spec.id}: gave up after repeated failures: {error}", code=503))
             return
         await super().on_child_gave_up(spec, error)
 
@@ -470,6 +545,13 @@ class Call(Supervisor):
             option = api.option_to_json(self.option)
         return CallInfo(id=self.session_id, call_type=self.call_type, created_at=iso8601(self.created_at),
                         option=option, state=self.state)
+
+
+@dataclass(frozen=True, slots=True)
+class _ServiceError:
+    sender: str
+    error: str
+    code: int | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -164,9 +164,11 @@ class Playlist:
         for item in cut:
             item.cut_unfinished = not item.done
         self.queue.clear()
-        for item in cut[1:]:
+        for item in cut[1 if self.current is not None else 0:]:
+            # Queued items never started; they still end, so every playId gets its trackEnd.
             item.drop()
             item.finish()
+            self.report(PlaybackEvent("finished", item, interrupted=True))
         if self.current is not None:
             if graceful and self._fade_left == 0:
                 self._fade_total = self._fade_left = FADE_MS * MEDIA_RATE // 1000

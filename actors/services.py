@@ -102,10 +102,26 @@ class RecordingSink(Protocol):
 OpenRecording = Callable[[str, int, int], RecordingSink]  # (resolved path, samplerate, segment) -> sink
 
 
+# --- media pass ----------------------------------------------------------------------------------
+
+class MediaPassHandle(Protocol):
+    def start(self) -> None:
+        ...
+
+    async def close(self) -> None:
+        ...
+
+
+# (option, caller audio tap, playback item to fill, on_error) -> a link not yet started
+OpenMediaPass = Callable[[Any, Any, Any, Callable[[str], None]], MediaPassHandle]
+
+
 @dataclass(frozen=True, slots=True)
 class CallServices:
     tts: Mapping[str, TtsFactory] = field(default_factory=dict)
     default_tts: str | None = None
     load_media: LoadMedia | None = None
     open_recording: OpenRecording | None = None
-    resolve_recording: Callable[[str, str], str] | None = None   # (recorderFile, session id) -> path
+    # (recorderFile, session id) -> the file's path; raises ValueError for a path it refuses
+    resolve_recording: Callable[[str, str], str] | None = None
+    media_pass: OpenMediaPass | None = None

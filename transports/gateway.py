@@ -16,8 +16,16 @@ from actors.call_supervisor import CallSupervisor
 from actors.clock import MediaClock
 from actors.supervisor import ChildSpec, Restart, Strategy, Supervisor
 
+from actors.engines import EngineHost
+from actors.services import CallServices
+
 from .config import Config
 from .http import GetAddress, HttpServer
+from .media_loader import MediaLoader
+from .media_pass import MediaPassLink
+from .providers.espeak import espeak_factories
+from .recording_paths import resolve_recording
+from .wav_sink import open_recording
 
 log = structlog.get_logger("gateway")
 
@@ -28,15 +36,41 @@ class Gateway:
     ref: ActorRef
     clock: MediaClock
     http_address: tuple[str, int]
+    engines: EngineHost
+    media: MediaLoader
 
     async def stop(self) -> bool:
         stopped = await self.ref.stop(timeout=self.config.supervision.call_shutdown_timeout + 5.0)
-        await self.clock.stop()
+        await release(self.clock, self.engines, self.media)
         return stopped
+
+
+async def release(clock: MediaClock, engines: EngineHost, media: MediaLoader) -> None:
+    """What outlives the supervision tree: the clock, the engine threads, the media cache."""
+    await media.close()
+    await engines.stop()
+    await clock.stop()
+
+
+def build_services(config: Config, engines: EngineHost, media: MediaLoader) -> CallServices:
+    """The real providers, loaders and sinks every call uses, from the configuration."""
+    return CallServices(
+        tts=espeak_factories(engines),
+        default_tts="espeak",
+        load_media=media.load,
+        open_recording=open_recording,
+        resolve_recording=lambda path, session_id: resolve_recording(path, session_id, config.recorder_root),
+        media_pass=lambda option, tap, item, on_error: MediaPassLink(
+            option, tap, item, on_error,
+            backoff_initial=config.supervision.backoff_initial, backoff_max=config.supervision.backoff_max),
+    )
 
 
 async def start_gateway(config: Config) -> Gateway:
     clock = MediaClock(ptime_ms=20)
+    engines = EngineHost()
+    media = MediaLoader(config.media_root)
+    services = build_services(config, engines, media)
     current: dict[str, ActorRef] = {}
 
     def start_calls(parent: ActorRef) -> ActorRef:
@@ -45,7 +79,7 @@ async def start_gateway(config: Config) -> Gateway:
         return ref
 
     def start_http(parent: ActorRef) -> ActorRef:
-        ref = HttpServer.start(config, lambda: current["calls"], clock, parent=parent, name="http")
+        ref = HttpServer.start(config, lambda: current["calls"], clock, services, parent=parent, name="http")
         current["http"] = ref
         return ref
 
@@ -60,10 +94,10 @@ async def start_gateway(config: Config) -> Gateway:
         address = await http.ask(GetAddress(), timeout=10.0)
     except (ActorDeadError, TimeoutError) as exc:
         await ref.stop(timeout=5.0)
-        await clock.stop()
+        await release(clock, engines, media)
         raise GatewayStartError(f"HTTP server did not start on {config.http_addr}: "
                                 f"{HttpServer.start_error or exc!r}") from None
-    return Gateway(config=config, ref=ref, clock=clock, http_address=address)
+    return Gateway(config=config, ref=ref, clock=clock, http_address=address, engines=engines, media=media)
 
 
 class GatewayStartError(Exception):

@@ -25,6 +25,8 @@ from actors.call_supervisor import AdmissionRefused, DuplicateSession, GetCall, 
 from actors.clock import MediaClock
 from actors.messages import BadCommand, CallInfo, ClientCommand, ClientGone, Describe, Kill, UrgentCommand
 from actors.pipes import AudioPipe
+from actors.services import CallServices
+from actors.supervisor import Backoff
 from actors.track import LegIO
 from protocol import api
 
@@ -45,6 +47,13 @@ class CallParams:
     dump: bool
     ping_interval: float
     server_side_track: str
+
+
+def call_settings(config: Config, server_side_track: str) -> CallSettings:
+    sup = config.supervision
+    return CallSettings(server_side_track=server_side_track, child_shutdown_timeout=sup.child_shutdown_timeout,
+                        provider_restarts=sup.provider_restarts, provider_period=sup.provider_period,
+                        backoff=Backoff(initial=sup.backoff_initial, factor=2.0, maximum=sup.backoff_max))
 
 
 class BadParams(Exception):
@@ -81,10 +90,12 @@ def parse_call_params(query: dict[str, str]) -> CallParams:
 class CallRouter:
     """Routes and handlers; `calls` gives the current CallSupervisor ref."""
 
-    def __init__(self, config: Config, calls: Callable[[], ActorRef], clock: MediaClock) -> None:
+    def __init__(self, config: Config, calls: Callable[[], ActorRef], clock: MediaClock,
+                 services: CallServices) -> None:
         self.config = config
         self.calls = calls
         self.clock = clock
+        self.services = services
         self.started_at = time.time()
 
     def app(self) -> web.Application:
@@ -203,12 +214,11 @@ class CallRouter:
         leg = None
         if call_type == "websocket":
             leg = LegIO(inbound=AudioPipe(50, name=f"{sid}.ws-in"), send=outbox.audio)
-        settings = CallSettings(server_side_track=params.server_side_track,
-                                child_shutdown_timeout=self.config.supervision.child_shutdown_timeout)
+        settings = call_settings(self.config, params.server_side_track)
 
         def start(parent: ActorRef) -> ActorRef:
             return Call.start(sid, call_type, emit=emit, close=outbox.close, clock=self.clock, leg=leg,
-                              settings=settings, parent=parent, name=f"call:{sid}")
+                              settings=settings, services=self.services, parent=parent, name=f"call:{sid}")
 
         call: ActorRef | None = None
         ping_task: asyncio.Task[None] | None = None
@@ -288,9 +298,10 @@ class HttpServer(Actor):
 
     start_error: BaseException | None = None  # last bind failure, for a clear start-up message
 
-    def __init__(self, config: Config, calls: Callable[[], ActorRef], clock: MediaClock) -> None:
+    def __init__(self, config: Config, calls: Callable[[], ActorRef], clock: MediaClock,
+                 services: CallServices) -> None:
         self.config = config
-        self.router = CallRouter(config, calls, clock)
+        self.router = CallRouter(config, calls, clock, services)
         self.runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from protocol.errors import ProtocolError
 from protocol.sip.uri import (
+    CACHED_TEXT_LIMIT,
     NameAddr,
     _TOKEN_RE,
     parse_name_addr,
@@ -94,7 +95,7 @@ LIST_HEADERS = frozenset(
     )
 )
 
-_BAD_VALUE_RE = re.compile(r"[\x00\r\n]")
+_BAD_VALUE_RE = re.compile(r"[\r\n]")
 # Each alternative that can start also always succeeds (an unterminated quote or "<" runs to the
 # end), so the scan stays linear however many unbalanced '"' or '<' an input holds.
 _LIST_SPLIT_RE = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?\Z)|<[^>]*(?:>|\Z)|,', re.S)
@@ -115,7 +116,7 @@ def header_key(name: str) -> str:
         raise ProtocolError(f"bad header name {name[:60]!r}")
     key = name.lower()
     key = COMPACT_FORMS.get(key, key)
-    if len(_KEY_CACHE) < _KEY_CACHE_LIMIT:
+    if len(_KEY_CACHE) < _KEY_CACHE_LIMIT and len(name) <= 64:
         _KEY_CACHE[name] = key
     return key
 
@@ -138,7 +139,7 @@ def _check_value(value: str) -> str:
     if not isinstance(value, str):
         raise ProtocolError(f"header value must be str, not {type(value).__name__}")
     if _BAD_VALUE_RE.search(value):
-        raise ProtocolError(f"header value contains CR, LF or NUL: {value[:60]!r}")
+        raise ProtocolError(f"header value contains CR or LF: {value[:60]!r}")
     return value.strip(" \t")
 
 
@@ -321,9 +322,12 @@ class Via:
         return "".join(out)
 
 
-@lru_cache(maxsize=4096)
 def parse_via(text: str) -> Via:
     """Parse one via-parm: ``SIP / 2.0 / transport sent-by *( ; via-params )``."""
+    return _parse_via_cached(text) if len(text) <= CACHED_TEXT_LIMIT else _parse_via(text)
+
+
+def _parse_via(text: str) -> Via:
     semi = text.find(";")
     head = text if semi < 0 else text[:semi]
     parts = head.split("/")
@@ -364,6 +368,9 @@ def parse_via(text: str) -> Via:
     return Via(transport.upper(), host, port, branch, received, rport, tuple(other))
 
 
+_parse_via_cached = lru_cache(maxsize=4096)(_parse_via)
+
+
 @dataclass(frozen=True, slots=True)
 class CSeq:
     number: int
@@ -373,8 +380,11 @@ class CSeq:
         return f"{self.number} {self.method}"
 
 
-@lru_cache(maxsize=1024)
 def parse_cseq(text: str) -> CSeq:
+    return _parse_cseq_cached(text) if len(text) <= CACHED_TEXT_LIMIT else _parse_cseq(text)
+
+
+def _parse_cseq(text: str) -> CSeq:
     words = text.split()
     if len(words) != 2:
         raise ProtocolError(f"bad CSeq {text[:60]!r}: expected 'number METHOD'")
@@ -388,6 +398,9 @@ def parse_cseq(text: str) -> CSeq:
     if not _TOKEN_RE.fullmatch(method):
         raise ProtocolError(f"bad CSeq method {method[:40]!r}")
     return CSeq(value, method)
+
+
+_parse_cseq_cached = lru_cache(maxsize=1024)(_parse_cseq)
 
 
 @dataclass(frozen=True, slots=True)

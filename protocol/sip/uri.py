@@ -63,6 +63,8 @@ _HEADER_SAFE = "!*'()[]/?:+$"
 _TEL_SAFE = "+*#-.()"
 
 _URI_CACHE_SIZE = 4096
+# Only short texts are cached, so that a flood of huge unique values cannot fill memory.
+CACHED_TEXT_LIMIT = 512
 
 
 def _unescape(text: str, what: str) -> str:
@@ -311,9 +313,12 @@ def _uri_headers(text: str, uri: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-@lru_cache(maxsize=_URI_CACHE_SIZE)
 def parse_uri(text: str) -> SipUri:
     """Parse a sip/sips/tel URI; ProtocolError (416 for other schemes) on bad input."""
+    return _parse_uri_cached(text) if len(text) <= CACHED_TEXT_LIMIT else _parse_uri(text)
+
+
+def _parse_uri(text: str) -> SipUri:
     colon = text.find(":")
     if colon <= 0:
         raise ProtocolError(f"URI without a scheme: {text[:80]!r}")
@@ -330,6 +335,9 @@ def parse_uri(text: str) -> SipUri:
         raise UnsupportedUriScheme(f"unsupported URI scheme {scheme!r} in {text[:80]!r}")
     object.__setattr__(uri, "_text", text)
     return uri
+
+
+_parse_uri_cached = lru_cache(maxsize=_URI_CACHE_SIZE)(_parse_uri)
 
 
 def _parse_tel(rest: str, text: str) -> SipUri:
@@ -422,9 +430,12 @@ class NameAddr:
         return head + _format_params(self.params)
 
 
-@lru_cache(maxsize=_URI_CACHE_SIZE)
 def parse_name_addr(text: str) -> NameAddr:
     """Parse ``name-addr`` or ``addr-spec`` with header parameters; ProtocolError on bad input."""
+    return _parse_name_addr_cached(text) if len(text) <= CACHED_TEXT_LIMIT else _parse_name_addr(text)
+
+
+def _parse_name_addr(text: str) -> NameAddr:
     s = text.strip(" \t")
     if not s:
         raise ProtocolError("empty address")
@@ -456,3 +467,6 @@ def parse_name_addr(text: str) -> NameAddr:
     if uri_text != uri_text.strip(" \t"):
         raise ProtocolError(f"spaces around the URI inside <> in {s[:80]!r}")
     return NameAddr(parse_uri(uri_text), display, parse_params(s[gt + 1 :], "address"))
+
+
+_parse_name_addr_cached = lru_cache(maxsize=_URI_CACHE_SIZE)(_parse_name_addr)

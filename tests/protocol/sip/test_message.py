@@ -191,10 +191,10 @@ def test_set_add_remove_and_cached_views_follow_changes():
         parse_message(bytes(m))
 
 
-@pytest.mark.parametrize("value", ["a\r\nInjected: yes", "a\nb", "a\rb", "a\x00b"])
+@pytest.mark.parametrize("value", ["a\r\nInjected: yes", "a\nb", "a\rb"])
 def test_header_values_cannot_inject_lines(value):
     m = parse_message(msg())
-    with pytest.raises(ProtocolError, match="CR, LF or NUL"):
+    with pytest.raises(ProtocolError, match="CR or LF"):
         m.set("Subject", value)
     with pytest.raises(ProtocolError):
         m.add("Subject", value)

@@ -19,6 +19,7 @@ from protocol.sip import (
     Response,
     SipParseError,
     make_error_response,
+    make_response,
     parse_message,
     parse_uri,
 )
@@ -102,6 +103,9 @@ def test_3_1_1_2_intmeth_wide_range_of_valid_characters():
     assert m.call_id == "intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{"
     assert m.max_forwards == 255
     assert m.get("extensionHeader-!.%*+_`'~") == "\ufeff大停電"
+    # Its quoted NUL, BEL and DEL survive being echoed into a response.
+    answer = make_response(m, 501, to_tag="t")
+    assert answer.to.display_name == m.to.display_name and parse_message(bytes(answer)) == answer
 
 
 def test_3_1_1_3_esc01_escaped_characters():

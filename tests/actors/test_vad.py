@@ -129,7 +129,7 @@ def test_batched_and_single_inference_give_the_same_probabilities(rate):
     assert batched_engine.inferences < batched.size / 5
 
 
-def test_a_burst_of_frames_is_run_window_by_window_in_order(engine):
+def test_a_burst_of_frames_is_run_window_by_window_in_order():
     signals = call_signals(16000, 3)
     steady = run_calls(SileroEngine(), signals, 16000, frames_per_tick=1)
     burst = run_calls(SileroEngine(), signals, 16000, frames_per_tick=8)  # 160 ms per tick

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol.api import VADOption
 from protocol.errors import ProtocolError
@@ -227,3 +229,49 @@ def test_bad_windows_are_protocol_errors():
         m.feed(0, 32, 1.5)
     with pytest.raises(ProtocolError, match="finite start"):
         m.feed(float("nan"), 32, 0.5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    probs=st.lists(st.floats(0.0, 1.0), max_size=300),
+    speech_padding=st.integers(0, 400),
+    silence_padding=st.integers(0, 400),
+    ratio=st.floats(0.0, 1.0),
+    threshold=st.floats(0.0, 1.0),
+    timeout=st.one_of(st.none(), st.integers(1, 2000)),
+    hangover=st.sampled_from([0.0, 60.0, 140.0]),
+    step=st.sampled_from([10.0, 16.0, 20.0, 32.0]),
+)
+def test_invariants_on_arbitrary_probabilities(
+    probs, speech_padding, silence_padding, ratio, threshold, timeout, hangover, step
+):
+    option = VADOption(
+        speech_padding=speech_padding,
+        silence_padding=silence_padding,
+        ratio=ratio,
+        voice_threshold=threshold,
+        silence_timeout=timeout,
+    )
+    m = VadEventMachine(option, hangover_ms=hangover)
+    speaking = False
+    speech_start = None
+    last_silence = 0
+    for i, p in enumerate(probs):
+        end = (i + 1) * step
+        for event in m.feed(i * step, step, p):
+            if isinstance(event, SpeechStarted):
+                assert not speaking
+                assert event.start_time >= last_silence
+                assert end - event.start_time >= speech_padding - 0.5
+                speaking, speech_start = True, event.start_time
+            elif event.speech_start is None:  # a silenceTimeout event
+                assert not speaking and timeout is not None
+                assert event.duration >= timeout - 0.5
+                assert event.start_time == last_silence
+            else:
+                assert speaking and event.speech_start == speech_start
+                assert speech_start <= event.start_time <= end
+                assert event.duration >= silence_padding
+                assert event.start_time + event.duration == round(end)
+                speaking, last_silence = False, event.start_time
+        assert m.speaking == speaking

@@ -59,6 +59,44 @@ class ProviderError(Exception):
 TtsFactory = Callable[[Any], TtsProvider]          # SynthesisOption -> provider
 
 
+# --- speech recognition ------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class AsrResult:
+    """A recognition result. Times are milliseconds of audio from the start of the session's
+    stream (the first sample sent is 0), so the caller can place them on the wall clock."""
+
+    text: str
+    final: bool
+    start_ms: int | None = None
+    end_ms: int | None = None
+
+
+class AsrSession(Protocol):
+    """One recognition stream. The provider segments utterances itself: it yields interim results
+    (final=False) while an utterance goes on and one final result when it ends."""
+
+    async def send(self, pcm: np.ndarray) -> None:
+        """Feed 16 kHz int16 mono audio (any length; the call sends 20 ms frames)."""
+
+    def results(self) -> AsyncIterator[AsrResult]:
+        """Results as they come; ends after close(). Raises ProviderError if the stream fails."""
+
+    async def close(self) -> None:
+        """Flush what is pending (a last final result may still come), then end the stream."""
+
+
+class AsrProvider(Protocol):
+    name: str
+
+    async def open(self, option: Any) -> AsrSession:
+        """Start a stream for a TranscriptionOption. Raises ProviderError (permanent for bad
+        credentials, an unknown model or language)."""
+
+
+AsrFactory = Callable[[Any], AsrProvider]          # TranscriptionOption -> provider
+
+
 # --- media files ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -125,3 +163,5 @@ class CallServices:
     # (recorderFile, session id) -> the file's path; raises ValueError for a path it refuses
     resolve_recording: Callable[[str, str], str] | None = None
     media_pass: OpenMediaPass | None = None
+    asr: Mapping[str, AsrFactory] = field(default_factory=dict)
+    default_asr: str | None = None

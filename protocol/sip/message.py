@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from protocol.errors import ProtocolError
 from protocol.sip.headers import (
     _KEY_CACHE,
+    _check_value,
     Contact,
     CSeq,
     Headers,
@@ -272,6 +273,21 @@ class Message:
 
     def __contains__(self, name: object) -> bool:
         return name in self.headers
+
+    def set_top_via(self, via: Via | str) -> None:
+        """Replace the topmost Via value (e.g. to add received/rport, RFC 3581), splitting a
+        comma-joined first Via line so the other values keep their text and order."""
+        items = self.headers._items
+        for i, (key, name, value, _) in enumerate(items):
+            if key == "via":
+                rest = [e for e in split_list(value)[1:] if e]
+                new = [(key, name, _check_value(str(via)), None)]
+                if rest:
+                    new.append((key, name, ", ".join(rest), None))
+                items[i : i + 1] = new
+                self.headers._views.clear()
+                return
+        raise ProtocolError("no Via header to replace")
 
     # -- typed views -----------------------------------------------------------------------
     @property

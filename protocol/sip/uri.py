@@ -278,7 +278,9 @@ class SipUri:
 
 def _format_uri_params(params: tuple[tuple[str, str | None], ...]) -> str:
     return "".join(
-        f";{_escape(n, _PARAM_SAFE)}" if v is None else f";{_escape(n, _PARAM_SAFE)}={_escape(v, _PARAM_SAFE)}"
+        f";{_escape(n, _PARAM_SAFE)}"
+        if v is None
+        else f";{_escape(n, _PARAM_SAFE)}={_escape(v, _PARAM_SAFE)}"
         for n, v in params
     )
 

@@ -147,7 +147,7 @@ def test_typed_views_of_absent_and_bad_optional_headers():
     assert m.max_forwards is None and m.route == [] and m.record_route == [] and m.content_type is None
     bad = parse_message(msg(head=HEAD.replace("Max-Forwards: 70", "Max-Forwards: 300")))
     with pytest.raises(ProtocolError, match="Max-Forwards"):
-        bad.max_forwards
+        _ = bad.max_forwards
     m = parse_message(msg("Content-Type: Application/SDP ; charset=utf-8\r\n"))
     assert m.content_type == "application/sdp"
 
@@ -189,6 +189,20 @@ def test_set_add_remove_and_cached_views_follow_changes():
     assert m.via == []
     with pytest.raises(SipParseError, match=r"missing mandatory header\(s\): via"):
         parse_message(bytes(m))
+
+
+def test_set_top_via_records_received_and_rport():
+    m = parse_message(msg(head=HEAD.replace(";rport\r\n", ";rport, SIP/2.0/TCP h2;branch=z9hG4bK2\r\n")))
+    top = m.via[0]
+    m.set_top_via(Via(top.transport, top.host, top.port, top.branch, "192.0.2.7", 40123, top.params))
+    assert [(v.host, v.received, v.rport) for v in m.via] == [
+        ("127.0.0.1", "192.0.2.7", 40123),
+        ("h2", None, None),
+    ]
+    assert b"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK776asdhds;received=192.0.2.7;rport=40123\r\n" in bytes(m)
+    assert parse_message(bytes(m)).via == m.via
+    with pytest.raises(ProtocolError, match="no Via"):
+        make_request("OPTIONS", "sip:a@b").set_top_via("SIP/2.0/UDP h")
 
 
 @pytest.mark.parametrize("value", ["a\r\nInjected: yes", "a\nb", "a\rb"])
@@ -343,14 +357,18 @@ def test_size_limits():
     assert error_of(msg(body=b"x" * 1000)[:-10]).status == 400
 
 
-def test_errors_are_never_other_exception_types():
+def test_every_single_byte_edit_gives_a_message_or_a_protocol_error():
     data = msg(body=b"v=0\r\n")
+    outcomes = {"parsed": 0, "rejected": 0}
     for i in range(len(data)):
         for replacement in (b"", b"\x00", b":", b" ", b"\r\n", b";", b"\xff", b'"', b"<"):
             try:
                 parse_message(data[:i] + replacement + data[i + 1 :])
-            except ProtocolError:
-                pass
+                outcomes["parsed"] += 1
+            except ProtocolError as e:
+                assert e.message and 400 <= e.status < 600
+                outcomes["rejected"] += 1
+    assert outcomes["parsed"] > 100 and outcomes["rejected"] > 1000
 
 
 # -- building ---------------------------------------------------------------------------------

@@ -214,7 +214,8 @@ class VadEventMachine:
             elapsed = end_ms - self._silence_start
             if elapsed >= self._next_timeout:
                 events.append(SilenceDetected(round(self._silence_start), round(elapsed), None))
-                self._next_timeout = (math.floor(elapsed / self.silence_timeout) + 1) * self.silence_timeout
+                periods = math.floor(elapsed / self.silence_timeout) + 1
+                self._next_timeout = periods * self.silence_timeout
         return events
 
     def _update_candidate(self, window: _Window, agree: bool) -> None:
@@ -237,11 +238,12 @@ class VadEventMachine:
             self._drop_candidate()
             return
         cand = self._cand
-        while cand and (self._cand_agree < self.ratio * self._cand_total or not _agrees(cand[0], self._speaking)):
+        speaking = self._speaking
+        while cand and (self._cand_agree < self.ratio * self._cand_total or not _agrees(cand[0], speaking)):
             old = cand.popleft()
             span = old.end - old.start
             self._cand_total -= span
-            if _agrees(old, self._speaking):
+            if _agrees(old, speaking):
                 self._cand_agree -= span
         if not cand:
             self._drop_candidate()
@@ -261,7 +263,8 @@ class VadEventMachine:
             self._speaking = False
             self._silence_start = start
             self._next_timeout = self.silence_timeout or 0.0
-            events.append(SilenceDetected(round(start), round(window.end - start), round(self._speech_start)))
+            speech_start = round(self._speech_start)
+            events.append(SilenceDetected(round(start), round(window.end - start), speech_start))
         self._drop_candidate()
 
     def _drop_candidate(self) -> None:

@@ -28,6 +28,7 @@ from protocol.codecs import codec_info
 from protocol.errors import ProtocolError
 
 from .clock import MediaClock
+from .asr import Asr, AsrFailed, AsrText, PrerollRing
 from .playout import PlaybackEvent, PlayItem
 from .recorder import Recorder, segment_opener
 from .services import CallServices, MediaLoadError, SynthRequest
@@ -46,7 +47,10 @@ from .messages import (
 )
 from .ref import ActorRef, ChildExited
 from .supervisor import Backoff, ChildSpec, Restart, Supervisor
-from .track import Enqueue, InterruptPlayback, LegIO, Mix, SetPaused, Subscribe, Track
+from .track import Enqueue, InterruptPlayback, LegIO, Listen, Mix, SetPaused, Subscribe, Track
+from .vad import VadOptionError, create_vad, shared_silero_engine
+from protocol.codecs import MEDIA_RATE, Resampler
+from protocol.vad_events import SilenceDetected, SpeechStarted
 
 CALL_TYPES = ("websocket", "sip", "webrtc")
 
@@ -99,6 +103,10 @@ class Call(Supervisor):
         self._ringing_recorder: api.RecorderOption | None = None
         self.recording_path: str | None = None
         self._media_pass: Any = None
+        self._vad: Any = None
+        self._asr_index = 1
+        self._asr_utterance_reported = False
+        self._timers: dict[str, asyncio.TimerHandle] = {}
         self.log = structlog.get_logger("call").bind(session_id=session_id, call_type=call_type)
         self.state = "new"
         self.option: api.CallOption | None = None
@@ -121,6 +129,7 @@ class Call(Supervisor):
             self._end("shutdown", "system")
         await self._cancel_loads()
         await self._close_media_pass()
+        self._release_listening()
         await super().on_stop()
         self.log.info("call stopped")
 
@@ -136,6 +145,7 @@ class Call(Supervisor):
             self._close()
             await self._cancel_loads()
             await self._close_media_pass()
+            self._release_listening()
             await super().on_failure(error)
 
     # --- messages ---------------------------------------------------------------------------
@@ -168,6 +178,25 @@ class Call(Supervisor):
                 self.emit(api.ErrorEvent(track_id=self.session_id, timestamp=now_ms(), sender="media",
                                          error=f"media track failed: {message.error}", code=500))
                 self._hangup("media_failure", "system")
+            return None
+        if isinstance(message, _Vad):
+            self._vad_event(message.event)
+            return None
+        if isinstance(message, AsrText):
+            self._asr_text(message)
+            return None
+        if isinstance(message, AsrFailed):
+            self.emit(api.ErrorEvent(track_id=self.session_id, timestamp=now_ms(), sender="asr",
+                                     error=f"{message.provider}: {message.error}", code=message.code))
+            return None
+        if isinstance(message, _WaitInputExpired):
+            self._timers.pop("wait_input", None)
+            self.emit(api.SilenceEvent(track_id=self.settings.server_side_track, timestamp=now_ms(),
+                                       start_time=message.since_ms, duration=message.duration_ms))
+            return None
+        if isinstance(message, _CheckInactivity):
+            self._timers.pop("inactivity", None)
+            await self._check_inactivity()
             return None
         if isinstance(message, _ServiceError):
             self.emit(api.ErrorEvent(track_id=self.session_id, timestamp=now_ms(), sender=message.sender,
@@ -264,6 +293,9 @@ class Call(Supervisor):
             await self._start_recorder(track, recorder)
         if option.media_pass is not None:
             await self._start_media_pass(track, option.media_pass)
+        await self._start_listening(track, option)
+        if option.inactivity_timeout:
+            self._arm("inactivity", min(1.0, option.inactivity_timeout / 4), _CheckInactivity())
 
     async def _mute(self, track_id: str | None, muted: bool) -> None:
         track = self.child("track")
@@ -279,6 +311,114 @@ class Call(Supervisor):
         else:
             self._error("command", f"{'mute' if muted else 'unmute'}: unknown trackId {track_id!r} "
                         f"(tracks: {self.session_id!r}, {self.settings.server_side_track!r})", 404)
+
+    # --- listening: VAD, ASR, inactivity -------------------------------------------------------
+
+    async def _start_listening(self, track: ActorRef, option: api.CallOption) -> None:
+        ref = self.actor_ref
+        listeners = []
+        if option.vad is not None:
+            try:
+                detector = create_vad(option.vad, lambda ev: ref.tell(_Vad(ev)))
+            except VadOptionError as exc:
+                self._error("vad", f"vad: {exc}", exc.status)
+            else:
+                self._vad = detector
+                if option.vad.type.strip().lower() == "silero":
+                    self.clock.after_tick("silero", shared_silero_engine().flush)
+                if option.vad.samplerate != MEDIA_RATE:
+                    down = Resampler(MEDIA_RATE, option.vad.samplerate)
+                    listeners.append(lambda frame, at: detector.push(down.process(frame), at))
+                else:
+                    listeners.append(detector.push)
+        if listeners:
+            await track.ask(Listen(listeners=tuple(listeners)), timeout=1.0)
+        if option.asr is not None:
+            await self._start_asr(track, option.asr)
+
+    async def _start_asr(self, track: ActorRef, option: api.TranscriptionOption) -> None:
+        name = (option.provider or self.services.default_asr or "").lower()
+        factory = self.services.asr.get(name)
+        if factory is None:
+            known = ", ".join(sorted(self.services.asr)) or "none"
+            self._error("asr", f"asr: unknown provider {option.provider!r} (available: {known})", 400)
+            return
+        audio = await track.ask(Subscribe("asr", "heard", capacity=100), timeout=1.0)
+        ring = PrerollRing(2.0)
+        spec = ChildSpec(
+            id="asr",
+            # A fresh provider for every start: a restart must not inherit a broken client.
+            start=lambda parent: Asr.start(factory(option), option, audio, ring, report=parent.tell,
+                                           session_id=self.session_id, parent=parent, name="asr"),
+            restart=Restart.TRANSIENT,
+            shutdown=self.settings.child_shutdown_timeout,
+            backoff=self.settings.backoff,
+            escalate=False,
+            intensity=self.settings.provider_restarts,
+            period=self.settings.provider_period,
+        )
+        await self.start_child(spec)
+
+    def _release_listening(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        vad, self._vad = self._vad, None
+        if vad is not None:
+            vad.close()
+
+    def _arm(self, key: str, delay: float, message: object) -> None:
+        old = self._timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        ref = self.actor_ref
+        self._timers[key] = asyncio.get_running_loop().call_later(
+            delay, lambda: ref.tell(message) if ref.is_alive() else None)
+
+    def _disarm(self, key: str) -> None:
+        handle = self._timers.pop(key, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _caller_input(self) -> None:
+        """The caller said or pressed something: a pending waitInputTimeout no longer applies."""
+        self._disarm("wait_input")
+
+    def _vad_event(self, ev: Any) -> None:
+        if isinstance(ev, SpeechStarted):
+            self._caller_input()
+            self.emit(api.SpeakingEvent(track_id=self.session_id, timestamp=now_ms(), start_time=ev.start_time))
+        elif isinstance(ev, SilenceDetected):
+            self.emit(api.SilenceEvent(track_id=self.session_id, timestamp=now_ms(), start_time=ev.start_time,
+                                       duration=ev.duration))
+
+    def _asr_text(self, msg: AsrText) -> None:
+        self._caller_input()
+        ts = now_ms()
+        if not self._asr_utterance_reported:
+            self._asr_utterance_reported = True
+            self.emit(api.MetricsEvent(timestamp=ts, key=f"ttfb.asr.{msg.provider}",
+                                       duration=max(0, ts - msg.first_audio_ms),
+                                       data={"index": self._asr_index, "provider": msg.provider}))
+        cls = api.AsrFinalEvent if msg.final else api.AsrDeltaEvent
+        self.emit(cls(track_id=self.session_id, timestamp=ts, index=self._asr_index, text=msg.text,
+                      start_time=msg.start_ms, end_time=msg.end_ms))
+        if msg.final:
+            self._asr_index += 1
+            self._asr_utterance_reported = False
+
+    async def _check_inactivity(self) -> None:
+        timeout = self.option.inactivity_timeout if self.option is not None else None
+        track = self.child("track")
+        if not timeout or track is None or self.state == "ended":
+            return
+        stats = await track.ask(GetTrackStats(), timeout=1.0)
+        last = stats.last_input_at or self.answer_at or time.time()
+        if time.time() - last >= timeout:
+            self.emit(api.InactivityEvent(track_id=self.session_id, timestamp=now_ms()))
+            self._hangup("inactivity_timeout", "system")
+            return
+        self._arm("inactivity", min(1.0, timeout / 4), _CheckInactivity())
 
     # --- recording and media pass -----------------------------------------------------------
 
@@ -485,6 +625,7 @@ class Call(Supervisor):
         item = ev.item
         track_id = self.settings.server_side_track
         if ev.kind == "started":
+            self._caller_input()  # a new playback restarts the wait for input
             self.emit(api.TrackStartEvent(track_id=track_id, timestamp=int(ev.at * 1000), play_id=item.play_id))
             return
         self._playing.pop(id(item), None)
@@ -492,9 +633,13 @@ class Call(Supervisor):
                                     ssrc=self.ssrc, play_id=item.play_id))
         if item.auto_hangup and not ev.interrupted and self.state != "ended":
             self._hangup("autohangup", "system")
+        elif item.wait_input_timeout and not ev.interrupted and self.state != "ended":
+            ended = int(ev.at * 1000)
+            self._arm("wait_input", item.wait_input_timeout,
+                      _WaitInputExpired(ended, int(item.wait_input_timeout * 1000)))
 
     async def on_child_gave_up(self, spec: ChildSpec, error: BaseException | None) -> None:
-        if spec.id in ("tts", "recorder"):
+        if spec.id in ("tts", "recorder", "asr"):
             self.emit(api.ErrorEvent(track_id=self.settings.server_side_track, timestamp=now_ms(), sender=spec.id,
                                      error=f"{spec.id}: gave up after repeated failures: {error}", code=503))
             return
@@ -545,6 +690,22 @@ class Call(Supervisor):
             option = api.option_to_json(self.option)
         return CallInfo(id=self.session_id, call_type=self.call_type, created_at=iso8601(self.created_at),
                         option=option, state=self.state)
+
+
+@dataclass(frozen=True, slots=True)
+class _Vad:
+    event: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _WaitInputExpired:
+    since_ms: int
+    duration_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class _CheckInactivity:
+    pass
 
 
 @dataclass(frozen=True, slots=True)

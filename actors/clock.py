@@ -36,6 +36,8 @@ class MediaClock:
         self.skipped = 0
         self.late_ticks = 0
         self._lateness: deque[float] = deque(maxlen=3000)  # seconds each tick ran after its deadline
+        # Work that must follow every track's tick (one batched VAD inference for all calls).
+        self._after: dict[str, Callable[[], object]] = {}
 
     def register(self, tick: Callable[[float], None], on_error: Callable[[BaseException], None]) -> int:
         self._next_id += 1
@@ -43,6 +45,10 @@ class MediaClock:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="media-clock")
         return self._next_id
+
+    def after_tick(self, key: str, fn: Callable[[], object]) -> None:
+        """Run `fn` once per tick after all tracks (idempotent per key)."""
+        self._after.setdefault(key, fn)
 
     def unregister(self, handle: int) -> None:
         self._subs.pop(handle, None)
@@ -98,4 +104,9 @@ class MediaClock:
                         on_error(exc)
                     except Exception:  # noqa: BLE001
                         log.exception("tick error handler failed")
+            for key, fn in list(self._after.items()):
+                try:
+                    fn()
+                except Exception as exc:  # noqa: BLE001 - a failing batch must not stop the clock
+                    log.error("after-tick work failed", key=key, error=repr(exc))
         self._task = None

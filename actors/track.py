@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import structlog
@@ -76,6 +77,22 @@ class SetPaused(SystemMessage):
     paused: bool
 
 
+class Denoiser(Protocol):
+    def process(self, frame: np.ndarray) -> np.ndarray: ...
+
+
+Listener = Callable[[np.ndarray, float], None]   # (20 ms frame as heard, its capture time in ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Inline processing of what the caller says: an optional denoiser, then listeners (VAD, DTMF)
+    called with every frame. The "heard" taps (ASR) receive the denoised frames."""
+
+    denoiser: Denoiser | None = None
+    listeners: tuple[Listener, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Mix:
     """Mix a continuous source (mediaPass, a bridged call) into the output beside the playlist;
@@ -107,7 +124,10 @@ class Track(Actor):
         # Stateless codecs encode silence to the same bytes every time: encode it once.
         self._silence_bytes = None if codec.name == "g722" else self._encoder.encode(SILENCE)
         self._in_buf = np.zeros(0, dtype=np.int16)
-        self._taps: dict[str, dict[str, AudioPipe[np.ndarray]]] = {"in": {}, "out": {}}
+        self._taps: dict[str, dict[str, AudioPipe[np.ndarray]]] = {"in": {}, "out": {}, "heard": {}}
+        self._denoiser: Denoiser | None = None
+        self._listeners: tuple[Listener, ...] = ()
+        self._stream_t0: float | None = None       # capture time (ms) of inbound frame 0
         # The server-side track: what the gateway plays to this leg.
         self.playlist = Playlist(report)
         self._mix: list[PlayItem] = []
@@ -160,6 +180,10 @@ class Track(Actor):
             if message.replace:
                 return self.playlist.replace(message.item)
             self.playlist.enqueue(message.item)
+            return None
+        if isinstance(message, Listen):
+            self._denoiser = message.denoiser
+            self._listeners = message.listeners
             return None
         if isinstance(message, Mix):
             if message.add:
@@ -218,8 +242,23 @@ class Track(Actor):
             self._in_buf = np.concatenate((self._in_buf, pcm)) if len(self._in_buf) else pcm
             while len(self._in_buf) >= FRAME:
                 frame, self._in_buf = self._in_buf[:FRAME], self._in_buf[FRAME:]
-                self.frames_in += 1
-                self._fan_out("in", SILENCE if self._mute_in else frame)
+                self._hear(SILENCE if self._mute_in else frame)
+
+    def _hear(self, frame: np.ndarray) -> None:
+        # Frames are dated on the caller's stream clock (so bursts keep their spacing),
+        # resynchronised to the wall clock when the caller paused sending.
+        wall = time.time() * 1000
+        at = wall if self._stream_t0 is None else self._stream_t0 + self.frames_in * 20
+        if self._stream_t0 is None or wall - at > 200:
+            self._stream_t0 = wall - self.frames_in * 20
+            at = wall
+        self.frames_in += 1
+        self._fan_out("in", frame)
+        if self._denoiser is not None:
+            frame = self._denoiser.process(frame)
+        for listener in self._listeners:
+            listener(frame, at)
+        self._fan_out("heard", frame)
 
     def _send(self) -> None:
         frame = self.playlist.read(FRAME)

@@ -1,0 +1,115 @@
+"""Listening on /call: VAD speaking/silence times against a fixture's true speech boundaries,
+waitInputTimeout and inactivityTimeout — a real client streaming real audio in real time."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import connect
+from tests.support.audio import frames, tone
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "audio"
+
+
+def load_fixture(name: str) -> tuple[np.ndarray, dict]:
+    with wave.open(str(FIXTURES / f"{name}.wav")) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    return pcm, json.loads((FIXTURES / f"{name}.json").read_text())
+
+
+async def stream_realtime(client, pcm: np.ndarray, size: int = 320) -> float:
+    """Send 20 ms frames on absolute deadlines; returns the wall time (ms) of the first frame."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    import time
+    wall0 = time.time() * 1000
+    for i, chunk in enumerate(frames(pcm, size)):
+        await client.ws.send_bytes(chunk.astype("<i2").tobytes())
+        await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - loop.time()))
+    return wall0
+
+
+@pytest.mark.parametrize("vad_type", ["silero", "webrtc"])
+async def test_speaking_and_silence_follow_the_true_speech_boundaries(gateway, http, vad_type):
+    pcm, truth = load_fixture("speech_16k")
+    client = await connect(http, gateway, id=f"vad-{vad_type}")
+    await client.send({"command": "invite", "option": {"codec": "pcm", "vad": {"type": vad_type}}})
+    await client.wait_event("answer")
+    t0 = await stream_realtime(client, np.concatenate([pcm, np.zeros(16000, np.int16)]))
+    speaking = client.of("speaking")
+    silences = [e for e in client.of("silence") if e["trackId"] == f"vad-{vad_type}"]
+    segments = truth["segments"]
+    assert len(speaking) == len(segments), client.events
+    for ev, seg in zip(speaking, segments):
+        assert abs((ev["startTime"] - t0) - seg["start_ms"]) <= 60, (ev, seg)
+    ends = [e for e in silences if e["duration"] > 0]
+    assert len(ends) >= len(segments)
+    for seg in segments:
+        nearest = min(ends, key=lambda e: abs((e["startTime"] - t0) - seg["end_ms"]))
+        assert abs((nearest["startTime"] - t0) - seg["end_ms"]) <= 60, (nearest, seg)
+    await client.ws.close()
+
+
+async def test_unknown_vad_type_is_an_error_event(gateway, http):
+    client = await connect(http, gateway, id="badvad")
+    await client.send({"command": "invite", "option": {"codec": "pcm", "vad": {"type": "fancy"}}})
+    err, = await client.wait_event("error")
+    assert err["sender"] == "vad" and "fancy" in err["error"]
+    assert client.of("answer")
+    await client.ws.close()
+
+
+async def test_unknown_asr_provider_is_an_error_event(gateway, http):
+    client = await connect(http, gateway, id="badasr")
+    await client.send({"command": "invite", "option": {"codec": "pcm", "asr": {"provider": "nonesuch"}}})
+    err, = await client.wait_event("error")
+    assert err["sender"] == "asr" and "nonesuch" in err["error"]
+    await client.ws.close()
+
+
+async def test_wait_input_timeout_fires_after_track_end(gateway, http):
+    client = await connect(http, gateway, id="wait")
+    await client.send({"command": "invite", "option": {"codec": "pcm"}})
+    await client.wait_event("answer")
+    audio = base64.b64encode(tone(500, 0.3, 16000).tobytes()).decode()
+    await client.send({"command": "tts", "base64": True, "text": audio, "playId": "q", "waitInputTimeout": 1})
+    end, = await client.wait_event("trackEnd", timeout=3)
+    silence, = await client.wait_event("silence", timeout=3)
+    assert silence["trackId"] == "serverSideTrack" and silence["duration"] == 1000
+    assert 900 <= silence["timestamp"] - end["timestamp"] <= 1300
+    assert silence["startTime"] == end["timestamp"]
+    await client.ws.close()
+
+
+async def test_wait_input_timeout_is_cancelled_by_speech(gateway, http):
+    pcm, truth = load_fixture("speech_16k")
+    client = await connect(http, gateway, id="waitspeech")
+    await client.send({"command": "invite", "option": {"codec": "pcm", "vad": {"type": "webrtc"}}})
+    await client.wait_event("answer")
+    audio = base64.b64encode(tone(500, 0.2, 16000).tobytes()).decode()
+    await client.send({"command": "tts", "base64": True, "text": audio, "playId": "q", "waitInputTimeout": 2})
+    await client.wait_event("trackEnd", timeout=3)
+    await stream_realtime(client, pcm[: int(16000 * 2.5)])  # speech starts at 0.7 s
+    assert client.of("speaking")
+    assert [e for e in client.of("silence") if e["trackId"] == "serverSideTrack"] == []
+    await client.ws.close()
+
+
+async def test_inactivity_timeout_hangs_up(gateway, http):
+    client = await connect(http, gateway, id="idle")
+    await client.send({"command": "invite", "option": {"codec": "pcm", "inactivityTimeout": 1}})
+    await client.wait_event("answer")
+    await stream_realtime(client, np.zeros(8000, np.int16))  # 0.5 s of audio, then nothing
+    await client.wait_closed(timeout=4)
+    inactivity, = client.of("inactivity")
+    hangup = client.events[-1]
+    assert hangup["event"] == "hangup" and hangup["reason"] == "inactivity_timeout"
+    assert hangup["initiator"] == "system"
+    assert inactivity["trackId"] == "idle"

@@ -11,9 +11,11 @@ from typing import Any
 
 from protocol.errors import ProtocolError
 from protocol.sip.uri import (
+    _GEN_VALUE_RE,
+    _TOKEN_RE,
     CACHED_TEXT_LIMIT,
     NameAddr,
-    _TOKEN_RE,
+    check_host,
     parse_name_addr,
     parse_params,
     quote_param_value,
@@ -96,6 +98,8 @@ LIST_HEADERS = frozenset(
 )
 
 _BAD_VALUE_RE = re.compile(r"[\r\n]")
+# Controls other than HTAB may only appear escaped as quoted-pairs (RFC 3261 §25.1).
+CTL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # Each alternative that can start also always succeeds (an unterminated quote or "<" runs to the
 # end), so the scan stays linear however many unbalanced '"' or '<' an input holds.
 _LIST_SPLIT_RE = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?\Z)|<[^>]*(?:>|\Z)|,', re.S)
@@ -135,11 +139,21 @@ def split_list(value: str) -> list[str]:
     return parts
 
 
+def check_controls(text: str) -> None:
+    """Refuse a control character unless it is escaped by a backslash (a quoted-pair)."""
+    for m in CTL_RE.finditer(text):
+        i = m.start()
+        if i == 0 or text[i - 1] != "\\":
+            raise ProtocolError(f"control character {m.group()!r} in a header")
+
+
 def _check_value(value: str) -> str:
     if not isinstance(value, str):
         raise ProtocolError(f"header value must be str, not {type(value).__name__}")
     if _BAD_VALUE_RE.search(value):
         raise ProtocolError(f"header value contains CR or LF: {value[:60]!r}")
+    if CTL_RE.search(value):
+        check_controls(value)
     return value.strip(" \t")
 
 
@@ -308,6 +322,14 @@ class Via:
         return None
 
     def __str__(self) -> str:
+        # A Via built in code is checked here, on its way out, rather than on every parse.
+        if not _TOKEN_RE.fullmatch(self.transport):
+            raise ProtocolError(f"bad Via transport {self.transport!r}")
+        check_host(self.host if ":" not in self.host or self.host.startswith("[") else f"[{self.host}]", "Via")
+        if self.branch is not None and not _TOKEN_RE.fullmatch(self.branch):
+            raise ProtocolError(f"bad Via branch {self.branch!r}")
+        if self.received is not None and not _GEN_VALUE_RE.fullmatch(self.received):
+            raise ProtocolError(f"bad Via received {self.received!r}")
         out = [f"SIP/2.0/{self.transport} {self.sent_by}"]
         if self.branch is not None:
             out.append(f";branch={self.branch}")

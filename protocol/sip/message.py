@@ -15,7 +15,9 @@ from collections.abc import Iterable
 from protocol.errors import ProtocolError
 from protocol.sip.headers import (
     _KEY_CACHE,
+    CTL_RE,
     _check_value,
+    check_controls,
     Contact,
     CSeq,
     Headers,
@@ -131,8 +133,6 @@ _MANDATORY = ("via", "from", "to", "call-id", "cseq")
 _SINGLE = ("from", "to", "call-id", "cseq", "max-forwards", "content-type")
 _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.I)
 _DIGITS_RE = re.compile(r"[0-9]+")
-# Controls other than HTAB may only appear escaped as quoted-pairs (RFC 3261 §25.1).
-_CTL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _STATUS_RE = re.compile(r"[1-6][0-9][0-9]")
 
 
@@ -465,13 +465,6 @@ def _find_head_end(data: bytes | bytearray, start: int) -> tuple[int, int]:
     return (best, best + length) if best >= 0 else (-1, -1)
 
 
-def _check_controls(text: str) -> None:
-    for m in _CTL_RE.finditer(text):
-        i = m.start()
-        if i == 0 or text[i - 1] != "\\":
-            raise SipParseError(f"control character {m.group()!r} in the header section")
-
-
 class _Head:
     """The start line and header fields of a message whose body may still be on its way."""
 
@@ -522,8 +515,11 @@ def _parse_head(head: bytes | bytearray) -> _Head:
         if "\r" in text:
             raise SipParseError("bare CR in the header section")
         lines = text.split("\n")
-    if _CTL_RE.search(text):
-        _check_controls(text)
+    if CTL_RE.search(text):
+        try:
+            check_controls(text)
+        except ProtocolError as e:
+            raise SipParseError(e.message) from None
     if len(lines) > 4 * MAX_HEADERS:
         raise SipParseError(f"more than {MAX_HEADERS} header fields", 413)
     if max(map(len, lines)) > MAX_LINE_LENGTH:

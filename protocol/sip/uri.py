@@ -38,6 +38,7 @@ class UnsupportedUriScheme(ProtocolError):
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
 _USER_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+")
 _PASSWORD_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,%]*")
+# "_" is not in the hostname grammar but appears in deployed host names; accepting it costs nothing.
 _HOST_RE = re.compile(r"[A-Za-z0-9\-_.]+")
 _PARAM_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$%]+")
 _HNAME_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()\[\]/?:+$%]+")
@@ -51,6 +52,7 @@ _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _GEN_VALUE_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+")
 _PARAM_SPLIT_RE = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?\Z)|;', re.S)
 _VISUAL_SEPARATORS = str.maketrans("", "", "-.()")
+_QUOTED_PAIR_RE = re.compile(r'["\\\x00-\x08\x0b\x0c\x0e-\x1f\x7f]')
 
 # Parameters that must agree whenever either URI carries them (RFC 3261 §19.1.4).
 _STRICT_PARAMS = frozenset(("user", "ttl", "method", "maddr", "transport"))
@@ -123,14 +125,20 @@ def _normal_host(host: str) -> str:
             return "[" + ipaddress.IPv6Address(host[1:-1]).compressed + "]"
         except ValueError:
             return host.lower()
-    return host.lower().rstrip(".")
+    return host.lower()
 
 
 def quote_param_value(value: str) -> str:
     """A header-parameter value as written: bare when it is a token or host, else quoted."""
     if value and _GEN_VALUE_RE.fullmatch(value):
         return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return quote_string(value)
+
+
+def quote_string(value: str) -> str:
+    """A quoted-string for ``value``: backslash, quote and controls escaped as quoted-pairs; CR
+    and LF, which no quoted-pair can carry, become spaces."""
+    return '"' + _QUOTED_PAIR_RE.sub(r"\\\g<0>", value.replace("\r", " ").replace("\n", " ")) + '"'
 
 
 def _format_params(params: tuple[tuple[str, str | None], ...]) -> str:
@@ -206,7 +214,8 @@ def _lookup(params: tuple[tuple[str, str | None], ...], name: str) -> tuple[bool
 
 @dataclass(frozen=True, slots=True)
 class SipUri:
-    """A ``sip:``, ``sips:`` or ``tel:`` URI. For tel URIs the number is ``user`` and ``host`` is ""."""
+    """A ``sip:``, ``sips:`` or ``tel:`` URI. An IPv6 host keeps its brackets ("[::1]"). For tel
+    URIs the number is ``user`` and ``host`` is ""."""
 
     scheme: str
     user: str | None = None
@@ -427,8 +436,7 @@ class NameAddr:
         if self.display_name is None:
             head = f"<{self.uri}>"
         else:
-            escaped = self.display_name.replace("\\", "\\\\").replace('"', '\\"')
-            head = f'"{escaped}" <{self.uri}>'
+            head = f"{quote_string(self.display_name)} <{self.uri}>"
         return head + _format_params(self.params)
 
 

@@ -9,6 +9,7 @@ from protocol.sip import (
     Contact,
     CSeq,
     Headers,
+    NameAddr,
     Request,
     Response,
     SipParseError,
@@ -134,6 +135,20 @@ def test_via_comma_joined_and_separate():
     assert str(second) == "SIP/2.0/TCP [2001:db8::9]:5061;branch=z9hG4bK2;received=2001:db8::1;rport=5062"
 
 
+def test_via_built_in_code_is_checked_when_written():
+    assert str(Via("TCP", "::1", 5061, "z9hG4bK1", "::2", 5062)) == (
+        "SIP/2.0/TCP [::1]:5061;branch=z9hG4bK1;received=::2;rport=5062"
+    )
+    for bad in (
+        Via("UDP", "h", branch="z9hG4bK bad"),
+        Via("UDP", "h", received="a b"),
+        Via("U DP", "h"),
+        Via("UDP", "bad host"),
+    ):
+        with pytest.raises(ProtocolError, match="bad"):
+            str(bad)
+
+
 def test_integers_with_leading_zeros():
     m = parse_message(
         msg(head=HEAD.replace("CSeq: 314159", "CSeq: 000314159").replace("Max-Forwards: 70", "Max-Forwards: 0070"))
@@ -212,6 +227,17 @@ def test_header_values_cannot_inject_lines(value):
         m.set("Subject", value)
     with pytest.raises(ProtocolError):
         m.add("Subject", value)
+
+
+def test_values_built_in_code_parse_back():
+    m = parse_message(msg())
+    with pytest.raises(ProtocolError, match="control character"):
+        m.set("Subject", "bell\x07")
+    caller = NameAddr(parse_uri("sip:bob@example.com"), 'Bob "B" \\ \x00\x07 line\r\nbreak', (("tag", "t 1"),))
+    m.set("From", str(caller))
+    again = parse_message(bytes(m))
+    assert again.from_.display_name == 'Bob "B" \\ \x00\x07 line  break'
+    assert again.from_.tag == "t 1"
 
 
 def test_bad_header_names_are_refused():

@@ -130,6 +130,8 @@ REASON_PHRASES: dict[int, str] = {
 }
 
 _MANDATORY = ("via", "from", "to", "call-id", "cseq")
+# Copied from a request into its responses, in this order, after the Vias (RFC 3261 §8.2.6).
+_ECHOED = {"from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq", "timestamp": "Timestamp"}
 _SINGLE = ("from", "to", "call-id", "cseq", "max-forwards", "content-type")
 _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.I)
 _DIGITS_RE = re.compile(r"[0-9]+")
@@ -832,27 +834,38 @@ def _respond(
         reason = REASON_PHRASES.get(status, "")
     if "\r" in reason or "\n" in reason:
         raise ProtocolError("reason phrase contains CR or LF")
-    fields = Headers()
-    for via in source.lines("via"):
-        fields.add("Via", via)
-    for key, name in (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq")):
-        for value in source.lines(key)[:1]:
-            if key == "to" and to_tag is not None and not _has_tag(value):
+    if to_tag is not None and not _TOKEN_RE.fullmatch(to_tag):
+        raise ProtocolError(f"bad To tag {to_tag!r}")
+    vias: list[tuple[str, str, str, str | None]] = []
+    first: dict[str, str] = {}
+    for key, _, value, _ in source._items:
+        if key == "via":
+            vias.append(("via", "Via", value, None))
+        elif key in _ECHOED and key not in first:
+            first[key] = value
+    if not copy_timestamp:
+        first.pop("timestamp", None)
+    items = vias
+    for key, name in _ECHOED.items():
+        if key in first:
+            value = first[key]
+            if key == "to" and to_tag is not None and not _has_tag(source, value):
                 value = f"{value};tag={to_tag}"
-            fields.add(name, value)
-    if copy_timestamp:
-        for value in source.lines("timestamp")[:1]:
-            fields.add("Timestamp", value)
+            items.append((key, name, value, None))
     for name, value in extra:
-        fields.add(name, value)
+        key = header_key(name)
+        if key != "content-length":
+            items.append((key, name, _check_value(value), None))
     body = bytes(body)
-    fields.set("Content-Length", str(len(body)))
-    return Response(status, reason, fields, body)
+    items.append(("content-length", "Content-Length", str(len(body)), None))
+    return Response(status, reason, Headers._from_parsed(items), body)
 
 
-def _has_tag(to_value: str) -> bool:
-    try:
-        return parse_name_addr(to_value).tag is not None
-    except ProtocolError:
-        return ";tag=" in to_value.replace(" ", "").lower()
-
+def _has_tag(source: Headers, to_value: str) -> bool:
+    to = source._views.get("to")
+    if to is None:
+        try:
+            to = parse_name_addr(to_value)
+        except ProtocolError:
+            return ";tag=" in to_value.replace(" ", "").lower()
+    return to.tag is not None

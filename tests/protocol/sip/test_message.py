@@ -444,6 +444,10 @@ def test_make_response_copies_what_rfc3261_8_2_6_says():
             make_response(request, status)
     with pytest.raises(ProtocolError):
         make_response(request, 200, "a\r\nb")
+    with pytest.raises(ProtocolError, match="bad To tag"):
+        make_response(request, 200, to_tag="a;b")
+    replaced = make_response(request, 200, headers=[("Content-Length", "99"), ("X-A", "1")], body=b"ab")
+    assert replaced.get_all("Content-Length") == ["2"] and replaced.get("X-A") == "1"
 
 
 def test_make_error_response():

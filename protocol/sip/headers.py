@@ -454,7 +454,7 @@ def _contact(text: str) -> Contact:
         if n == "expires":
             if v is None or not _DIGITS_RE.fullmatch(v):
                 raise ProtocolError(f"bad Contact expires {v!r}")
-            # RFC 3261 §20.19: values beyond 2**32-1 are taken as 2**32-1.
+            # Beyond 2**32-1 the value is clamped rather than refused (RFC 4475 §3.1.2.4 allows it).
             digits = v.lstrip("0") or "0"
             expires = min(int(digits), _MAX_EXPIRES) if len(digits) <= 10 else _MAX_EXPIRES
         elif n == "q":

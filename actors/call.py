@@ -29,7 +29,7 @@ from protocol.errors import ProtocolError
 
 from .clock import MediaClock
 from .asr import Asr, AsrFailed, AsrText, PrerollRing
-from .playout import PlaybackEvent, PlayItem
+from .playout import PipeItem, PlaybackEvent, PlayItem
 from .recorder import Recorder, segment_opener
 from .services import CallServices, MediaLoadError, SynthRequest
 from .tts import CancelSynthesis, Synthesize, Tts, TtsFailed, TtsMetric
@@ -45,9 +45,10 @@ from .messages import (
     SetMute,
     UrgentCommand,
 )
-from .ref import ActorRef, ChildExited
+from .ref import ActorDeadError, ActorRef, ChildExited
 from .supervisor import Backoff, ChildSpec, Restart, Supervisor
-from .track import Enqueue, InterruptPlayback, LegIO, Listen, Mix, SetPaused, Subscribe, Track
+from .call_supervisor import GetCall
+from .track import Enqueue, InterruptPlayback, LegIO, Listen, Mix, SetPaused, Subscribe, Track, Unsubscribe
 from .vad import VadOptionError, create_vad, shared_silero_engine
 from protocol.codecs import MEDIA_RATE, Resampler
 from protocol.vad_events import SilenceDetected, SpeechStarted
@@ -107,6 +108,7 @@ class Call(Supervisor):
         self._asr_index = 1
         self._asr_utterance_reported = False
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._bridges: dict[str, _Bridge] = {}
         self.log = structlog.get_logger("call").bind(session_id=session_id, call_type=call_type)
         self.state = "new"
         self.option: api.CallOption | None = None
@@ -179,6 +181,19 @@ class Call(Supervisor):
                                          error=f"media track failed: {message.error}", code=500))
                 self._hangup("media_failure", "system")
             return None
+        if isinstance(message, _BridgeOffer):
+            await self._bridge_offer(message)
+            return None
+        if isinstance(message, _BridgeMade):
+            self._bridges[message.call_id] = _Bridge(message.call, message.track, in_peer=message.in_peer,
+                                                     in_mine=message.in_mine)
+            return None
+        if isinstance(message, _BridgeFailed):
+            self._error("bridge", f"bridge: call {message.call_id!r} cannot be bridged: {message.reason}", 409)
+            return None
+        if isinstance(message, _BridgeGone):
+            self._bridges.pop(message.call_id, None)
+            return None
         if isinstance(message, _Vad):
             self._vad_event(message.event)
             return None
@@ -242,6 +257,10 @@ class Call(Supervisor):
             track = self._need_track(_wire(cmd))
             if track is not None:
                 await track.ask(SetPaused(isinstance(cmd, api.Pause)), timeout=1.0)
+        elif isinstance(cmd, api.Bridge):
+            await self._bridge(cmd.target_session_id)
+        elif isinstance(cmd, api.Unbridge):
+            await self._unbridge(cmd.target_session_id)
         elif isinstance(cmd, api.History):
             self.emit(api.AddHistoryEvent(timestamp=now_ms(), speaker=cmd.speaker, text=cmd.text))
         elif isinstance(cmd, api.Custom):
@@ -419,6 +438,67 @@ class Call(Supervisor):
             self._hangup("inactivity_timeout", "system")
             return
         self._arm("inactivity", min(1.0, timeout / 4), _CheckInactivity())
+
+    # --- bridging two calls (media only) -----------------------------------------------------
+    # The call that receives `bridge` only looks its peer up and offers its track; the peer does
+    # the wiring on both tracks and reports back. Calls never ask each other (only tracks, which
+    # ask nobody), so two calls bridging each other at once cannot wait on each other.
+
+    async def _bridge(self, target: str) -> None:
+        track = self._need_track("bridge")
+        if track is None:
+            return
+        if target == self.session_id or target in self._bridges:
+            self._error("bridge", f"bridge: {target!r} is this call or already bridged to it", 400)
+            return
+        parent = self.actor_ref.parent
+        peer = None if parent is None else await parent.ask(GetCall(target), timeout=1.0)
+        if peer is None:
+            self._error("bridge", f"bridge: no active call with id {target!r}", 404)
+            return
+        try:
+            peer.tell(_BridgeOffer(self.session_id, self.actor_ref, track))
+        except ActorDeadError:
+            self._error("bridge", f"bridge: call {target!r} has ended", 404)
+
+    async def _bridge_offer(self, offer: _BridgeOffer) -> None:
+        track = self.child("track")
+        if track is None or self.state != "answered" or offer.call_id in self._bridges:
+            offer.call.tell(_BridgeFailed(self.session_id, "it is not answered or already bridged"))
+            return
+        try:
+            theirs = await offer.track.ask(Subscribe(f"bridge:{self.session_id}", "in", capacity=10), timeout=1.0)
+            mine = await track.ask(Subscribe(f"bridge:{offer.call_id}", "in", capacity=10), timeout=1.0)
+        except (ActorDeadError, TimeoutError):
+            return
+        to_them = PipeItem(self.session_id, mine)        # my caller, heard by theirs
+        to_me = PipeItem(offer.call_id, theirs)          # their caller, heard by mine
+        await offer.track.ask(Mix(to_them), timeout=1.0)
+        await track.ask(Mix(to_me), timeout=1.0)
+        self._bridges[offer.call_id] = _Bridge(offer.call, offer.track, in_peer=to_them, in_mine=to_me)
+        offer.call.tell(_BridgeMade(self.session_id, self.actor_ref, track, in_peer=to_me, in_mine=to_them))
+
+    async def _unbridge(self, target: str | None) -> None:
+        peers = list(self._bridges) if target is None else [target]
+        for peer_id in peers:
+            bridge = self._bridges.pop(peer_id, None)
+            if bridge is None:
+                self._error("unbridge", f"unbridge: not bridged to {peer_id!r}", 404)
+                continue
+            track = self.child("track")
+            for owner, item, tap_owner, tap in ((bridge.track, bridge.in_peer, track, f"bridge:{peer_id}"),
+                                                (track, bridge.in_mine, bridge.track, f"bridge:{self.session_id}")):
+                try:
+                    if owner is not None:
+                        await owner.ask(Mix(item, add=False), timeout=1.0)
+                    if tap_owner is not None:
+                        await tap_owner.ask(Unsubscribe(tap, "in"), timeout=1.0)
+                except (ActorDeadError, TimeoutError):
+                    pass  # that call is ending; its track takes its taps and mixes with it
+            try:
+                bridge.call.tell(_BridgeGone(self.session_id))
+            except ActorDeadError:
+                pass
 
     # --- recording and media pass -----------------------------------------------------------
 
@@ -690,6 +770,41 @@ class Call(Supervisor):
             option = api.option_to_json(self.option)
         return CallInfo(id=self.session_id, call_type=self.call_type, created_at=iso8601(self.created_at),
                         option=option, state=self.state)
+
+
+@dataclass(frozen=True, slots=True)
+class _BridgeOffer:
+    call_id: str
+    call: ActorRef
+    track: ActorRef
+
+
+@dataclass(frozen=True, slots=True)
+class _BridgeMade:
+    call_id: str
+    call: ActorRef
+    track: ActorRef
+    in_peer: PlayItem
+    in_mine: PlayItem
+
+
+@dataclass(frozen=True, slots=True)
+class _BridgeFailed:
+    call_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _BridgeGone:
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Bridge:
+    call: ActorRef
+    track: ActorRef          # the peer's track
+    in_peer: PlayItem        # my caller, mixed into the peer's track
+    in_mine: PlayItem        # the peer's caller, mixed into my track
 
 
 @dataclass(frozen=True, slots=True)

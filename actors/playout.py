@@ -20,6 +20,8 @@ import numpy as np
 
 from protocol.codecs import MEDIA_RATE
 
+from .pipes import AudioPipe
+
 FADE_MS = 60  # graceful interrupt: a short fade, long enough to avoid a click, short enough to feel instant
 
 
@@ -115,6 +117,27 @@ class PlayItem:
         """Index of the word being spoken at the current play position (0 before the first)."""
         reached = [w.index for w in self.words if w.sample <= self.played]
         return max(reached) if reached else 0
+
+
+class PipeItem(PlayItem):
+    """A continuous source read from an audio pipe another track fills (a bridged call's caller).
+    It never finishes by itself: it is done when the pipe closes (that call's track stopped)."""
+
+    def __init__(self, play_id: str, pipe: AudioPipe[np.ndarray]) -> None:
+        super().__init__(play_id, "bridge")
+        self.pipe = pipe
+
+    @property
+    def done(self) -> bool:
+        return self.pipe.closed and len(self.pipe) == 0
+
+    def read(self, samples: int) -> np.ndarray:
+        while self.buffered < samples:
+            frame = self.pipe.pop_nowait()
+            if frame is None:
+                break
+            super().append(frame)
+        return super().read(samples)
 
 
 @dataclass(frozen=True, slots=True)

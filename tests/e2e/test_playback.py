@@ -181,3 +181,43 @@ async def test_history_custom_and_refusals(gateway, http):
     assert history["speaker"] == "user" and history["text"] == "hi there"
     assert custom["sender"] == "bot" and custom["data"] == {"k": [1, 2]}
     await client.ws.close()
+
+
+async def test_bridge_patches_two_calls_both_ways_and_unbridge_undoes_it(gateway, http):
+    from tests.support.audio import frames
+
+    a = await answered(http, gateway, "ba")
+    b = await answered(http, gateway, "bb")
+    await a.send({"command": "bridge", "targetSessionId": "nobody"})
+    err, = await a.wait_event("error")
+    assert err["code"] == 404 and "nobody" in err["error"]
+    await a.send({"command": "bridge", "targetSessionId": "bb"})
+    await asyncio.sleep(0.2)
+
+    async def talk(seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i, (fa, fb) in enumerate(zip(frames(tone(700, seconds, 16000), 320),
+                                         frames(tone(1200, seconds, 16000), 320))):
+            await a.ws.send_bytes(fa.tobytes())
+            await b.ws.send_bytes(fb.tobytes())
+            await asyncio.sleep(max(0, start + (i + 1) * 0.02 - loop.time()))
+        await asyncio.sleep(0.1)
+
+    ma, mb = len(a.audio), len(b.audio)
+    await talk(1.0)
+    heard_by_b = [np.frombuffer(f, dtype="<i2") for f in b.audio[mb:]]
+    heard_by_a = [np.frombuffer(f, dtype="<i2") for f in a.audio[ma:]]
+    loud_b = [f for f in heard_by_b if rms(f) > 1000]
+    loud_a = [f for f in heard_by_a if rms(f) > 1000]
+    assert len(loud_b) >= 40 and len(loud_a) >= 40
+    assert abs(dominant_frequency(np.concatenate(loud_b), 16000) - 700) < 10
+    assert abs(dominant_frequency(np.concatenate(loud_a), 16000) - 1200) < 10
+
+    await b.send({"command": "unbridge"})
+    await asyncio.sleep(0.2)
+    ma, mb = len(a.audio), len(b.audio)
+    await talk(0.5)
+    assert rms(received(a, ma)) == 0 and rms(received(b, mb)) == 0
+    await a.ws.close()
+    await b.ws.close()

@@ -146,8 +146,13 @@ class JitterBuffer:
         due = self._next_due
         if due is None or now < due - self._period / 2:
             return None
-        # A caller that fell more than a second behind restarts the cadence instead of bursting.
-        self._next_due = due + self._period if now - due < 1.0 else now + self._period
+        # Lock the cadence to the caller's ticks once they are within half a period of it (a due
+        # time half-way between two ticks must not make float rounding pick one tick or the other
+        # from call to call); a caller more than a second behind restarts it instead of bursting.
+        if abs(now - due) <= self._period / 2 + 1e-6 or now - due >= 1.0:
+            self._next_due = now + self._period
+        else:
+            self._next_due = due + self._period
         if self._next_ts is None:
             if not self._frames:
                 return None

@@ -13,6 +13,7 @@ from aiohttp import WSMsgType, web
 from protocol.codecs import Encoder, codec_info
 from tests.conftest import connect
 from tests.support.audio import dominant_frequency, frames, rms, tone
+from tests.support.servers import local_server
 
 
 async def answered(http, gateway, sid: str, **option):
@@ -127,7 +128,6 @@ async def test_play_failures_are_error_events(gateway, http, tmp_path):
 
 
 async def test_play_from_a_url(gateway, http):
-    body = bytearray()
     import io
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
@@ -140,14 +140,7 @@ async def test_play_from_a_url(gateway, http):
     async def serve(request):
         return web.Response(body=body, content_type="audio/wav")
 
-    app = web.Application()
-    app.router.add_get("/a.wav", serve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
+    async with local_server("/a.wav", serve) as port:
         client = await answered(http, gateway, "url")
         mark = len(client.audio)
         url = f"http://127.0.0.1:{port}/a.wav"
@@ -159,8 +152,6 @@ async def test_play_from_a_url(gateway, http):
         assert client.events[-1]["reason"] == "autohangup"
         loud = np.concatenate([f for f in frames(pcm_of(client.audio[mark:]), 320) if rms(f) > 1000])
         assert abs(dominant_frequency(loud, 16000) - 440) < 10
-    finally:
-        await runner.cleanup()
 
 
 async def test_recorder_holds_both_directions_aligned(gateway, http, tmp_path):
@@ -218,14 +209,7 @@ async def test_media_pass_round_trip_with_an_echo_server(gateway, http):
                 await ws.send_bytes(msg.data)
         return ws
 
-    app = web.Application()
-    app.router.add_get("/media", echo)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
+    async with local_server("/media", echo) as port:
         client = await answered(http, gateway, "pass", mediaPass={
             "url": f"ws://127.0.0.1:{port}/media", "inputSampleRate": 8000, "outputSampleRate": 8000,
             "packetSize": 640})
@@ -240,8 +224,6 @@ async def test_media_pass_round_trip_with_an_echo_server(gateway, http):
         assert abs(dominant_frequency(np.concatenate(loud), 16000) - 600) < 15
         assert len(connections) == 1
         await client.ws.close()
-    finally:
-        await runner.cleanup()
 
 
 async def test_media_pass_unreachable_is_an_error_event(gateway, http):

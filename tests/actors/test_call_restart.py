@@ -1,0 +1,113 @@
+"""A crashed TTS provider restarts without dropping the call: a Call actor driven through in-memory
+pipes, with the real espeak-ng engine behind a wrapper that fails on demand (fault injection)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from actors import AudioPipe, CallSupervisor, GetChild, StartCall
+from actors.call import Call, CallSettings
+from actors.clock import MediaClock
+from actors.engines import EngineHost
+from actors.messages import ClientCommand
+from actors.services import CallServices, ProviderError
+from actors.supervisor import Backoff, GetRestartCounts
+from actors.track import LegIO
+from protocol import api
+from transports.providers.espeak import make_espeak_factory
+
+
+class Failing:
+    """Wraps a real provider; the first `failures` syntheses fail part-way, as a dropped
+    provider connection would."""
+
+    name = "flaky"
+
+    def __init__(self, inner, state: dict) -> None:
+        self.inner, self.state = inner, state
+
+    async def synthesize(self, request):
+        chunks = 0
+        async for chunk in self.inner.synthesize(request):
+            yield chunk
+            chunks += 1
+            if chunks == 2 and self.state["failures"] > 0:
+                self.state["failures"] -= 1
+                raise ProviderError("connection reset by provider")
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+@pytest.fixture
+async def engines():
+    host = EngineHost()
+    yield host
+    await host.stop()
+
+
+async def start_call(engines, failures: int, restarts: int = 3):
+    events: list = []
+    state = {"failures": failures}
+    espeak = make_espeak_factory(engines)
+    services = CallServices(tts={"flaky": lambda option: Failing(espeak(option), state)}, default_tts="flaky")
+    clock = MediaClock()
+    sent: list[bytes] = []
+    leg = LegIO(inbound=AudioPipe(50), send=sent.append)
+    settings = CallSettings(backoff=Backoff(initial=0.05, factor=2.0, maximum=0.2), provider_restarts=restarts)
+    sup = CallSupervisor.start(10)
+    call = await sup.ask(StartCall("c1", lambda parent: Call.start(
+        "c1", "websocket", emit=events.append, close=lambda: None, clock=clock, leg=leg,
+        settings=settings, services=services, parent=parent)), timeout=2)
+    call.tell(ClientCommand(api.Invite(option=api.CallOption(codec="pcm"))))
+    return sup, call, events, clock
+
+
+def of(events, cls):
+    return [e for e in events if isinstance(e, cls)]
+
+
+async def wait_for(predicate, timeout: float = 10.0) -> None:
+    async def poll():
+        while not predicate():
+            await asyncio.sleep(0.02)
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def test_a_failing_tts_provider_restarts_and_the_call_goes_on(engines):
+    sup, call, events, clock = await start_call(engines, failures=1)
+    try:
+        call.tell(ClientCommand(api.Tts(text="this sentence fails half way", play_id="one")))
+        await wait_for(lambda: of(events, api.ErrorEvent))
+        err, = of(events, api.ErrorEvent)
+        assert err.sender == "tts" and "connection reset" in err.error
+        await wait_for(lambda: any(e.play_id == "one" for e in of(events, api.TrackEndEvent)))
+        await asyncio.sleep(0.3)  # the restart backoff
+        counts = await call.ask(GetRestartCounts(), timeout=2)
+        assert counts["tts"] == 1
+        call.tell(ClientCommand(api.Tts(text="and this one is spoken in full", play_id="two")))
+        await wait_for(lambda: any(e.play_id == "two" for e in of(events, api.TrackEndEvent)))
+        two = [e for e in of(events, api.TrackEndEvent) if e.play_id == "two"][0]
+        assert two.duration > 1000
+        assert call.is_alive() and not of(events, api.HangupEvent)
+    finally:
+        await sup.stop()
+        await clock.stop()
+
+
+async def test_past_its_restart_limit_tts_gives_up_and_the_call_goes_on(engines):
+    sup, call, events, clock = await start_call(engines, failures=10, restarts=1)
+    try:
+        for i in range(3):
+            call.tell(ClientCommand(api.Tts(text="this sentence fails half way", play_id=f"p{i}")))
+            await asyncio.sleep(0.5)
+        await wait_for(lambda: any("gave up" in e.error for e in of(events, api.ErrorEvent)))
+        assert await call.ask(GetChild("tts"), timeout=2) is None
+        call.tell(ClientCommand(api.Tts(text="hello", play_id="late")))
+        await wait_for(lambda: any("unavailable" in e.error for e in of(events, api.ErrorEvent)))
+        assert call.is_alive() and not of(events, api.HangupEvent)
+    finally:
+        await sup.stop()
+        await clock.stop()

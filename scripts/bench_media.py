@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import wave
 from pathlib import Path
 
 import aiohttp
@@ -83,6 +83,12 @@ def start_gateway(tmp: Path, calls: int) -> tuple[subprocess.Popen, str]:
     conf = tmp / "bench.toml"
     conf.write_text(f'http_addr = "127.0.0.1:0"\nmax_calls = {calls + 10}\nlog_level = "info"\n'
                     f'log_format = "json"\ndump_root = "{tmp}/dumps"\nmedia_root = "{tmp}/media"\n')
+    (tmp / "media").mkdir()
+    with wave.open(str(tmp / "media" / "tone.wav"), "wb") as w:  # what `play` plays, 15 s at 8 kHz
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes((np.sin(2 * np.pi * 440 * np.arange(8000 * 15) / 8000) * 6000).astype("<i2").tobytes())
     log = tmp / "gateway.log"
     ready = tmp / "gateway.ready"
     exe = Path(sys.executable).parent / "active-call"
@@ -116,8 +122,7 @@ class Load:
         self.readers: list[asyncio.Task[None]] = []
         self.received = 0
         self.sent = 0
-        tone = (np.sin(2 * np.pi * 440 * np.arange(16000 * 15) / 16000) * 6000).astype("<i2")
-        self.tone_b64 = base64.b64encode(tone.tobytes()).decode()
+
 
     async def open(self, http: aiohttp.ClientSession) -> None:
         async def one(i: int) -> None:
@@ -139,13 +144,13 @@ class Load:
         if self.play == "tts":
             await ws.send_json({"command": "tts", "text": SPEECH * 2, "playId": "bench"})
         else:
-            await ws.send_json({"command": "tts", "base64": True, "playId": "bench", "text": self.tone_b64})
+            await ws.send_json({"command": "play", "url": "tone.wav"})
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in ws:
             if msg.type == aiohttp.WSMsgType.BINARY:
                 self.received += 1
-            elif msg.type == aiohttp.WSMsgType.TEXT and '"trackEnd"' in msg.data and '"playId"' in msg.data:
+            elif msg.type == aiohttp.WSMsgType.TEXT and '"trackEnd"' in msg.data and '"serverSideTrack"' in msg.data:
                 await self._play(ws)  # keep every call playing for the whole run
 
     async def pump(self, seconds: float) -> None:
@@ -241,7 +246,7 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--codec", default="pcmu", choices=["pcm", "pcmu", "pcma", "g722"])
     p.add_argument("--play", default="wav", choices=["wav", "tts"],
-                   help="wav: a 15 s tone sent as base64 audio, again at each trackEnd; tts: spoken text")
+                   help="wav: `play` of a 15 s WAV from media_root, again at each trackEnd; tts: spoken text")
     p.add_argument("--echo-server", metavar="PORT_FILE", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.echo_server:

@@ -173,7 +173,8 @@ class DtmfDetector:
     def __init__(self, sample_rate: int = 16000, *, limits: DtmfLimits | None = None,
                  emit: Literal["start", "end"] = "start") -> None:
         if sample_rate < 8000 or sample_rate % 100:
-            raise ProtocolError(f"DTMF detection needs a sample rate of 8000 Hz or more in steps of 100, got {sample_rate}")
+            raise ProtocolError(
+                f"DTMF detection needs a sample rate of 8000 Hz or more in steps of 100, got {sample_rate}")
         if emit not in ("start", "end"):
             raise ProtocolError(f"DTMF emit must be 'start' or 'end', got {emit!r}")
         self.sample_rate = sample_rate

@@ -150,10 +150,10 @@ def test_per_frame_cost(capsys):
     best = float("inf")
     for _ in range(5):
         denoiser = Denoiser()
-        began = time.perf_counter()
+        began = time.process_time()
         for frame in frames:
             denoiser.process(frame)
-        best = min(best, (time.perf_counter() - began) / len(frames))
+        best = min(best, (time.process_time() - began) / len(frames))
     with capsys.disabled():
         print(f"\nspeexdsp denoiser, us per 20 ms frame at 16 kHz: {best * 1e6:.1f}")
     assert best < 200e-6

@@ -15,6 +15,7 @@ import numpy as np
 import G722
 
 from .errors import ProtocolError
+from .opus import DEFAULT_BITRATE as OPUS_BITRATE, OPUS_RATE, OpusDecoder, OpusEncoder, bandwidth_for
 
 MEDIA_RATE = 16000
 PTIME_MS = 20
@@ -177,6 +178,9 @@ CODECS: dict[str, CodecInfo] = {
     "pcmu": CodecInfo("pcmu", 8000, 0, 1.0),
     "pcma": CodecInfo("pcma", 8000, 8, 1.0),
     "g722": CodecInfo("g722", 16000, 9, 0.5),
+    # SDP always says opus/48000/2 (RFC 7587, negotiate.py); we send mono packets and decode either.
+    # Opus is variable-rate: bytes_per_sample is the nominal figure at the encoder's bitrate.
+    "opus": CodecInfo("opus", OPUS_RATE, 111, OPUS_BITRATE / 8 / OPUS_RATE),
 }
 
 
@@ -200,6 +204,7 @@ class Decoder:
     def __init__(self, info: CodecInfo, media_rate: int = MEDIA_RATE) -> None:
         self.info = info
         self._g722 = G722.G722(16000, 64000) if info.name == "g722" else None
+        self._opus_decoder = OpusDecoder() if info.name == "opus" else None
         self._resampler = Resampler(info.sample_rate, media_rate)
 
     def decode(self, data: bytes) -> np.ndarray:
@@ -212,6 +217,8 @@ class Decoder:
             pcm = ulaw_decode(data)
         elif name == "pcma":
             pcm = alaw_decode(data)
+        elif name == "opus":
+            pcm = self._opus_decoder.decode(data)
         else:
             pcm = np.asarray(self._g722.decode(data), dtype=np.int16)
         return self._resampler.process(pcm)
@@ -223,6 +230,8 @@ class Encoder:
     def __init__(self, info: CodecInfo, media_rate: int = MEDIA_RATE) -> None:
         self.info = info
         self._g722 = G722.G722(16000, 64000) if info.name == "g722" else None
+        self._opus_encoder = (OpusEncoder(OPUS_RATE, 1, bandwidth_hz=bandwidth_for(media_rate))
+                              if info.name == "opus" else None)
         self._resampler = Resampler(media_rate, info.sample_rate)
 
     def encode(self, pcm: np.ndarray) -> bytes:
@@ -234,6 +243,8 @@ class Encoder:
             return ulaw_encode(pcm)
         if name == "pcma":
             return alaw_encode(pcm)
+        if name == "opus":
+            return self._opus_encoder.encode(pcm)
         return bytes(self._g722.encode(pcm))
 
 

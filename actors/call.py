@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import structlog
 
 from protocol import api
@@ -51,6 +52,8 @@ from .call_supervisor import GetCall
 from .track import Enqueue, InterruptPlayback, LegIO, Listen, Mix, SetPaused, Subscribe, Track, Unsubscribe
 from .vad import VadOptionError, create_vad, shared_silero_engine
 from protocol.codecs import MEDIA_RATE, Resampler
+from protocol.denoise import Denoiser
+from protocol.dtmf_detect import DtmfDeduplicator, DtmfDetector
 from protocol.vad_events import SilenceDetected, SpeechStarted
 
 CALL_TYPES = ("websocket", "sip", "webrtc")
@@ -109,6 +112,8 @@ class Call(Supervisor):
         self._asr_utterance_reported = False
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._bridges: dict[str, _Bridge] = {}
+        # One key press reaches the call from up to three sources (in-band, RFC 4733, SIP INFO).
+        self._dtmf = DtmfDeduplicator()
         self.log = structlog.get_logger("call").bind(session_id=session_id, call_type=call_type)
         self.state = "new"
         self.option: api.CallOption | None = None
@@ -196,6 +201,11 @@ class Call(Supervisor):
             return None
         if isinstance(message, _Vad):
             self._vad_event(message.event)
+            return None
+        if isinstance(message, _Dtmf):
+            if self._dtmf.offer(message.digit, message.at_ms, message.source):
+                self._caller_input()
+                self.emit(api.DtmfEvent(track_id=self.session_id, timestamp=now_ms(), digit=message.digit))
             return None
         if isinstance(message, AsrText):
             self._asr_text(message)
@@ -350,8 +360,15 @@ class Call(Supervisor):
                     listeners.append(lambda frame, at: detector.push(down.process(frame), at))
                 else:
                     listeners.append(detector.push)
-        if listeners:
-            await track.ask(Listen(listeners=tuple(listeners)), timeout=1.0)
+        detector = DtmfDetector(MEDIA_RATE)
+
+        def inband_dtmf(frame: np.ndarray, at: float) -> None:
+            for digit in detector.feed(frame, int(at)):
+                ref.tell(_Dtmf(digit.digit, digit.start_ms, "inband"))
+
+        denoiser = Denoiser(MEDIA_RATE, 320) if option.denoise else None
+        await track.ask(Listen(denoiser=denoiser, listeners=tuple(listeners), raw_listeners=(inband_dtmf,)),
+                        timeout=1.0)
         if option.asr is not None:
             await self._start_asr(track, option.asr)
 
@@ -805,6 +822,13 @@ class _Bridge:
     track: ActorRef          # the peer's track
     in_peer: PlayItem        # my caller, mixed into the peer's track
     in_mine: PlayItem        # the peer's caller, mixed into my track
+
+
+@dataclass(frozen=True, slots=True)
+class _Dtmf:
+    digit: str
+    at_ms: int
+    source: str          # "inband" | "rfc4733" | "info"
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,11 +86,13 @@ Listener = Callable[[np.ndarray, float], None]   # (20 ms frame as heard, its ca
 
 @dataclass(frozen=True, slots=True)
 class Listen:
-    """Inline processing of what the caller says: an optional denoiser, then listeners (VAD, DTMF)
-    called with every frame. The "heard" taps (ASR) receive the denoised frames."""
+    """Inline processing of what the caller says: `raw_listeners` (in-band DTMF) get every frame as
+    received, then the optional denoiser runs and `listeners` (VAD) get the denoised frame. The
+    "heard" taps (ASR) receive the denoised frames too."""
 
     denoiser: Denoiser | None = None
     listeners: tuple[Listener, ...] = ()
+    raw_listeners: tuple[Listener, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +129,7 @@ class Track(Actor):
         self._taps: dict[str, dict[str, AudioPipe[np.ndarray]]] = {"in": {}, "out": {}, "heard": {}}
         self._denoiser: Denoiser | None = None
         self._listeners: tuple[Listener, ...] = ()
+        self._raw_listeners: tuple[Listener, ...] = ()
         self._stream_t0: float | None = None       # capture time (ms) of inbound frame 0
         # The server-side track: what the gateway plays to this leg.
         self.playlist = Playlist(report)
@@ -184,6 +187,7 @@ class Track(Actor):
         if isinstance(message, Listen):
             self._denoiser = message.denoiser
             self._listeners = message.listeners
+            self._raw_listeners = message.raw_listeners
             return None
         if isinstance(message, Mix):
             if message.add:
@@ -254,6 +258,8 @@ class Track(Actor):
             at = wall
         self.frames_in += 1
         self._fan_out("in", frame)
+        for listener in self._raw_listeners:
+            listener(frame, at)
         if self._denoiser is not None:
             frame = self._denoiser.process(frame)
         for listener in self._listeners:

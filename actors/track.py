@@ -124,7 +124,7 @@ class Track(Actor):
         self._decoder = Decoder(codec)
         self._encoder = Encoder(codec)
         # Stateless codecs encode silence to the same bytes every time: encode it once.
-        self._silence_bytes = None if codec.name == "g722" else self._encoder.encode(SILENCE)
+        self._silence_bytes = None if codec.name in ("g722", "opus") else self._encoder.encode(SILENCE)
         self._in_buf = np.zeros(0, dtype=np.int16)
         self._taps: dict[str, dict[str, AudioPipe[np.ndarray]]] = {"in": {}, "out": {}, "heard": {}}
         self._denoiser: Denoiser | None = None

@@ -86,7 +86,7 @@ class Resampler:
     """Polyphase FIR resampler with state carried across chunks: one per call and direction.
 
     Any rational ratio; output length follows input exactly over time (no batching delay), which
-    a 20 ms telephony frame needs. Group delay is TAPS/2 samples at the lower rate (3 ms at 8 kHz).
+    a 20 ms telephony frame needs. Group delay is TAPS/2 input samples (3 ms from 8 kHz, 1.5 ms from 16 kHz).
     """
 
     TAPS = 48  # per phase: flat to 3.3 kHz at 8 kHz, aliasing below -60 dB (24 taps drooped 3 dB)

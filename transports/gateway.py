@@ -24,6 +24,7 @@ from .http import GetAddress, HttpServer
 from .media_loader import MediaLoader
 from .media_pass import MediaPassLink
 from .providers.espeak import espeak_factories
+from .providers.pocketsphinx import pocketsphinx_factories
 from .recording_paths import resolve_recording
 from .wav_sink import open_recording
 
@@ -63,6 +64,8 @@ def build_services(config: Config, engines: EngineHost, media: MediaLoader) -> C
         media_pass=lambda option, tap, item, on_error: MediaPassLink(
             option, tap, item, on_error,
             backoff_initial=config.supervision.backoff_initial, backoff_max=config.supervision.backoff_max),
+        asr=pocketsphinx_factories(engines),
+        default_asr="pocketsphinx",
     )
 
 

@@ -142,3 +142,40 @@ async def test_inband_dtmf_sequence_is_detected_exactly(gateway, http, fixture, 
     assert "".join(e["digit"] for e in client.of("dtmf")) == "159#*0"
     assert all(e["trackId"] == f"dtmf-{codec}" for e in client.of("dtmf"))
     await client.ws.close()
+
+
+ASR = Path(__file__).resolve().parents[1] / "fixtures" / "asr"
+DIGITS_GRAMMAR = ("#JSGF V1.0;\ngrammar digits;\n"
+                  "public <digits> = ( zero | oh | one | two | three | four | five | six | seven | eight | nine )+ ;\n")
+
+
+def load_asr(name: str) -> tuple[np.ndarray, dict]:
+    with wave.open(str(ASR / name)) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    return pcm, json.loads((ASR / "truth.json").read_text())["files"][name]
+
+
+async def test_asr_deltas_then_one_final_per_utterance(gateway, http):
+    import jiwer
+
+    pcm, truth = load_asr("two_utterances.wav")
+    client = await connect(http, gateway, id="asr")
+    await client.send({"command": "invite", "option": {
+        "codec": "pcm", "asr": {"provider": "pocketsphinx", "extra": {"grammar": DIGITS_GRAMMAR}}}})
+    await client.wait_event("answer")
+    t0 = await stream_realtime(client, np.concatenate([pcm, np.zeros(16000, np.int16)]))
+    finals = await client.wait_event("asrFinal", count=len(truth["segments"]), timeout=10)
+    deltas = client.of("asrDelta")
+    # Digits through a grammar: this file comes back with one inserted word ("nine eight seven"
+    # -> "nine eight seven eight"), 1/7 = 0.143 WER; the bound allows that one error and no more.
+    said = " ".join(seg["text"] for seg in truth["segments"])
+    heard = " ".join(final["text"] for final in finals)
+    assert jiwer.wer(said, heard) <= 1 / 7 + 1e-9, (said, heard)
+    for index, (final, seg) in enumerate(zip(finals, truth["segments"]), start=1):
+        assert final["index"] == index and final["trackId"] == "asr"
+        assert abs((final["startTime"] - t0) - seg["start_ms"]) <= 300
+        mine = [d for d in deltas if d["index"] == index]
+        assert mine and all(d["timestamp"] <= final["timestamp"] for d in mine)
+    metric = [m for m in client.of("metrics") if m["key"] == "ttfb.asr.pocketsphinx"]
+    assert len(metric) == len(finals) and all(0 < m["duration"] < 3000 for m in metric)
+    await client.ws.close()

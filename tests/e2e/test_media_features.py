@@ -234,3 +234,28 @@ async def test_media_pass_unreachable_is_an_error_event(gateway, http):
     await client.send({"command": "hangup"})
     await client.wait_closed()
     assert client.events[-1]["event"] == "hangup"
+
+
+async def test_muting_the_caller_silences_its_recorder_channel(gateway, http, tmp_path):
+    client = await answered(http, gateway, "mrec", recorder={"recorderFile": "{id}"})
+    loop = asyncio.get_running_loop()
+    signal = tone(700, 1.5, 16000)
+    start = loop.time()
+    for i, chunk in enumerate(frames(signal, 320)):
+        if i == 25:
+            await client.send({"command": "mute", "trackId": "mrec"})
+        if i == 50:
+            await client.send({"command": "unmute", "trackId": "mrec"})
+        await client.ws.send_bytes(chunk.tobytes())
+        await asyncio.sleep(max(0, start + (i + 1) * 0.02 - loop.time()))
+    await client.send({"command": "hangup"})
+    await client.wait_closed()
+    await asyncio.sleep(0.3)
+    with wave.open(str(tmp_path / "recorders" / "mrec.wav")) as w:
+        left = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)[:, 0]
+    onset = int(np.argmax(np.abs(left) > 2000))
+    levels = [rms(f) for f in frames(left[onset:], 320)]
+    # 0.5 s heard, 0.5 s muted (silence in the recording), then heard again.
+    assert min(levels[2:20]) > 3000
+    assert max(levels[29:45]) < 50
+    assert min(levels[55:70]) > 3000

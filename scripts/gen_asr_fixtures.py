@@ -29,21 +29,19 @@ Needs the Debian packages espeak-ng, sox and libsox-fmt-all.
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import subprocess
 import tempfile
-import wave
 from pathlib import Path
 
 import numpy as np
+
+from fixture_audio import TRIM_LEVEL, lay_out, ms, speak, with_noise, write_json, write_wav
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 16000
 VOICE = "en-us+f5"
 WORDS_PER_MINUTE = 160
 AMPLITUDE = 80
-TRIM_LEVEL = 328        # 1 % of full scale
 NOISE_RMS = 30.0        # about -61 dBFS
 NOISE_SEED = 20240715
 LEAD_MS = 400
@@ -61,53 +59,14 @@ FILES: dict[str, tuple[str, list[tuple[int, str]]]] = {
 }
 
 
-def read_wav(path: Path) -> np.ndarray:
-    with wave.open(str(path), "rb") as w:
-        if w.getnchannels() != 1 or w.getsampwidth() != 2 or w.getframerate() != RATE:
-            raise SystemExit(f"{path}: expected 16 kHz mono 16-bit PCM")
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)
-
-
-def write_wav(path: Path, pcm: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(RATE)
-        w.writeframes(pcm.astype("<i2").tobytes())
-
-
-def speak(text: str, workdir: Path, voice: str, speed: int) -> np.ndarray:
-    raw = workdir / "raw.wav"
-    resampled = workdir / "16k.wav"
-    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-a", str(AMPLITUDE), "-w", str(raw), text],
-                   check=True)
-    subprocess.run(["sox", "-R", "-D", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(resampled)],
-                   check=True)
-    pcm = read_wav(resampled)
-    loud = np.nonzero(np.abs(pcm.astype(np.int32)) >= TRIM_LEVEL)[0]
-    if not len(loud):
-        raise SystemExit(f"espeak-ng produced no audible sound for {text!r}")
-    return pcm[loud[0]:loud[-1] + 1]
-
-
 def build(layout: list[tuple[int, str]], workdir: Path, voice: str, speed: int,
           seed: int) -> tuple[np.ndarray, list[dict[str, object]]]:
-    parts: list[np.ndarray] = []
-    segments: list[dict[str, object]] = []
-    position = 0
-    for silence_ms, text in layout:
-        clip = speak(text, workdir, voice, speed)
-        gap = np.zeros(RATE * silence_ms // 1000, dtype=np.int16)
-        parts += [gap, clip]
-        start = position + len(gap)
-        end = start + len(clip)
-        segments.append({"text": text, "start_ms": round(start * 1000 / RATE, 3),
-                         "end_ms": round(end * 1000 / RATE, 3)})
-        position = end
-    parts.append(np.zeros(RATE * TAIL_MS // 1000, dtype=np.int16))
-    speech = np.concatenate(parts).astype(np.float64)
-    noise = np.random.default_rng(seed).normal(0.0, NOISE_RMS, len(speech))
-    return np.clip(np.rint(speech + noise), -32768, 32767).astype(np.int16), segments
+    clips = [(silence_ms, speak(text, workdir, voice=voice, wpm=speed, rate=RATE, amplitude=AMPLITUDE))
+             for silence_ms, text in layout]
+    speech, spans = lay_out(clips, TAIL_MS, RATE)
+    segments: list[dict[str, object]] = [{"text": text, "start_ms": ms(start, RATE), "end_ms": ms(end, RATE)}
+                                         for (_, text), (start, end) in zip(layout, spans)]
+    return with_noise(speech, NOISE_RMS, seed), segments
 
 
 TUNING_VOICES = ("en-us+f5", "en-us+f2", "en-us+klatt2")
@@ -140,9 +99,9 @@ def write_set(out: Path, files: dict[str, tuple[str, str, list[tuple[int, str]],
     with tempfile.TemporaryDirectory() as tmp:
         for name, (vocabulary, file_voice, layout, seed) in files.items():
             pcm, segments = build(layout, Path(tmp), file_voice, speed, seed)
-            write_wav(out / name, pcm)
+            write_wav(out / name, pcm, RATE)
             described[name] = {"vocabulary": vocabulary, "voice": file_voice,
-                               "duration_ms": round(len(pcm) * 1000 / RATE, 3), "segments": segments}
+                               "duration_ms": ms(len(pcm), RATE), "segments": segments}
             print(f"{out / name}: {len(pcm) / RATE:.2f} s, {len(segments)} utterances")
     truth = {
         "generator": "scripts/gen_asr_fixtures.py",
@@ -154,7 +113,7 @@ def write_set(out: Path, files: dict[str, tuple[str, str, list[tuple[int, str]],
         "noise_rms": NOISE_RMS,
         "files": described,
     }
-    (out / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
+    write_json(out / "truth.json", truth)
 
 
 def main() -> None:

@@ -20,19 +20,17 @@ Needs the Debian packages espeak-ng, sox and libsox-fmt-all.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import tempfile
-import wave
 from pathlib import Path
 
 import numpy as np
+
+from fixture_audio import TRIM_LEVEL, lay_out, ms, read_wav, sox, speak, with_noise, write_json, write_wav
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 16000
 VOICE = "en-us"
 WORDS_PER_MINUTE = 150
-TRIM_LEVEL = 328  # 1 % of full scale: below it the tail of a fade is inaudible under the noise
 NOISE_RMS = 30.0  # about -61 dBFS
 NOISE_SEED = 20240601
 ENERGY_FRAME_MS = 10
@@ -48,34 +46,6 @@ LAYOUT: list[tuple[int, str]] = [
 TAIL_MS = 1000
 
 
-def read_wav(path: Path) -> tuple[np.ndarray, int]:
-    with wave.open(str(path), "rb") as w:
-        if w.getnchannels() != 1 or w.getsampwidth() != 2:
-            raise SystemExit(f"{path}: expected mono 16-bit PCM")
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16), w.getframerate()
-
-
-def write_wav(path: Path, pcm: np.ndarray, rate: int) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.astype("<i2").tobytes())
-
-
-def speak(text: str, workdir: Path) -> np.ndarray:
-    raw = workdir / "raw.wav"
-    resampled = workdir / "16k.wav"
-    subprocess.run(["espeak-ng", "-v", VOICE, "-s", str(WORDS_PER_MINUTE), "-w", str(raw), text], check=True)
-    subprocess.run(["sox", "-R", "-D", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(resampled)], check=True)
-    pcm, rate = read_wav(resampled)
-    assert rate == RATE
-    loud = np.nonzero(np.abs(pcm.astype(np.int32)) >= TRIM_LEVEL)[0]
-    if not len(loud):
-        raise SystemExit(f"espeak-ng produced no audible sound for {text!r}")
-    return pcm[loud[0]:loud[-1] + 1]
-
-
 def longest_pause_ms(pcm: np.ndarray) -> int:
     size = RATE * ENERGY_FRAME_MS // 1000
     frames = pcm[: len(pcm) // size * size].reshape(-1, size).astype(np.float64)
@@ -88,36 +58,28 @@ def longest_pause_ms(pcm: np.ndarray) -> int:
 
 
 def build(workdir: Path) -> tuple[np.ndarray, list[dict[str, object]]]:
-    parts: list[np.ndarray] = []
-    segments: list[dict[str, object]] = []
-    position = 0
+    clips: list[tuple[int, np.ndarray]] = []
+    pauses: list[int] = []
     for silence_ms, text in LAYOUT:
-        clip = speak(text, workdir)
+        clip = speak(text, workdir, voice=VOICE, wpm=WORDS_PER_MINUTE, rate=RATE)
         pause = longest_pause_ms(clip)
         if pause > MAX_INTERNAL_PAUSE_MS:
             raise SystemExit(f"{text!r} has a {pause} ms internal pause: choose another utterance")
-        gap = np.zeros(RATE * silence_ms // 1000, dtype=np.int16)
-        parts += [gap, clip]
-        start = position + len(gap)
-        end = start + len(clip)
-        segments.append({
-            "text": text,
-            "start_ms": round(start * 1000 / RATE, 3),
-            "end_ms": round(end * 1000 / RATE, 3),
-            "longest_internal_pause_ms": pause,
-        })
-        position = end
-    parts.append(np.zeros(RATE * TAIL_MS // 1000, dtype=np.int16))
-    speech = np.concatenate(parts).astype(np.float64)
-    noise = np.random.default_rng(NOISE_SEED).normal(0.0, NOISE_RMS, len(speech))
-    return np.clip(np.rint(speech + noise), -32768, 32767).astype(np.int16), segments
+        clips.append((silence_ms, clip))
+        pauses.append(pause)
+    speech, spans = lay_out(clips, TAIL_MS, RATE)
+    segments: list[dict[str, object]] = [
+        {"text": text, "start_ms": ms(start, RATE), "end_ms": ms(end, RATE), "longest_internal_pause_ms": pause}
+        for (_, text), (start, end), pause in zip(LAYOUT, spans, pauses)
+    ]
+    return with_noise(speech, NOISE_RMS, NOISE_SEED), segments
 
 
 def describe(name: str, rate: int, samples: int, segments: list[dict[str, object]]) -> dict[str, object]:
     return {
         "file": name,
         "samplerate": rate,
-        "duration_ms": round(samples * 1000 / rate, 3),
+        "duration_ms": ms(samples, rate),
         "generator": "scripts/gen_fixtures.py",
         "voice": VOICE,
         "words_per_minute": WORDS_PER_MINUTE,
@@ -138,11 +100,11 @@ def main() -> None:
         wav16 = args.out / "speech_16k.wav"
         write_wav(wav16, pcm, RATE)
         wav8 = args.out / "speech_8k.wav"
-        subprocess.run(["sox", "-R", "-D", str(wav16), "-r", "8000", "-c", "1", "-b", "16", str(wav8)], check=True)
+        sox(str(wav16), "-r", "8000", "-c", "1", "-b", "16", str(wav8))
         pcm8, rate8 = read_wav(wav8)
     for wav, samples, rate in ((wav16, len(pcm), RATE), (wav8, len(pcm8), rate8)):
         meta = describe(wav.name, rate, samples, segments)
-        wav.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_json(wav.with_suffix(".json"), meta)
         print(f"{wav}: {samples / rate:.2f} s, {len(segments)} segments")
 
 

@@ -29,13 +29,12 @@ Needs the Debian packages espeak-ng, sox and libsox-fmt-all.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import tempfile
-import wave
 from pathlib import Path
 
 import numpy as np
+
+from fixture_audio import ms, read_wav, sox, speak, write_json, write_wav
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 16000
@@ -86,46 +85,14 @@ BABBLE: list[tuple[str, str]] = [
 ]
 
 
-def read_wav(path: Path) -> tuple[np.ndarray, int]:
-    with wave.open(str(path), "rb") as w:
-        if w.getnchannels() != 1 or w.getsampwidth() != 2:
-            raise SystemExit(f"{path}: expected mono 16-bit PCM")
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16), w.getframerate()
-
-
-def write_wav(path: Path, pcm: np.ndarray, rate: int) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.astype("<i2").tobytes())
-
-
 def to_int16(x: np.ndarray) -> np.ndarray:
     if np.max(np.abs(x)) > 32767:
         raise SystemExit("a fixture would clip: lower its level")
     return np.rint(x).astype(np.int16)
 
 
-def sox(*args: str) -> None:
-    subprocess.run(["sox", "-R", "-D", *args], check=True)
-
-
-def speak(text: str, voice: str, wpm: int, workdir: Path) -> np.ndarray:
-    """espeak-ng speech at RATE, trimmed to its audible part, as float samples."""
-    raw = workdir / "raw.wav"
-    out = workdir / "16k.wav"
-    subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "-w", str(raw), text], check=True)
-    sox(str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(out))
-    pcm, rate = read_wav(out)
-    assert rate == RATE
-    loud = np.nonzero(np.abs(pcm.astype(np.int32)) >= 328)[0]
-    if not len(loud):
-        raise SystemExit(f"espeak-ng produced no audible sound for {text!r}")
-    return pcm[loud[0]:loud[-1] + 1].astype(np.float64)
-
-
 def at_rms(x: np.ndarray, target: float) -> np.ndarray:
+    x = x.astype(np.float64)  # int16 speech would overflow when squared
     return x * (target / np.sqrt(np.mean(x ** 2)))
 
 
@@ -164,8 +131,8 @@ def lay_out(parts: list[tuple[str, np.ndarray]]) -> tuple[np.ndarray, list[dict[
             low, high = key_frequencies(digit)
             presses.append({
                 "digit": digit,
-                "start_ms": round(pos * 1000 / RATE, 3),
-                "end_ms": round((pos + len(x)) * 1000 / RATE, 3),
+                "start_ms": ms(pos, RATE),
+                "end_ms": ms(pos + len(x), RATE),
                 "low_hz": low,
                 "high_hz": high,
             })
@@ -190,7 +157,7 @@ def describe_dtmf(name: str, rate: int, samples: int, presses: list[dict[str, ob
     return {
         "file": name,
         "samplerate": rate,
-        "duration_ms": round(samples * 1000 / rate, 3),
+        "duration_ms": ms(samples, rate),
         "generator": "scripts/gen_listening_fixtures.py",
         "digits": "".join(str(p["digit"]) for p in presses),
         "low_group_dbm0": LOW_GROUP_DBM0,
@@ -222,7 +189,7 @@ def make_dtmf(out: Path, workdir: Path, rng: np.random.Generator) -> None:
 
     # Speech between groups of keys; the same tones (lengths, gaps, levels) as the clean file.
     tones = [p for p in dtmf_sequence(np.random.default_rng(SEED)) if p[0]]
-    talk = [speak(text, voice, wpm, workdir) for _, voice, wpm, text in SPEECH[:4]]
+    talk = [speak(text, workdir, voice=voice, wpm=wpm, rate=RATE) for _, voice, wpm, text in SPEECH[:4]]
     talk = [at_rms(t, SPEECH_RMS) for t in talk]
     parts: list[tuple[str, np.ndarray]] = [("", silence(LEAD_MS)), ("", talk[0]), ("", silence(120))]
     for g in range(3):
@@ -239,22 +206,22 @@ def make_dtmf(out: Path, workdir: Path, rng: np.random.Generator) -> None:
         write_wav(out / name, pcm, rate)
         press_list = mixed_presses if name == "dtmf_speech_16k.wav" else presses
         meta = describe_dtmf(name, rate, len(pcm), press_list, **extra)
-        (out / name).with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_json((out / name).with_suffix(".json"), meta)
         print(f"{out / name}: {len(pcm) / rate:.2f} s, keys {meta['digits']}")
 
 
 def make_speech(out: Path, workdir: Path) -> None:
     entries = []
     for stem, voice, wpm, text in SPEECH:
-        x = at_rms(speak(text, voice, wpm, workdir), SPEECH_RMS)
+        x = at_rms(speak(text, workdir, voice=voice, wpm=wpm, rate=RATE), SPEECH_RMS)
         pcm = to_int16(np.concatenate([silence(200), x, silence(200)]))
         write_wav(out / f"{stem}.wav", pcm, RATE)
         entries.append({"file": f"{stem}.wav", "voice": voice, "words_per_minute": wpm, "text": text,
-                        "duration_ms": round(len(pcm) * 1000 / RATE, 3)})
+                        "duration_ms": ms(len(pcm), RATE)})
         print(f"{out / stem}.wav: {len(pcm) / RATE:.2f} s")
     meta = {"generator": "scripts/gen_listening_fixtures.py", "samplerate": RATE, "speech_rms": SPEECH_RMS,
             "total_ms": round(sum(float(e["duration_ms"]) for e in entries), 3), "files": entries}
-    (out / "speech.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(out / "speech.json", meta)
 
 
 def brown_noise(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -272,7 +239,7 @@ def brown_noise(n: int, rng: np.random.Generator) -> np.ndarray:
 def babble_noise(n: int, workdir: Path, rng: np.random.Generator) -> np.ndarray:
     total = np.zeros(n)
     for voice, text in BABBLE:
-        talker = at_rms(speak(text, voice, 170, workdir), 1.0)
+        talker = at_rms(speak(text, workdir, voice=voice, wpm=170, rate=RATE), 1.0)
         reps = int(np.ceil(n / len(talker))) + 1
         looped = np.tile(talker, reps)
         start = int(rng.integers(0, len(talker)))
@@ -281,7 +248,7 @@ def babble_noise(n: int, workdir: Path, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_denoise(out: Path, workdir: Path, rng: np.random.Generator) -> None:
-    speech = at_rms(speak(DENOISE_TEXT, DENOISE_VOICE, DENOISE_WPM, workdir), SPEECH_RMS)
+    speech = at_rms(speak(DENOISE_TEXT, workdir, voice=DENOISE_VOICE, wpm=DENOISE_WPM, rate=RATE), SPEECH_RMS)
     lead, tail = 500, 300
     clean = np.concatenate([silence(lead), speech, silence(tail)])
     write_wav(out / "clean_speech_16k.wav", to_int16(clean), RATE)
@@ -310,7 +277,7 @@ def make_denoise(out: Path, workdir: Path, rng: np.random.Generator) -> None:
         "snr_reference": "power of the whole clean file over the power of the added noise",
         "noisy": files,
     }
-    (out / "denoise.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(out / "denoise.json", meta)
 
 
 def main() -> None:

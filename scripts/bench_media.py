@@ -221,6 +221,7 @@ async def main_async(args: argparse.Namespace) -> dict:
     return {
         "calls": args.calls,
         "seconds": args.seconds,
+        "gateway_loop": "uvloop",       # as `active-call` runs; the echo baseline is the stock asyncio loop
         "codec": args.codec,
         "play": args.play,
         "gateway_cpu_pct_per_call": gw["cpu_pct_per_call"],

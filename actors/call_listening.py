@@ -73,7 +73,7 @@ class Listening:
             else:
                 self._vad = detector
                 if option.vad.type.strip().lower() == "silero":
-                    self.call.clock.after_tick("silero", shared_silero_engine().flush)
+                    self.call.clock.after_tick("silero", shared_silero_engine().start_flush)
                 if option.vad.samplerate != MEDIA_RATE:
                     down = Resampler(MEDIA_RATE, option.vad.samplerate)
                     listeners.append(lambda frame, at: detector.push(down.process(frame), at))

@@ -36,7 +36,9 @@ type or an unsupported sample rate raises ``VadOptionError`` naming it.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+from concurrent.futures import ThreadPoolExecutor
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -185,6 +187,7 @@ class SileroEngine:
         self.max_batch = max_batch
         self._due: dict[SileroVad, None] = {}  # calls with windows waiting, in arrival order
         self._in_flight: list[SileroBatch] | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self.inferences = 0
         self.windows = 0
 
@@ -203,6 +206,35 @@ class SileroEngine:
                 self.infer(batch)
             self.deliver(batches)
             done += sum(len(b) for b in batches)
+
+    def start_flush(self) -> bool:
+        """One round of `flush` with the inference on the engine's worker thread: collect and
+        deliver run here (on the event loop), `infer` releases the GIL, so at hundreds of calls
+        the batch runs on the other core instead of stalling the loop. Returns False while the
+        previous round is still in flight (its windows' next ones need the states it brings)."""
+        if self._in_flight is not None:
+            return False
+        batches = self.collect()
+        if batches is None:
+            return True
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="silero")
+        future = asyncio.get_running_loop().run_in_executor(self._executor, self._infer_all, batches)
+
+        def done(fut: asyncio.Future[None]) -> None:
+            if fut.cancelled() or fut.exception() is not None:
+                # The windows are lost; the detectors keep their last state and carry on.
+                log.error("silero batch failed", error=repr(None if fut.cancelled() else fut.exception()))
+                self._in_flight = None
+                return
+            self.deliver(batches)
+
+        future.add_done_callback(done)
+        return True
+
+    def _infer_all(self, batches: list[SileroBatch]) -> None:
+        for batch in batches:
+            self.infer(batch)
 
     def collect(self) -> list[SileroBatch] | None:
         """Take the next window of every call with one due; None when nothing is due."""

@@ -113,8 +113,9 @@ def start_gateway(tmp: Path, calls: int) -> tuple[subprocess.Popen, str]:
 class Load:
     """N WebSocket sessions sending 20 ms frames in real time, driven by one shared ticker."""
 
-    def __init__(self, url: str, calls: int, codec: str, play: str, gateway: bool) -> None:
+    def __init__(self, url: str, calls: int, codec: str, play: str, gateway: bool, vad: str = "none") -> None:
         self.url, self.calls, self.codec, self.play, self.gateway = url, calls, codec, play, gateway
+        self.vad = vad
         info = codec_info(codec)
         t = np.arange(320) / 16000
         self.frame = Encoder(info).encode((np.sin(2 * np.pi * 300 * t) * 3000).astype(np.int16))
@@ -128,7 +129,10 @@ class Load:
         async def one(i: int) -> None:
             ws = await http.ws_connect(f"{self.url}/call?id=bench-{i}&dump=false&ping=0")
             if self.gateway:
-                await ws.send_json({"command": "invite", "option": {"codec": self.codec}})
+                option: dict = {"codec": self.codec}
+                if self.vad != "none":
+                    option["vad"] = {"type": self.vad}
+                await ws.send_json({"command": "invite", "option": option})
             self.sockets.append(ws)
             self.readers.append(asyncio.get_running_loop().create_task(self._read(ws)))
 
@@ -171,7 +175,7 @@ class Load:
 
 
 async def measure(url: str, proc: psutil.Process, args: argparse.Namespace, gateway: bool) -> dict:
-    load = Load(url, args.calls, args.codec, args.play, gateway)
+    load = Load(url, args.calls, args.codec, args.play, gateway, args.vad)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         idle_rss = proc.memory_info().rss
         await load.open(http)
@@ -224,6 +228,7 @@ async def main_async(args: argparse.Namespace) -> dict:
         "gateway_loop": "uvloop",       # as `active-call` runs; the echo baseline is the stock asyncio loop
         "codec": args.codec,
         "play": args.play,
+        "vad": args.vad,
         "gateway_cpu_pct_per_call": gw["cpu_pct_per_call"],
         "gateway_cpu_pct_total": gw["cpu_pct_total"],
         "gateway_rss_mb_per_call": gw["rss_mb_per_call"],
@@ -248,6 +253,8 @@ def main() -> None:
     p.add_argument("--codec", default="pcmu", choices=["pcm", "pcmu", "pcma", "g722"])
     p.add_argument("--play", default="wav", choices=["wav", "tts"],
                    help="wav: `play` of a 15 s WAV from media_root, again at each trackEnd; tts: spoken text")
+    p.add_argument("--vad", default="none", choices=["none", "silero", "webrtc"],
+                   help="run this VAD on every call's inbound audio")
     p.add_argument("--echo-server", metavar="PORT_FILE", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.echo_server:

@@ -282,3 +282,37 @@ def test_frames_must_be_int16():
     vad = WebRtcVad(VADOption(type="webrtc"), lambda e: None)
     with pytest.raises(ValueError, match="int16"):
         vad.push(np.zeros(320, dtype=np.float32), 0.0)
+
+
+async def test_off_loop_flush_gives_the_same_probabilities_and_keeps_windows_in_order():
+    import asyncio
+    import threading
+
+    signals = call_signals(16000, 4)
+    reference = run_calls(SileroEngine(), signals, 16000)
+    engine = SileroEngine()
+    probs: list[list[float]] = [[] for _ in signals]
+    threads: set[str] = set()
+    infer = engine.infer
+
+    def spy(batch):
+        threads.add(threading.current_thread().name)
+        infer(batch)
+
+    engine.infer = spy
+    vads = [SileroVad(VADOption(), engine, lambda e: None, on_window=lambda s, d, p, i=i: probs[i].append(p))
+            for i in range(len(signals))]
+    ticks = min(len(s) for s in signals) // 320
+    for tick in range(ticks):
+        for vad, signal in zip(vads, signals):
+            vad.push(signal[tick * 320:(tick + 1) * 320], tick * 20.0)
+        while not engine.start_flush():   # a round still in flight: wait for it, as the next tick would
+            await asyncio.sleep(0.001)
+    while len(engine) or engine._in_flight is not None:
+        if engine._in_flight is None:
+            engine.start_flush()
+        await asyncio.sleep(0.001)
+    got = np.array(probs)
+    assert got.shape == reference.shape
+    assert np.max(np.abs(got - reference)) < 1e-4
+    assert threads and all(name.startswith("silero") for name in threads)

@@ -147,6 +147,23 @@ class CallRouter:
         ]
         return web.json_response({"active_calls": calls})
 
+    async def end_all_calls(self, reason: str) -> None:
+        try:
+            sup = self.calls()
+            ids = await sup.ask(ListCalls(), timeout=2.0)
+            refs = await asyncio.gather(*(sup.ask(GetCall(i), timeout=2.0) for i in ids))
+        except (ActorDeadError, TimeoutError):
+            return  # the call supervisor is already gone; its own stop ended the calls
+        for ref in refs:
+            if ref is None:
+                continue
+            try:
+                ref.tell(Kill(reason=reason, initiator="system"))
+            except ActorDeadError:
+                pass
+        await asyncio.gather(*(asyncio.wait_for(ref.wait_stopped(), self.config.supervision.call_shutdown_timeout)
+                               for ref in refs if ref is not None), return_exceptions=True)
+
     async def _kill(self, session_id: str) -> bool:
         ref = await self.calls().ask(GetCall(session_id), timeout=2.0)
         if ref is None:
@@ -322,9 +339,16 @@ class HttpServer(Actor):
         log.info("http listening", address=f"{self.address[0]}:{self.address[1]}")
 
     async def on_stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
+        if self.runner is None:
+            return
+        # Drain in order: stop accepting, end every call this server carries (each sends its
+        # hangup and closes its WebSocket), then close what is left. Waiting for the handlers
+        # without ending their calls first would only run into the shutdown timeout.
+        for site in list(self.runner.sites):
+            await site.stop()
+        await self.router.end_all_calls(reason="shutdown")
+        await self.runner.cleanup()
+        self.runner = None
 
     async def on_receive(self, message: object) -> object:
         if isinstance(message, GetAddress):

@@ -162,3 +162,28 @@ async def test_200_concurrent_sessions_open_and_close_without_a_leak(gateway_con
     # The RSS bound catches native leaks of 8 KiB or more per session (400 x 8 KiB = 3.1 MiB).
     assert after["objects"] - before["objects"] < 200, (before, after)
     assert after["rss_mb"] - before["rss_mb"] < 3.0, (before, after)
+
+
+async def test_sigterm_drains_live_calls_with_a_hangup_each(gateway_process):
+    gw = gateway_process()
+    async with aiohttp.ClientSession() as http:
+        sockets = []
+        for i in range(3):
+            ws = await http.ws_connect(f"{gw.url}/call?id=drain-{i}")
+            await ws.send_json({"command": "invite", "option": {"codec": "pcm"}})
+            sockets.append(ws)
+        for ws in sockets:
+            while (await ws.receive(timeout=5)).type != aiohttp.WSMsgType.TEXT:
+                pass  # the answer
+        sent = time.monotonic()
+        gw.proc.send_signal(signal.SIGTERM)
+        for ws in sockets:
+            last = None
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    last = json.loads(msg.data)
+            assert last is not None and last["event"] == "hangup"
+            assert last["reason"] == "shutdown" and last["initiator"] == "system"
+    assert gw.proc.wait(timeout=15) == 0
+    # Stop accepting, end the calls, close: no waiting out a shutdown timeout (5 s here).
+    assert time.monotonic() - sent < 2.0

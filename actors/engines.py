@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -248,6 +249,15 @@ class EngineActor(pykka.ThreadingActor):
         traceback: TracebackType | None,
     ) -> None:
         self._close()
+        # Jobs queued behind the one that killed the thread will never run: answer them now.
+        while True:
+            try:
+                envelope = self.actor_inbox.get_nowait()
+            except queue.Empty:
+                break
+            message = getattr(envelope, "message", None)
+            if isinstance(message, _Job):
+                message.ticket.fail(EngineStopped(f"engine {self._name!r} died before this job ran"))
 
     def _run(self, job: _Job) -> None:
         counters = self._counters
@@ -276,6 +286,11 @@ class EngineActor(pykka.ThreadingActor):
             counters.failed += 1
             ticket.fail(exc)
             return
+        except BaseException as exc:
+            # This kills the engine's thread; its caller must not wait for an answer forever.
+            counters.failed += 1
+            ticket.fail(EngineStopped(f"engine {self._name!r} died: {exc!r}"))
+            raise
         if isinstance(ticket, _StreamTicket) and ticket.stalled:
             counters.failed += 1
             ticket.fail(EngineStalled(
@@ -400,6 +415,11 @@ class EngineHost:
         if factory is None:
             raise EngineError(f"no engine named {name!r}")
         ref = self._refs.get(name)
+        if ref is not None and not ref.is_alive():
+            # The engine's thread died (only a BaseException gets past a job): start a fresh
+            # one for this job rather than failing every later call with EngineStopped.
+            log.warning("engine %r had stopped; starting it again", name)
+            ref = None
         if ref is None:
             ref = EngineActor.start(name, factory, self._counters[name])
             self._refs[name] = ref

@@ -335,3 +335,25 @@ async def test_names_must_be_registered_and_unambiguous():
         assert await host.call("plain", "add", 3) == 3
     with pytest.raises(ValueError):
         EngineHost(max_in_flight=0)
+
+
+async def test_an_engine_whose_thread_died_is_started_again_on_next_use():
+    class Fragile:
+        def ok(self):
+            return threading.current_thread().name
+
+        def die(self):
+            raise SystemExit("engine thread dies")  # a BaseException: gets past the job guard
+
+    async with EngineHost() as host:
+        host.register("fragile", Fragile)
+        first = await host.call("fragile", "ok")
+        with pytest.raises(EngineStopped, match="died"):
+            await asyncio.wait_for(host.call("fragile", "die"), 2.0)
+        for _ in range(100):
+            if not host.is_running("fragile"):
+                break
+            await asyncio.sleep(0.01)
+        assert not host.is_running("fragile")
+        assert await host.call("fragile", "ok") == first  # same engine name, a fresh thread
+        assert host.is_running("fragile")

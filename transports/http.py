@@ -21,7 +21,14 @@ from aiohttp import WSMsgType, web
 from actors import ActorDeadError, ActorRef
 from actors.base import Actor
 from actors.call import Call, CallSettings, now_ms
-from actors.call_supervisor import AdmissionRefused, DuplicateSession, GetCall, ListCalls, StartCall
+from actors.call_supervisor import (
+    AdmissionRefused,
+    CallStartFailed,
+    DuplicateSession,
+    GetCall,
+    ListCalls,
+    StartCall,
+)
 from actors.clock import MediaClock
 from actors.messages import BadCommand, CallInfo, ClientCommand, ClientGone, Describe, Kill, UrgentCommand
 from actors.pipes import AudioPipe
@@ -242,12 +249,19 @@ class CallRouter:
         try:
             try:
                 call = await self.calls().ask(StartCall(sid, start), timeout=5.0)
-            except (AdmissionRefused, DuplicateSession) as exc:
-                code = 503 if isinstance(exc, AdmissionRefused) else 409
+            except (AdmissionRefused, DuplicateSession, CallStartFailed, ActorDeadError, TimeoutError) as exc:
+                if isinstance(exc, DuplicateSession):
+                    code, close_code, reason = 409, 1008, str(exc)
+                elif isinstance(exc, AdmissionRefused):
+                    code, close_code, reason = 503, 1013, str(exc)
+                elif isinstance(exc, CallStartFailed):
+                    code, close_code, reason = 500, 1011, str(exc)
+                else:  # the call supervisor is stopping (drain) or not answering
+                    code, close_code, reason = 503, 1013, "the gateway is shutting down or overloaded"
                 emit(api.ErrorEvent(track_id=sid, timestamp=now_ms(), sender="server",
-                                    error=f"call refused: {exc}", code=code))
-                clog.warning("call refused", error=str(exc))
-                outbox.close(code=1013 if code == 503 else 1008)
+                                    error=f"call refused: {reason}", code=code))
+                clog.warning("call refused", error=reason)
+                outbox.close(code=close_code)
                 await outbox.wait_closed(5.0)
                 return ws
             # Whatever ends the call (even a crash before its hangup), the client connection closes.

@@ -123,14 +123,17 @@ class CallRouter:
 
     # --- REST ---------------------------------------------------------------------------------
 
-    async def _describe_all(self) -> list[CallInfo]:
+    async def _call_refs(self) -> list[ActorRef]:
+        """The live calls, in start order (a call that ended meanwhile is left out)."""
         sup = self.calls()
         ids = await sup.ask(ListCalls(), timeout=2.0)
         refs = await asyncio.gather(*(sup.ask(GetCall(i), timeout=2.0) for i in ids))
+        return [ref for ref in refs if ref is not None]
 
-        async def describe(ref: ActorRef | None) -> CallInfo | None:
-            if ref is None:
-                return None
+    async def _describe_all(self) -> list[CallInfo]:
+        refs = await self._call_refs()
+
+        async def describe(ref: ActorRef) -> CallInfo | None:
             try:
                 return await ref.ask(Describe(), timeout=1.0)
             except (ActorDeadError, TimeoutError):
@@ -156,20 +159,16 @@ class CallRouter:
 
     async def end_all_calls(self, reason: str) -> None:
         try:
-            sup = self.calls()
-            ids = await sup.ask(ListCalls(), timeout=2.0)
-            refs = await asyncio.gather(*(sup.ask(GetCall(i), timeout=2.0) for i in ids))
+            refs = await self._call_refs()
         except (ActorDeadError, TimeoutError):
             return  # the call supervisor is already gone; its own stop ended the calls
         for ref in refs:
-            if ref is None:
-                continue
             try:
                 ref.tell(Kill(reason=reason, initiator="system"))
             except ActorDeadError:
                 pass
         await asyncio.gather(*(asyncio.wait_for(ref.wait_stopped(), self.config.supervision.call_shutdown_timeout)
-                               for ref in refs if ref is not None), return_exceptions=True)
+                               for ref in refs), return_exceptions=True)
 
     async def _kill(self, session_id: str) -> bool:
         ref = await self.calls().ask(GetCall(session_id), timeout=2.0)

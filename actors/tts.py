@@ -137,15 +137,19 @@ class Tts(Actor):
             return
         job = _Job(msg.item, msg.provider, streaming=False, end_of_stream=True)
         job.pieces.append(piece)
-        if len([j for j in self._running if not j.streaming]) < max(1, msg.max_concurrent):
+        if self._whole_running() < max(1, msg.max_concurrent):
             self._run(job)
         else:
             self._waiting.append((job, msg.max_concurrent))
 
+    def _whole_running(self) -> int:
+        """Non-streaming syntheses running now: what maxConcurrentTasks bounds."""
+        return sum(1 for job in self._running if not job.streaming)
+
     def _start_waiting(self) -> None:
         while self._waiting:
             job, limit = self._waiting[0]
-            if len([j for j in self._running if not j.streaming]) >= max(1, limit):
+            if self._whole_running() >= max(1, limit):
                 return
             self._waiting.popleft()
             self._run(job)

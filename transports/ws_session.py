@@ -19,6 +19,8 @@ from typing import IO
 import structlog
 from aiohttp import web
 
+from .recording_paths import safe_session_id
+
 log = structlog.get_logger("ws")
 
 
@@ -93,7 +95,8 @@ class EventDump:
     active-call writes them. Binary audio is not dumped."""
 
     def __init__(self, root: str, session_id: str) -> None:
-        self.path = Path(root) / f"{_safe_name(session_id)}.events.jsonl"
+        # A session id comes from a query string: never let it name a path outside dump_root.
+        self.path = Path(root) / f"{safe_session_id(session_id)}.events.jsonl"
         self._fh: IO[str] | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,12 +119,6 @@ class EventDump:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-
-
-def _safe_name(session_id: str) -> str:
-    # A session id comes from a query string: never let it name a path outside dump_root.
-    name = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in session_id)
-    return name.lstrip(".") or "session"
 
 
 def session_id_ok(session_id: str) -> bool:

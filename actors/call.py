@@ -95,8 +95,6 @@ class Call(Supervisor):
         self.leg = leg
         self.settings = settings
         self.services = services
-        self._ringing_recorder: api.RecorderOption | None = None
-        self.recording_path: str | None = None
         self._media_pass: Any = None
         # By purpose (wait_input, inactivity); the Supervisor keeps its restart backoffs in `_timers`.
         self._timeouts: dict[str, asyncio.TimerHandle] = {}
@@ -257,10 +255,8 @@ class Call(Supervisor):
         self.emit(api.AnswerEvent(track_id=self.session_id, timestamp=ts, sdp=""))
         self.emit(api.TrackStartEvent(track_id=self.session_id, timestamp=ts))
         self.log.info("call answered", codec=info.name, rate=info.sample_rate)
-        # A recorder set while ringing is not overridden by the accept (the API's note on ringing).
-        recorder = self._ringing_recorder or option.recorder
-        if recorder is not None:
-            await self._start_recorder(track, recorder)
+        if option.recorder is not None:
+            await self._start_recorder(track, option.recorder)
         if option.media_pass is not None:
             await self._start_media_pass(track, option.media_pass)
         await self.listening.start(track, option)
@@ -299,7 +295,6 @@ class Call(Supervisor):
             "recorder", Restart.TRANSIENT,
             lambda parent: Recorder.start(inbound, outbound, open_sink, samplerate=option.samplerate,
                                           ptime_ms=option.ptime, parent=parent, name="recorder"))
-        self.recording_path = path
         await self.start_child(spec)
         self.log.info("recording", path=path)
 

@@ -51,8 +51,6 @@ class PlayItem:
         self.finished = False                  # the producer will append nothing more
         self.failed: str | None = None
         self.words: list[WordMark] = []
-        self.started_at: float | None = None   # wall clock of the first audible frame
-        self.starved_ticks = 0
         self.cut_unfinished = False            # interrupted before it had played everything
 
     # producer side
@@ -214,10 +212,6 @@ class Playlist:
         item = self.current
         assert item is not None
         out = item.read(samples)
-        if item.started_at is None and len(out):
-            item.started_at = time.time()
-        if len(out) < samples and not item.done:
-            item.starved_ticks += 1
         if self._fade_left > 0:
             out = self._fade(out)
             if self._fade_left == 0:
@@ -229,8 +223,6 @@ class Playlist:
                 nxt = self.current
                 assert nxt is not None
                 more = nxt.read(samples - len(out))
-                if nxt.started_at is None and len(more):
-                    nxt.started_at = time.time()
                 out = np.concatenate((out, more))
         return out
 

@@ -34,7 +34,6 @@ class Outbox:
         self._closing = False
         self._close_code = 1000
         self.audio_dropped = 0
-        self.audio_sent = 0
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ws-outbox")
 
     def event(self, text: str) -> None:
@@ -76,7 +75,6 @@ class Outbox:
                         await ws.send_str(self._events.popleft()[1])
                     else:
                         await ws.send_bytes(self._audio.popleft()[1])
-                        self.audio_sent += 1
                 if self._closing:
                     break
                 self._wake.clear()
@@ -85,6 +83,8 @@ class Outbox:
             # The peer went away mid-send; the reader side sees the close and ends the call.
             log.debug("outbox send failed", error=repr(exc))
             return
+        if self.audio_dropped:
+            log.info("client read audio too slowly; oldest frames dropped", frames=self.audio_dropped)
         if not ws.closed:
             await ws.close(code=self._close_code)
 

@@ -14,10 +14,14 @@ through its ``ActorRef``. The lifecycle, in order:
 from __future__ import annotations
 
 import asyncio
+import inspect
+import itertools
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from actors.mailbox import ActorDeadError, Envelope
+from actors.mailbox import ActorDeadError, Envelope, SystemMessage
 from actors.ref import ActorRef, ChildExited, ExitReason, ReplyError, Stop
 
 __all__ = ["Actor", "UnhandledMessage"]
@@ -27,6 +31,26 @@ log = logging.getLogger(__name__)
 
 class UnhandledMessage(ReplyError):
     """The actor has no handler for this message (an answer to the asker, not a failure)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Callback(SystemMessage):
+    """Code from outside the actor's task, run inside it (see ``Actor.outside``)."""
+
+    fn: Callable[..., object]
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _TimerFired:
+    """An ``Actor.arm`` timer expired; delivered only if it is still the armed one for its key."""
+
+    key: str
+    token: int
+    message: object
+
+
+_tokens = itertools.count(1)
 
 
 class Actor:
@@ -56,6 +80,66 @@ class Actor:
         """Request this actor's own stop: it ends after the current message, with reason "normal"."""
         self._actor_stop_requested = True
         self.actor_ref._mailbox.wake()
+
+    # --- bringing the outside in -------------------------------------------------------------
+
+    def outside(self, fn: Callable[..., object]) -> Callable[..., None]:
+        """A callable for code that runs outside this actor's task (a media-clock tick, a timer, a
+        task's done-callback): calling it with ``args`` runs ``fn(*args)`` inside the actor's task,
+        in turn, on the system lane (awaited if it returns an awaitable). Whatever ``fn`` raises is
+        the actor's failure, exactly as if ``on_receive`` had raised it. Once the actor has ended,
+        calls are dropped."""
+        ref = self.actor_ref
+
+        def post(*args: Any) -> None:
+            if ref.is_alive():
+                try:
+                    ref.tell(_Callback(fn, args))
+                except ActorDeadError:
+                    pass  # ended between the check and the tell
+
+        return post
+
+    def arm(self, key: str, delay: float, message: object) -> None:
+        """Deliver ``message`` to ``on_receive`` after ``delay`` seconds, replacing any timer of the
+        same key. A timer replaced or disarmed after it expired but before its message was handled
+        is not delivered: each carries a token, and only the armed token counts."""
+        self.disarm(key)
+        timers = self._actor_timers()
+        token = next(_tokens)
+        ref = self.actor_ref
+
+        def fire() -> None:
+            if ref.is_alive():
+                try:
+                    ref.tell(_TimerFired(key, token, message))
+                except ActorDeadError:
+                    pass
+
+        timers[key] = (token, asyncio.get_running_loop().call_later(delay, fire))
+
+    def disarm(self, key: str) -> None:
+        entry = self._actor_timers().pop(key, None)
+        if entry is not None:
+            entry[1].cancel()
+
+    def armed(self, key: str) -> bool:
+        return key in self._actor_timers()
+
+    def _actor_timers(self) -> dict[str, tuple[int, asyncio.TimerHandle]]:
+        # Created on first use: subclasses need not call super().__init__().
+        try:
+            return self.__dict__["_actor_timer_table"]
+        except KeyError:
+            table: dict[str, tuple[int, asyncio.TimerHandle]] = {}
+            self.__dict__["_actor_timer_table"] = table
+            return table
+
+    def _cancel_actor_timers(self) -> None:
+        if "_actor_timer_table" in self.__dict__:
+            for _token, handle in self._actor_timer_table.values():
+                handle.cancel()
+            self._actor_timer_table.clear()
 
     @classmethod
     def start(
@@ -122,7 +206,19 @@ async def _run(actor: Actor, ref: ActorRef) -> None:
                     break
                 current = envelope
                 try:
-                    result = await actor.on_receive(message)
+                    if isinstance(message, _TimerFired):
+                        armed = actor._actor_timers().get(message.key)
+                        if armed is None or armed[0] != message.token:
+                            current = None
+                            continue  # replaced or disarmed after it expired
+                        del actor._actor_timers()[message.key]
+                        message = message.message
+                    if isinstance(message, _Callback):
+                        result = message.fn(*message.args)
+                        if inspect.isawaitable(result):
+                            result = await result
+                    else:
+                        result = await actor.on_receive(message)
                 except ReplyError as exc:
                     if envelope.reply is None:
                         log.warning("%r: %r raised on a tell: %s", ref, type(message).__name__, exc)
@@ -167,6 +263,7 @@ async def _run(actor: Actor, ref: ActorRef) -> None:
         reason, error = "failure", exc
         raise
     finally:
+        actor._cancel_actor_timers()
         if current is not None:
             _answer_error(current, ActorDeadError(f"{ref!r} ended before answering"))
         ref._ended(ChildExited(ref, reason, error))

@@ -7,12 +7,9 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from actors.mailbox import ActorDeadError, Envelope, Mailbox, MailboxStats, SystemMessage
-
-if TYPE_CHECKING:
-    from actors.base import Actor
 
 __all__ = [
     "ActorDeadError",
@@ -78,7 +75,7 @@ class ActorRef:
         "_stop_waiters",
     )
 
-    def __init__(self, actor_class: type[Actor], name: str | None, parent: ActorRef | None) -> None:
+    def __init__(self, actor_class: type, name: str | None, parent: ActorRef | None) -> None:
         self.actor_class = actor_class
         self._urn: str | None = None
         self.name = name

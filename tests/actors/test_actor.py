@@ -400,3 +400,66 @@ async def test_a_stray_cancelled_error_in_on_receive_is_a_failure_not_a_stop() -
     await ref.wait_stopped()
     assert ref.exit is not None and ref.exit.reason == "failure"
     assert ref.exit.error is raised.value
+
+
+# --- timers with tokens, and callbacks from outside the actor's task ---------------------------
+
+class Timed(Actor):
+    """Arms and disarms timers on request; records the messages its timers deliver."""
+
+    def __init__(self, seen: list) -> None:
+        self.seen = seen
+
+    async def on_receive(self, message: object) -> object:
+        if isinstance(message, tuple) and message[0] == "arm":
+            self.arm(message[1], message[2], message[3])
+            return None
+        if isinstance(message, tuple) and message[0] == "disarm":
+            self.disarm(message[1])
+            return None
+        if isinstance(message, tuple) and message[0] == "block, then arm":
+            await message[1].wait()
+            self.arm(*message[2:])
+            return None
+        if message == "outside":
+            return self.outside(self._from_outside)
+        self.seen.append(message)
+        return None
+
+    def _from_outside(self, value: object) -> None:
+        if value == "boom":
+            raise RuntimeError("callback failed")
+        self.seen.append(("outside", value))
+
+
+async def test_a_timer_replaced_after_it_expired_is_not_delivered():
+    seen: list = []
+    ref = Timed.start(seen)
+    gate = asyncio.Event()
+    await ref.ask(("arm", "t", 0.01, "first"))
+    # Busy while the first timer expires; then, in the same handler, the timer is replaced while
+    # its expiry already waits in the mailbox.
+    ref.tell(("block, then arm", gate, "t", 0.02, "second"))
+    await eventually(lambda: (lambda st: st.system_depth + st.normal_depth)(ref.mailbox_stats()) == 1)
+    gate.set()
+    await eventually(lambda: seen)
+    await asyncio.sleep(0.05)
+    assert seen == ["second"]
+    await ref.ask(("arm", "u", 0.01, "third"))
+    await ref.ask(("disarm", "u"))
+    await asyncio.sleep(0.05)
+    assert seen == ["second"]
+    await ref.stop()
+
+
+async def test_an_outside_callback_runs_in_the_actor_and_its_failure_is_the_actors():
+    seen: list = []
+    ref = Timed.start(seen)
+    post = await ref.ask("outside")
+    asyncio.get_running_loop().call_soon(post, 1)
+    await eventually(lambda: seen == [("outside", 1)])
+    post("boom")
+    await ref.wait_stopped()
+    assert ref.exit.reason == "failure" and str(ref.exit.error) == "callback failed"
+    post(2)                                   # after the end: dropped, never raised
+    assert seen == [("outside", 1)]

@@ -23,7 +23,6 @@ import numpy as np
 import structlog
 
 from .base import Actor
-from .mailbox import SystemMessage
 from .pipes import AudioPipe, PipeClosed
 from .services import AsrProvider, AsrResult, ProviderError
 
@@ -70,11 +69,6 @@ class AsrFailed:
     permanent: bool
 
 
-@dataclass(frozen=True, slots=True)
-class _StreamFailed(SystemMessage):
-    error: BaseException
-
-
 class Asr(Actor):
     def __init__(self, provider: AsrProvider, option: Any, audio: AudioPipe[np.ndarray], ring: PrerollRing, *,
                  report: Callable[[object], None], session_id: str = "") -> None:
@@ -104,6 +98,7 @@ class Asr(Actor):
             await self._send(at_ms, frame)
         if replay:
             self.log.info("asr replayed pre-roll", frames=len(replay))
+        self._on_stream_failed = self.outside(self._stream_failed)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._pump(), name="asr-pump"),
                        loop.create_task(self._results(), name="asr-results")]
@@ -116,23 +111,20 @@ class Asr(Actor):
     async def on_failure(self, error: BaseException) -> None:
         await self._shutdown(flush=False)
 
-    async def on_receive(self, message: object) -> object:
-        if isinstance(message, _StreamFailed):
-            error = message.error
-            if isinstance(error, ProviderError):
-                self.report(AsrFailed(self.provider.name, str(error), error.code, error.permanent))
-                if error.permanent:
-                    self.stop()
-                    return None
-            raise error
-        return await super().on_receive(message)
+    def _stream_failed(self, error: BaseException) -> None:
+        if isinstance(error, ProviderError):
+            self.report(AsrFailed(self.provider.name, str(error), error.code, error.permanent))
+            if error.permanent:
+                self.stop()
+                return
+        raise error
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
             return
         error = task.exception()
-        if error is not None and self.actor_ref.is_alive():
-            self.actor_ref.tell(_StreamFailed(error))
+        if error is not None:
+            self._on_stream_failed(error)
 
     async def _send(self, at_ms: float, frame: np.ndarray) -> None:
         if self._t0 is None:

@@ -1,16 +1,26 @@
 """The Call actor: one per session, the owner of its state and the supervisor of its media.
 
-Commands arrive as messages (interrupt and hangup on the system lane), events leave through the
-`emit` callable the transport handed in. The Call never touches a socket: its leg arrives as a
-`LegIO` and its client connection as `emit`/`close` callables.
+Three things meet in a call, each behind its own seam:
+
+- its **leg** (actors/leg.py), made by the factory the transport handed in: the Call asks it to
+  dial, ring, answer, reject, transfer and hang up, and hears from it (answered, rejected, remote
+  hangup, DTMF, hold) through `Leg*` messages. The Call has no branch on the kind of leg.
+- its **state**, a transition table in protocol/callstate.py: every command and every leg event is
+  checked against it first; what is not valid in the current state is refused with an `error`
+  event and changes nothing.
+- its **application connection**, attached and detached by message. A call can exist before its
+  application connects (an incoming SIP call is announced by a webhook) and must decide what a
+  detach means: before an incoming call is answered it is declined (603), otherwise it is hung up.
+  An incoming call that nobody accepts within `accept_timeout` is answered 408. Events emitted
+  while no application is attached wait in a bounded backlog and are delivered on attach.
 
 A crashed call is not restarted (its CallSupervisor child spec is temporary); whatever ends it, the
 application receives exactly one `hangup` event (when it is still connected), then the connection
-closes and every child stops in reverse start order.
+closes, the leg is hung up and closed, and every child stops in reverse start order.
 
 What the call plays, hears and bridges lives in its parts (`Playback`, `Listening`, `Bridges`):
-plain objects that run in the Call's task, keep their own state, and handle the messages they
-name in `handles`; the Call routes those to them.
+plain objects that run in the Call's task, see it through `CallContext`, and handle the messages
+they name in `handles`; the Call routes those to them.
 """
 
 from __future__ import annotations
@@ -18,7 +28,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -26,36 +37,72 @@ from typing import Any
 import structlog
 
 from protocol import api
-from protocol.codecs import codec_info
 from protocol.errors import ProtocolError
+from protocol.callstate import CallInput, CallStateMachine, Direction, InvalidTransition, command_input
 
 from .call_bridge import Bridges
+from .call_context import ChildUnavailable
 from .call_listening import Listening
-from .call_messages import ServiceError, now_ms
+from .call_messages import AcceptTimeout, Dtmf, ServiceError, now_ms
 from .call_playback import Playback
 from .clock import MediaClock
-from .playout import PlayItem
-from .recorder import Recorder, segment_opener
-from .services import CallServices
+from .leg import (
+    Leg,
+    LegAnswered,
+    LegContext,
+    LegDtmf,
+    LegFactory,
+    LegFailed,
+    LegHangup,
+    LegHold,
+    LegMedia,
+    LegOffer,
+    LegRefused,
+    LegRejected,
+    LegRinging,
+    LegTransferFailed,
+    LegTransferRequest,
+    LegTransferred,
+)
 from .messages import (
+    AppConnection,
+    Attach,
+    AttachRefused,
     BadCommand,
     CallInfo,
     ClientCommand,
-    ClientGone,
     Describe,
+    Detach,
     GetTrackStats,
     Kill,
     MediaError,
     SetMute,
     UrgentCommand,
 )
-from .ref import ActorRef, ChildExited
+from .playout import PlayItem
+from .recorder import Recorder, segment_opener
+from .ref import ActorDeadError, ActorRef, ChildExited
+from .services import CallServices
 from .supervisor import Backoff, ChildSpec, Restart, Supervisor
-from .track import LegIO, Mix, Subscribe, Track
+from .track import Mix, Subscribe, Track
 
-__all__ = ["CALL_TYPES", "Call", "CallSettings", "iso8601", "now_ms"]
+__all__ = ["Call", "CallSettings", "iso8601", "now_ms"]
 
-CALL_TYPES = ("websocket", "sip", "webrtc")
+I = CallInput
+
+# A call's children, declared here and nowhere else: id -> restart type. The track is the call's
+# media (never restarted: losing it ends the call, media_failure); the services restart with
+# backoff within `provider_restarts` per `provider_period` and are then given up with an `error`
+# event, never taking the call down. Start order: the track at answer (or early media), the
+# recorder and ASR right after it, TTS on the first `tts`.
+CHILDREN: dict[str, Restart] = {
+    "track": Restart.TEMPORARY,
+    "recorder": Restart.TRANSIENT,      # a restart continues in the next segment file
+    "asr": Restart.TRANSIENT,           # a permanent provider error stops it for good
+    "tts": Restart.PERMANENT,
+}
+LEG_EVENTS = (LegRinging, LegAnswered, LegRejected, LegHangup, LegFailed, LegDtmf, LegHold,
+              LegTransferRequest, LegTransferred, LegTransferFailed)
 
 
 def iso8601(ts: float) -> str:
@@ -69,42 +116,48 @@ class CallSettings:
     provider_restarts: int = 3          # ASR/TTS restarts allowed within provider_period
     provider_period: float = 30.0
     backoff: Backoff = Backoff(initial=0.2, factor=2.0, maximum=5.0)
+    accept_timeout: float = 50.0        # an incoming call nobody accepts is answered 408
+    detached_backlog: int = 256         # events kept for an application that has not attached yet
+    leg_timeout: float = 5.0            # how long one leg operation (dial, answer, BYE) may take
 
 
 class Call(Supervisor):
     def __init__(
         self,
         session_id: str,
-        call_type: str,
         *,
-        emit: Callable[[Any], None],
-        close: Callable[[], None],
+        leg: LegFactory,
         clock: MediaClock,
-        leg: LegIO | None = None,
+        direction: Direction = Direction.OUTBOUND,
+        offer: LegOffer | None = None,
         settings: CallSettings = CallSettings(),
         services: CallServices = CallServices(),
+        app: AppConnection | None = None,
     ) -> None:
         super().__init__(children=())
-        if call_type not in CALL_TYPES:
-            raise ValueError(f"unknown call type {call_type!r}")
         self.session_id = session_id
-        self.call_type = call_type
-        self._emit = emit
-        self._close = close
+        self._leg_factory = leg
+        self.leg: Leg | None = None
         self.clock = clock
-        self.leg = leg
+        self.machine = CallStateMachine(direction)
+        self.offer = offer
         self.settings = settings
         self.services = services
+        self._app = app
+        self._backlog: deque[Any] = deque(maxlen=max(1, settings.detached_backlog))
+        self.backlog_dropped = 0
         self._media_pass: Any = None
-        # By purpose (wait_input, inactivity); the Supervisor keeps its restart backoffs in `_timers`.
-        self._timeouts: dict[str, asyncio.TimerHandle] = {}
-        self.log = structlog.get_logger("call").bind(session_id=session_id, call_type=call_type)
-        self.state = "new"
+        self.log = structlog.get_logger("call").bind(session_id=session_id)
         self.option: api.CallOption | None = None
         self.created_at = time.time()
+        self.ringing_at: float | None = None
         self.answer_at: float | None = None
         self.track_started_at: float | None = None
-        self.client_connected = True
+        # How the leg is to be left when the call ends: "hangup" (BYE/CANCEL, as its state needs)
+        # unless the leg ended the call itself or was already rejected.
+        self._leg_done = False
+        self._hangup_headers: Mapping[str, str] | None = None
+        self._pending_input: CallInput | None = None
         # The leg's synchronisation source, reported in trackEnd (and used as the RTP SSRC on RTP legs).
         self.ssrc = secrets.randbits(32)
         self.playback = Playback(self)
@@ -112,44 +165,115 @@ class Call(Supervisor):
         self.bridges = Bridges(self)
         self._parts = (self.playback, self.listening, self.bridges)
 
+    # --- what the parts see (CallContext) ---------------------------------------------------
+
+    @property
+    def ended(self) -> bool:
+        return self.machine.ended
+
+    @property
+    def answered(self) -> bool:
+        return self.machine.answered
+
+    @property
+    def state(self) -> str:
+        return self.machine.state.value
+
+    @property
+    def attached(self) -> bool:
+        return self._app is not None
+
+    def caller_input(self) -> None:
+        self.listening.caller_input()
+
     # --- lifecycle ------------------------------------------------------------------------
 
     async def on_start(self) -> None:
         await super().on_start()
-        self.log.info("call started")
+        ref = self.actor_ref
+
+        def report(event: object) -> None:
+            if ref.is_alive():
+                try:
+                    ref.tell(event)
+                except ActorDeadError:
+                    pass
+
+        self.leg = self._leg_factory(LegContext(self.session_id, report))
+        self.log = self.log.bind(call_type=self.leg.kind)
+        if self.offer is not None:
+            self.emit(api.IncomingEvent(track_id=self.session_id, timestamp=now_ms(), caller=self.offer.caller,
+                                        callee=self.offer.callee, sdp=self.offer.sdp))
+        if self.machine.direction is Direction.INBOUND:
+            self.arm("accept", self.settings.accept_timeout, AcceptTimeout())
+        self.log.info("call started", direction=self.machine.direction.value)
 
     async def on_stop(self) -> None:
-        if self.state != "ended":
+        if not self.ended:
             # Stopped from above (gateway drain) without a hangup: still tell the application.
-            self._end("shutdown", "system")
+            self._end("shutdown", "system", I.KILL)
         await self._release()
         await super().on_stop()
+        await self._close_leg()
         self.log.info("call stopped")
 
     async def on_failure(self, error: BaseException) -> None:
         self.log.error("call failed", error=repr(error))
         try:
-            if self.state != "ended":
+            if not self.ended:
                 self.emit_error("call", f"internal error: {error}", 500)
-                self._end("internal_error", "system")
+                self._end("internal_error", "system", I.KILL)
         finally:
-            self.state = "ended"
-            self._close()
+            self._close_app()
             await self._release()
             await super().on_failure(error)
+            await self._close_leg()
 
     async def _release(self) -> None:
-        """Stop what runs beside the children: media loads, the media pass, timers, the VAD."""
+        """Stop what runs beside the children: media loads, the media pass, the VAD; hang the leg up."""
         await self.playback.cancel_loads()
         await self._close_media_pass()
-        for handle in self._timeouts.values():
-            handle.cancel()
-        self._timeouts.clear()
         self.listening.release()
+        leg = self.leg
+        if leg is not None and not self._leg_done:
+            self._leg_done = True
+            await self._leg_op("hangup", leg.hangup(self._end_reason, self._hangup_headers), quiet=True)
+
+    async def _close_leg(self) -> None:
+        leg, self.leg = self.leg, None
+        if leg is not None:
+            await self._leg_op("close", leg.close(), quiet=True)
+
+    async def _leg_op(self, what: str, op: Any, *, quiet: bool = False) -> Any:
+        """Await a leg operation within the leg timeout. Cleanup (quiet) only logs a failure;
+        otherwise LegRefused passes up as a refusal and anything else is the leg's failure."""
+        try:
+            return await asyncio.wait_for(op, self.settings.leg_timeout)
+        except LegRefused:
+            if quiet:
+                return None
+            raise
+        except Exception as exc:  # noqa: BLE001 - a leg's defect ends its call, not the process
+            self.log.warning("leg operation failed", op=what, error=repr(exc))
+            if quiet:
+                return None
+            raise _LegBroken(f"{what}: {exc!r}") from exc
 
     # --- messages ---------------------------------------------------------------------------
 
     async def on_receive(self, message: object) -> object:
+        try:
+            return await self._dispatch(message)
+        except ChildUnavailable as exc:
+            self._child_unavailable(exc)
+            return None
+        except _LegBroken as exc:
+            if not self.ended:
+                self.emit_error("leg", f"leg failed: {exc}", 500)
+                self.hangup("media_failure", "system")
+            return None
+
+    async def _dispatch(self, message: object) -> object:
         for part in self._parts:
             if isinstance(message, part.handles):
                 await part.receive(message)
@@ -157,15 +281,23 @@ class Call(Supervisor):
         if isinstance(message, (ClientCommand, UrgentCommand)):
             await self._command(message.command)
             return None
+        if isinstance(message, LEG_EVENTS):
+            await self._leg_event(message)
+            return None
         if isinstance(message, BadCommand):
             self.emit_error("command", message.error, message.code)
             return None
+        if isinstance(message, Attach):
+            self._attach(message.connection)
+            return None
+        if isinstance(message, Detach):
+            await self._detach()
+            return None
         if isinstance(message, Kill):
-            self.hangup(message.reason, message.initiator)
+            self._end_by(I.KILL, message.reason, message.initiator)
             return True
-        if isinstance(message, ClientGone):
-            self.client_connected = False
-            self.hangup("client_disconnected", "user")
+        if isinstance(message, AcceptTimeout):
+            await self._accept_timeout()
             return None
         if isinstance(message, Describe):
             return self.describe()
@@ -175,28 +307,135 @@ class Call(Supervisor):
         if isinstance(message, ChildExited):
             track = self.child("track")
             await super().on_receive(message)
-            if track is not None and message.ref is track and message.reason == "failure" and self.state != "ended":
-                self.emit_error("media", f"media track failed: {message.error}", 500)
+            if track is not None and message.ref is track and not self.ended:
+                # The track is the call's media: a call that lost it, however, cannot go on.
+                why = f"failed: {message.error}" if message.reason == "failure" else f"stopped ({message.reason})"
+                self.emit_error("media", f"media track {why}", 500)
                 self.hangup("media_failure", "system")
             return None
         if isinstance(message, ServiceError):
             self.emit_error(message.sender, message.error, message.code)
             return None
         if isinstance(message, GetTrackStats):
-            track = self.child("track")
-            return None if track is None else await track.ask(message, timeout=1.0)
+            return None if self.child("track") is None else await self.ask_child("track", message)
         return await super().on_receive(message)
 
-    async def _command(self, cmd: Any) -> None:
-        if self.state == "ended":
+    def _child_unavailable(self, exc: ChildUnavailable) -> None:
+        """The one rule for a failed ask: the track is the call's media, so losing it ends the
+        call (media_failure); any other child only costs the command that needed it."""
+        if self.ended:
             return
-        if isinstance(cmd, (api.Invite, api.Accept)):
-            await self._answer(cmd)
-        elif isinstance(cmd, api.Hangup):
-            self.hangup(cmd.reason or "hangup_command", cmd.initiator or "user")
-        elif isinstance(cmd, (api.Mute, api.Unmute)):
-            await self._mute(cmd.track_id, isinstance(cmd, api.Mute))
-        elif isinstance(cmd, api.Tts):
+        if exc.child == "track":
+            self.emit_error("media", f"media track unavailable: {exc.cause}", 500)
+            self.hangup("media_failure", "system")
+        else:
+            self.refuse(exc.child, f"{exc.child}: unavailable ({exc.cause})", 503)
+
+    # --- the application connection -----------------------------------------------------------
+
+    def _attach(self, connection: AppConnection) -> None:
+        if self._app is not None:
+            raise AttachRefused(f"session {self.session_id!r} already has an application connection")
+        if self.ended:
+            raise AttachRefused(f"session {self.session_id!r} has ended")
+        self.machine.process(I.APP_ATTACH)
+        self._app = connection
+        backlog, self._backlog = self._backlog, deque(maxlen=self._backlog.maxlen)
+        for event in backlog:
+            connection.emit(event)
+        if self.backlog_dropped:
+            self.emit_error("server", f"{self.backlog_dropped} events were dropped while no application "
+                            f"was connected (detached_backlog {self._backlog.maxlen})", 507)
+        self.log.info("application attached", backlog=len(backlog))
+
+    async def _detach(self) -> None:
+        self._app = None
+        if self.ended:
+            return
+        self.log.info("application detached", state=self.state)
+        if self.machine.direction is Direction.INBOUND and not self.answered:
+            await self._decline(603, "Decline")
+        self._end_by(I.APP_DETACH, "client_disconnected", "user")
+
+    async def _accept_timeout(self) -> None:
+        if self.ended or not self.machine.valid(I.ACCEPT_TIMEOUT):
+            return
+        self.log.info("incoming call not accepted in time", timeout=self.settings.accept_timeout)
+        await self._decline(408, "Request Timeout")
+        self._end_by(I.ACCEPT_TIMEOUT, "accept_timeout", "system")
+
+    async def _decline(self, code: int, reason: str) -> None:
+        leg = self.leg
+        if leg is not None and not self._leg_done:
+            self._leg_done = True
+            await self._leg_op("reject", leg.reject(code, reason), quiet=True)
+
+    # --- commands ---------------------------------------------------------------------------
+
+    async def _command(self, cmd: Any) -> None:
+        if self.ended:
+            return
+        inp = command_input(cmd)
+        try:
+            self.machine.check(inp)
+        except InvalidTransition as exc:
+            self.refuse("command", exc.message, exc.status)
+            return
+        self._pending_input = inp
+        try:
+            accepted = await self._carry_out(cmd)
+        except LegRefused as exc:
+            self.refuse("command", f"{_wire(cmd)}: {exc.message}", exc.code)
+            accepted = False
+        if accepted:
+            self._advance()
+        self._pending_input = None
+
+    def _advance(self) -> None:
+        """Apply the command being carried out to the state (once; no-op after the call ended)."""
+        inp, self._pending_input = self._pending_input, None
+        if inp is not None and not self.ended:
+            self.machine.process(inp)
+
+    async def _carry_out(self, cmd: Any) -> bool:
+        """Do what `cmd` asks; False if it was refused (already reported)."""
+        leg = self.leg
+        assert leg is not None
+        if isinstance(cmd, (api.Invite, api.Accept)) and self.machine.direction is Direction.OUTBOUND:
+            immediate = await self._leg_op("dial", leg.dial(cmd.option))
+            self.option = cmd.option
+            self._advance()
+            if immediate is not None:
+                await self._leg_event(immediate)
+            return True
+        if isinstance(cmd, api.Accept):
+            media = await self._leg_op("answer", leg.answer(cmd.option))
+            self.option = cmd.option
+            self.disarm("accept")
+            self._advance()
+            await self._answered(media)
+            return True
+        if isinstance(cmd, api.Ringing):
+            media = await self._leg_op("ringing", leg.ring(cmd))
+            self._advance()
+            self.ringing_at = self.ringing_at or time.time()
+            if media is not None:
+                await self._start_media(media, self.option or api.CallOption())
+            return True
+        if isinstance(cmd, api.Reject):
+            self.disarm("accept")
+            await self._decline(cmd.code or 486, cmd.reason)
+            self._end_by(I.REJECT, cmd.reason or "rejected", "user")
+            return True
+        if isinstance(cmd, api.Refer):
+            await self._leg_op("refer", leg.transfer(cmd))
+            return True
+        if isinstance(cmd, api.Hangup):
+            self._end_by(I.HANGUP, cmd.reason or "hangup_command", cmd.initiator or "user")
+            return True
+        if isinstance(cmd, (api.Mute, api.Unmute)):
+            return await self._mute(cmd.track_id, isinstance(cmd, api.Mute))
+        if isinstance(cmd, api.Tts):
             await self.playback.tts(cmd)
         elif isinstance(cmd, api.Play):
             await self.playback.play(cmd)
@@ -212,69 +451,103 @@ class Call(Supervisor):
             self.emit(api.AddHistoryEvent(timestamp=now_ms(), speaker=cmd.speaker, text=cmd.text))
         elif isinstance(cmd, api.Custom):
             self.emit(api.CustomEvent(timestamp=now_ms(), sender=cmd.sender, data=cmd.data))
-        elif isinstance(cmd, (api.Reject, api.Ringing)) and self.call_type == "websocket":
-            self.refuse("command", f"{_wire(cmd)}: a /call session has no incoming call to {_wire(cmd)}", 400)
-        elif isinstance(cmd, api.Refer) and self.call_type == "websocket":
-            self.refuse("command", "refer: transfer needs a SIP leg; this is a /call session", 400)
-        else:
-            self.refuse("command", f"{_wire(cmd)}: not supported by this version of the gateway", 501)
+        return True
+
+    # --- what the leg reports -------------------------------------------------------------------
+
+    async def _leg_event(self, ev: object) -> None:
+        if self.ended:
+            return
+        if isinstance(ev, LegDtmf):
+            await self.listening.receive(Dtmf(ev.digit, ev.at_ms, ev.source))
+            return
+        inp = _leg_input(ev)
+        if not self.machine.valid(inp):
+            # A late or duplicate report (a 200 OK after the call was cancelled): the leg's own
+            # state machine deals with the peer; the call's state does not move.
+            self.log.info("leg event ignored", leg_event=type(ev).__name__, state=self.state)
+            return
+        if isinstance(ev, LegHangup):
+            self._leg_done = True
+            self._end_by(inp, ev.reason, ev.initiator)
+        elif isinstance(ev, LegFailed):
+            self._leg_done = True
+            self.emit_error("leg", f"leg failed: {ev.error}", 500)
+            self._end_by(inp, "media_failure", "system")
+        elif isinstance(ev, LegRejected):
+            self._leg_done = True
+            self.emit(api.RejectEvent(track_id=self.session_id, timestamp=now_ms(), reason=ev.reason, code=ev.code))
+            self._end_by(inp, "rejected", "callee")
+        elif isinstance(ev, LegRinging):
+            self.machine.process(inp)
+            self.ringing_at = self.ringing_at or time.time()
+            self.emit(api.RingingEvent(track_id=self.session_id, timestamp=now_ms(), early_media=ev.early_media))
+            if ev.media is not None:
+                await self._start_media(ev.media, self.option or api.CallOption())
+        elif isinstance(ev, LegAnswered):
+            self.machine.process(inp)
+            await self._answered(ev.media)
+        elif isinstance(ev, LegHold):
+            self.machine.process(inp)
+            self.emit(api.OtherEvent(track_id=self.session_id, timestamp=now_ms(), sender="leg",
+                                     extra={"hold": ev.held}))
+        elif isinstance(ev, LegTransferRequest):
+            self.machine.process(inp)
+            self.emit(api.OtherEvent(track_id=self.session_id, timestamp=now_ms(), sender="refer",
+                                     extra={"target": ev.target, "headers": dict(ev.headers)}))
+        elif isinstance(ev, LegTransferred):
+            self._end_by(inp, "transferred", "system")
+        elif isinstance(ev, LegTransferFailed):
+            self.machine.process(inp)
+            self.emit_error("refer", f"refer failed: {ev.code} {ev.reason}", ev.code)
 
     # --- answer: the track and what hangs on it ----------------------------------------------
 
-    async def _answer(self, cmd: api.Invite | api.Accept) -> None:
-        name = _wire(cmd)
-        if self.state != "new":
-            self.refuse("command", f"{name}: the call is already {self.state}", 400)
-            return
-        if self.call_type != "websocket":
-            self.refuse("call", f"{name}: the /call/{self.call_type} leg is not available in this version "
-                        "of the gateway", 501)
-            return
-        option = cmd.option
-        try:
-            info = codec_info(option.codec, option.samplerate)
-        except ProtocolError as exc:
-            self.refuse("command", f"{name}: option.codec: {exc}", 400)
-            return
-        if self.leg is None:
-            self.refuse("call", f"{name}: no media leg for this session", 500)
-            return
-        self.option = option
+    async def _answered(self, media: LegMedia) -> None:
+        self.answer_at = time.time()
+        self.emit(api.AnswerEvent(track_id=self.session_id, timestamp=now_ms(), sdp=media.sdp))
+        await self._start_media(media, self.option or api.CallOption())
+
+    async def _start_media(self, media: LegMedia, option: api.CallOption) -> bool:
+        """Start the track on the negotiated codec with the recorder, mediaPass and listening the
+        option asks for; once per call (early media starts it before the answer)."""
+        if self.child("track") is not None or self.track_started_at is not None:
+            return False
         leg = self.leg
-        spec = ChildSpec(
+        assert leg is not None
+        codec = media.codec
+        track = await self.start_child(ChildSpec(
             id="track",
-            start=lambda parent: Track.start(self.session_id, info, leg, self.clock,
+            start=lambda parent: Track.start(self.session_id, codec, leg, self.clock,
                                              report=parent.tell, parent=parent, name="track"),
-            restart=Restart.TEMPORARY,
+            restart=CHILDREN["track"],
             shutdown=self.settings.child_shutdown_timeout,
-        )
-        track = await self.start_child(spec)
-        self.state = "answered"
-        self.answer_at = self.track_started_at = time.time()
-        ts = now_ms()
-        self.emit(api.AnswerEvent(track_id=self.session_id, timestamp=ts, sdp=""))
-        self.emit(api.TrackStartEvent(track_id=self.session_id, timestamp=ts))
-        self.log.info("call answered", codec=info.name, rate=info.sample_rate)
+        ))
+        self.track_started_at = time.time()
+        self.emit(api.TrackStartEvent(track_id=self.session_id, timestamp=int(self.track_started_at * 1000)))
+        self.log.info("media started", codec=codec.name, rate=codec.sample_rate)
         if option.recorder is not None:
             await self._start_recorder(track, option.recorder)
         if option.media_pass is not None:
-            await self._start_media_pass(track, option.media_pass)
-        await self.listening.start(track, option)
+            await self._start_media_pass(option.media_pass)
+        await self.listening.start(option)
+        return True
 
-    async def _mute(self, track_id: str | None, muted: bool) -> None:
-        track = self.child("track")
-        if track is None:
-            self.refuse("command", f"{'mute' if muted else 'unmute'}: no media track yet", 400)
-            return
+    async def _mute(self, track_id: str | None, muted: bool) -> bool:
+        name = "mute" if muted else "unmute"
+        if self.need_track(name) is None:
+            return False
         if track_id is None:
-            await track.ask(SetMute(inbound=muted, outbound=muted), timeout=1.0)
+            await self.ask_child("track", SetMute(inbound=muted, outbound=muted))
         elif track_id == self.session_id:
-            await track.ask(SetMute(inbound=muted), timeout=1.0)
+            await self.ask_child("track", SetMute(inbound=muted))
         elif track_id == self.settings.server_side_track:
-            await track.ask(SetMute(outbound=muted), timeout=1.0)
+            await self.ask_child("track", SetMute(outbound=muted))
         else:
-            self.refuse("command", f"{'mute' if muted else 'unmute'}: unknown trackId {track_id!r} "
+            self.refuse("command", f"{name}: unknown trackId {track_id!r} "
                         f"(tracks: {self.session_id!r}, {self.settings.server_side_track!r})", 404)
+            return False
+        return True
 
     # --- recording and media pass -----------------------------------------------------------
 
@@ -288,21 +561,20 @@ class Call(Supervisor):
         except ValueError as exc:
             self.refuse("recorder", f"recorder: {exc}", 400)
             return
-        inbound = await track.ask(Subscribe("recorder", "in", capacity=50), timeout=1.0)
-        outbound = await track.ask(Subscribe("recorder", "out", capacity=50), timeout=1.0)
+        inbound = await self.ask_child("track", Subscribe("recorder", "in", capacity=50))
+        outbound = await self.ask_child("track", Subscribe("recorder", "out", capacity=50))
         open_sink = segment_opener(services.open_recording, path, option.samplerate)
-        spec = self.service_spec(
-            "recorder", Restart.TRANSIENT,
+        await self.start_service(
+            "recorder",
             lambda parent: Recorder.start(inbound, outbound, open_sink, samplerate=option.samplerate,
                                           ptime_ms=option.ptime, parent=parent, name="recorder"))
-        await self.start_child(spec)
         self.log.info("recording", path=path)
 
-    async def _start_media_pass(self, track: ActorRef, option: api.MediaPassOption) -> None:
+    async def _start_media_pass(self, option: api.MediaPassOption) -> None:
         if self.services.media_pass is None:
             self.refuse("mediaPass", "mediaPass: not configured on this gateway", 501)
             return
-        tap = await track.ask(Subscribe("mediaPass", "in", capacity=50), timeout=1.0)
+        tap = await self.ask_child("track", Subscribe("mediaPass", "in", capacity=50))
         item = PlayItem("mediaPass", "pass")
         ref = self.actor_ref
 
@@ -315,7 +587,7 @@ class Call(Supervisor):
         except (ProtocolError, ValueError) as exc:
             self.refuse("mediaPass", f"mediaPass: {exc}", 400)
             return
-        await track.ask(Mix(item), timeout=1.0)
+        await self.ask_child("track", Mix(item))
         link.start()
         self._media_pass = link
 
@@ -334,31 +606,54 @@ class Call(Supervisor):
             return
         await super().on_child_gave_up(spec, error)
 
-    def service_spec(self, id: str, restart: Restart, start: Callable[[ActorRef], ActorRef]) -> ChildSpec:
-        """A child that serves the call (recorder, ASR, TTS): restarted with backoff up to its own
-        limit, then given up without taking the call down."""
-        return ChildSpec(
+    async def start_service(self, id: str, start: Callable[[ActorRef], ActorRef]) -> ActorRef:
+        """Start a child that serves the call (recorder, ASR, TTS; see CHILDREN): restarted with
+        backoff up to its own limit, then given up without taking the call down."""
+        return await self.start_child(ChildSpec(
             id=id,
             start=start,
-            restart=restart,
+            restart=CHILDREN[id],
             shutdown=self.settings.child_shutdown_timeout,
             backoff=self.settings.backoff,
             escalate=False,
             intensity=self.settings.provider_restarts,
             period=self.settings.provider_period,
-        )
+        ))
+
+    async def ask_child(self, id: str, message: object, timeout: float = 1.0) -> Any:
+        ref = self.child(id)
+        if ref is None:
+            raise ChildUnavailable(id, "not running")
+        try:
+            return await ref.ask(message, timeout=timeout)
+        except ActorDeadError:
+            raise ChildUnavailable(id, "it has stopped") from None
+        except TimeoutError:
+            raise ChildUnavailable(id, f"no answer within {timeout:g} s") from None
 
     # --- ending -----------------------------------------------------------------------------
 
+    _end_reason = "hangup"
+
     def hangup(self, reason: str, initiator: str) -> None:
-        if self.state == "ended":
+        """End the call from inside (autohangup, inactivity, a failure)."""
+        self._end_by(I.HANGUP, reason, initiator)
+
+    def _end_by(self, inp: CallInput, reason: str, initiator: str) -> None:
+        if self.ended:
             return
-        self._end(reason, initiator)
+        self._end(reason, initiator, inp)
         self.stop()
 
-    def _end(self, reason: str, initiator: str) -> None:
-        """Emit the closing events once; children are stopped by the supervisor's on_stop."""
-        self.state = "ended"
+    def _end(self, reason: str, initiator: str, inp: CallInput) -> None:
+        """Emit the closing events once; the leg is hung up and children stopped by on_stop."""
+        self._pending_input = None
+        if self.machine.valid(inp):
+            self.machine.process(inp)
+        else:
+            self.machine.process(I.KILL)
+        self._end_reason = reason
+        self.disarm("accept")
         hangup_at = time.time()
         ts = int(hangup_at * 1000)
         if self.track_started_at is not None:
@@ -372,15 +667,25 @@ class Call(Supervisor):
             start_time=iso8601(self.created_at),
             hangup_time=iso8601(hangup_at),
             answer_time=iso8601(self.answer_at) if self.answer_at is not None else None,
+            ringing_time=iso8601(self.ringing_at) if self.ringing_at is not None else None,
         ))
         self.log.info("call ended", reason=reason, initiator=initiator)
-        self._close()
+        self._close_app()
+
+    def _close_app(self) -> None:
+        app, self._app = self._app, None
+        if app is not None:
+            app.close()
 
     # --- helpers for the call and its parts --------------------------------------------------
 
     def emit(self, event: Any) -> None:
-        if self.client_connected:
-            self._emit(event)
+        if self._app is not None:
+            self._app.emit(event)
+        elif not self.ended:
+            if len(self._backlog) == self._backlog.maxlen:
+                self.backlog_dropped += 1
+            self._backlog.append(event)
 
     def emit_error(self, sender: str, error: str, code: int | None, *, track_id: str | None = None) -> None:
         self.emit(api.ErrorEvent(track_id=self.session_id if track_id is None else track_id, timestamp=now_ms(),
@@ -394,31 +699,39 @@ class Call(Supervisor):
     def need_track(self, name: str) -> ActorRef | None:
         track = self.child("track")
         if track is None:
-            self.refuse("command", f"{name}: the call is not answered yet", 400)
+            self.refuse("command", f"{name}: the call has no media yet", 400)
         return track
-
-    def arm(self, key: str, delay: float, message: object) -> None:
-        """Tell this call `message` after `delay` seconds, replacing the timer of the same key."""
-        self.disarm(key)
-        ref = self.actor_ref
-        self._timeouts[key] = asyncio.get_running_loop().call_later(
-            delay, lambda: ref.tell(message) if ref.is_alive() else None)
-
-    def disarm(self, key: str) -> None:
-        handle = self._timeouts.pop(key, None)
-        if handle is not None:
-            handle.cancel()
-
-    def timer_fired(self, key: str) -> None:
-        """Forget the timer whose message is being handled; one armed since then stays armed."""
-        self._timeouts.pop(key, None)
 
     def describe(self) -> CallInfo:
         option = None
         if self.option is not None:
             option = api.option_to_json(self.option)
-        return CallInfo(id=self.session_id, call_type=self.call_type, created_at=iso8601(self.created_at),
+        kind = self.leg.kind if self.leg is not None else "unknown"
+        return CallInfo(id=self.session_id, call_type=kind, created_at=iso8601(self.created_at),
                         option=option, state=self.state)
+
+
+class _LegBroken(Exception):
+    """A leg operation raised something other than a refusal: the leg is unusable."""
+
+
+def _leg_input(ev: object) -> CallInput:
+    if isinstance(ev, LegRinging):
+        return I.LEG_EARLY_MEDIA if ev.early_media else I.LEG_RINGING
+    if isinstance(ev, LegHold):
+        return I.LEG_HOLD if ev.held else I.LEG_RESUME
+    return _LEG_INPUTS[type(ev)]
+
+
+_LEG_INPUTS: dict[type, CallInput] = {
+    LegAnswered: I.LEG_ANSWERED,
+    LegRejected: I.LEG_REJECTED,
+    LegHangup: I.LEG_HANGUP,
+    LegFailed: I.LEG_FAILED,
+    LegTransferRequest: I.LEG_TRANSFER_REQUEST,
+    LegTransferred: I.LEG_TRANSFERRED,
+    LegTransferFailed: I.LEG_TRANSFER_FAILED,
+}
 
 
 def _wire(cmd: Any) -> str:

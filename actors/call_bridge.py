@@ -11,16 +11,14 @@ Part of the Call actor: it runs in the Call's task.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
+from .call_context import CallContext
 from .call_messages import BridgeFailed, BridgeGone, BridgeMade, BridgeOffer
 from .call_supervisor import GetCall
 from .playout import PipeItem, PlayItem
 from .ref import ActorDeadError, ActorRef
 from .track import Mix, Subscribe, Unsubscribe
-
-if TYPE_CHECKING:
-    from .call import Call
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +32,7 @@ class _Bridge:
 class Bridges:
     handles: ClassVar[tuple[type, ...]] = (BridgeOffer, BridgeMade, BridgeFailed, BridgeGone)
 
-    def __init__(self, call: Call) -> None:
+    def __init__(self, call: CallContext) -> None:
         self.call = call
         self._bridges: dict[str, _Bridge] = {}
 
@@ -59,7 +57,12 @@ class Bridges:
             call.refuse("bridge", f"bridge: {target!r} is this call or already bridged to it", 400)
             return
         parent = call.actor_ref.parent
-        peer = None if parent is None else await parent.ask(GetCall(target), timeout=1.0)
+        try:
+            peer = None if parent is None else await parent.ask(GetCall(target), timeout=1.0)
+        except (ActorDeadError, TimeoutError):
+            # The call directory is stopping (a drain) or overloaded: this command fails, not the call.
+            call.refuse("bridge", "bridge: the gateway's call directory is not answering; try again", 503)
+            return
         if peer is None:
             call.refuse("bridge", f"bridge: no active call with id {target!r}", 404)
             return
@@ -94,8 +97,8 @@ class Bridges:
     async def _offered(self, offer: BridgeOffer) -> None:
         call = self.call
         track = call.child("track")
-        if track is None or call.state != "answered" or offer.call_id in self._bridges:
-            offer.call.tell(BridgeFailed(call.session_id, "it is not answered or already bridged"))
+        if track is None or not call.answered or offer.call_id in self._bridges:
+            _tell(offer.call, BridgeFailed(call.session_id, "it is not answered or already bridged"))
             return
         try:
             theirs = await offer.track.ask(Subscribe(f"bridge:{call.session_id}", "in", capacity=10), timeout=1.0)
@@ -104,7 +107,18 @@ class Bridges:
             return
         to_them = PipeItem(call.session_id, mine)        # my caller, heard by theirs
         to_me = PipeItem(offer.call_id, theirs)          # their caller, heard by mine
-        await offer.track.ask(Mix(to_them), timeout=1.0)
-        await track.ask(Mix(to_me), timeout=1.0)
+        try:
+            await offer.track.ask(Mix(to_them), timeout=1.0)
+        except (ActorDeadError, TimeoutError):
+            return
+        await call.ask_child("track", Mix(to_me))
         self._bridges[offer.call_id] = _Bridge(offer.call, offer.track, in_peer=to_them, in_mine=to_me)
-        offer.call.tell(BridgeMade(call.session_id, call.actor_ref, track, in_peer=to_me, in_mine=to_them))
+        _tell(offer.call, BridgeMade(call.session_id, call.actor_ref, track, in_peer=to_me, in_mine=to_them))
+
+
+def _tell(ref: ActorRef, message: object) -> None:
+    # The other call may end at any moment; its end is not this call's failure.
+    try:
+        ref.tell(message)
+    except ActorDeadError:
+        pass

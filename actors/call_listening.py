@@ -8,7 +8,7 @@ the Track; they only post messages to the Call, which turns them into events her
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -19,21 +19,18 @@ from protocol.dtmf_detect import DtmfDeduplicator, DtmfDetector
 from protocol.vad_events import SilenceDetected, SpeechStarted
 
 from .asr import Asr, AsrFailed, AsrText, PrerollRing
+from .call_context import CallContext
 from .call_messages import CheckInactivity, Dtmf, Vad, WaitInputExpired, now_ms
 from .messages import GetTrackStats
 from .ref import ActorRef
-from .supervisor import Restart
 from .track import Listen, Subscribe
-from .vad import VadOptionError, create_vad, shared_silero_engine
-
-if TYPE_CHECKING:
-    from .call import Call
+from .vad import VadOptionError, create_vad
 
 
 class Listening:
     handles: ClassVar[tuple[type, ...]] = (Vad, Dtmf, AsrText, AsrFailed, WaitInputExpired, CheckInactivity)
 
-    def __init__(self, call: Call) -> None:
+    def __init__(self, call: CallContext) -> None:
         self.call = call
         self._vad: Any = None
         self._asr_index = 1
@@ -54,26 +51,24 @@ class Listening:
         elif isinstance(message, AsrFailed):
             call.emit_error("asr", f"{message.provider}: {message.error}", message.code)
         elif isinstance(message, WaitInputExpired):
-            call.timer_fired("wait_input")
             call.emit(api.SilenceEvent(track_id=call.settings.server_side_track, timestamp=now_ms(),
                                        start_time=message.since_ms, duration=message.duration_ms))
         elif isinstance(message, CheckInactivity):
-            call.timer_fired("inactivity")
             await self._check_inactivity()
 
-    async def start(self, track: ActorRef, option: api.CallOption) -> None:
+    async def start(self, option: api.CallOption) -> None:
         """Wire the detectors into the track, start ASR, and begin watching for inactivity."""
         ref = self.call.actor_ref
         listeners = []
         if option.vad is not None:
             try:
-                detector = create_vad(option.vad, lambda ev: ref.tell(Vad(ev)))
+                detector = create_vad(option.vad, lambda ev: ref.tell(Vad(ev)), engine=self.call.services.silero)
             except VadOptionError as exc:
                 self.call.refuse("vad", f"vad: {exc}", exc.status)
             else:
                 self._vad = detector
                 if option.vad.type.strip().lower() == "silero":
-                    self.call.clock.after_tick("silero", shared_silero_engine().start_flush)
+                    self.call.clock.after_tick("silero", self.call.services.silero.start_flush)
                 if option.vad.samplerate != MEDIA_RATE:
                     down = Resampler(MEDIA_RATE, option.vad.samplerate)
                     listeners.append(lambda frame, at: detector.push(down.process(frame), at))
@@ -86,10 +81,10 @@ class Listening:
                 ref.tell(Dtmf(digit.digit, digit.start_ms, "inband"))
 
         denoiser = Denoiser(MEDIA_RATE, 320) if option.denoise else None
-        await track.ask(Listen(denoiser=denoiser, listeners=tuple(listeners), raw_listeners=(inband_dtmf,)),
-                        timeout=1.0)
+        await self.call.ask_child("track", Listen(denoiser=denoiser, listeners=tuple(listeners),
+                                                  raw_listeners=(inband_dtmf,)))
         if option.asr is not None:
-            await self._start_asr(track, option.asr)
+            await self._start_asr(option.asr)
         if option.inactivity_timeout:
             self._watch_inactivity(option.inactivity_timeout)
 
@@ -102,7 +97,7 @@ class Listening:
         if vad is not None:
             vad.close()
 
-    async def _start_asr(self, track: ActorRef, option: api.TranscriptionOption) -> None:
+    async def _start_asr(self, option: api.TranscriptionOption) -> None:
         call = self.call
         name = (option.provider or call.services.default_asr or "").lower()
         factory = call.services.asr.get(name)
@@ -110,15 +105,14 @@ class Listening:
             known = ", ".join(sorted(call.services.asr)) or "none"
             call.refuse("asr", f"asr: unknown provider {option.provider!r} (available: {known})", 400)
             return
-        audio = await track.ask(Subscribe("asr", "heard", capacity=100), timeout=1.0)
+        audio = await call.ask_child("track", Subscribe("asr", "heard", capacity=100))
         ring = PrerollRing(2.0)
         session_id = call.session_id
-        spec = call.service_spec(
-            "asr", Restart.TRANSIENT,
+        await call.start_service(
+            "asr",
             # A fresh provider for every start: a restart must not inherit a broken client.
             lambda parent: Asr.start(factory(option), option, audio, ring, report=parent.tell,
                                      session_id=session_id, parent=parent, name="asr"))
-        await call.start_child(spec)
 
     def _vad_event(self, ev: Any) -> None:
         call = self.call
@@ -151,10 +145,9 @@ class Listening:
     async def _check_inactivity(self) -> None:
         call = self.call
         timeout = call.option.inactivity_timeout if call.option is not None else None
-        track = call.child("track")
-        if not timeout or track is None or call.state == "ended":
+        if not timeout or call.child("track") is None or call.ended:
             return
-        stats = await track.ask(GetTrackStats(), timeout=1.0)
+        stats = await call.ask_child("track", GetTrackStats())
         last = stats.last_input_at or call.answer_at or time.time()
         if time.time() - last >= timeout:
             call.emit(api.InactivityEvent(track_id=call.session_id, timestamp=now_ms()))

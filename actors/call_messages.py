@@ -74,6 +74,11 @@ class CheckInactivity:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class AcceptTimeout:
+    """An incoming call's accept_timeout expired."""
+
+
 # --- services -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)

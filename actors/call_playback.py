@@ -10,26 +10,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from protocol import api
 
+from .call_context import CallContext
 from .call_messages import PlayFailed, WaitInputExpired, now_ms
 from .playout import PlaybackEvent, PlayItem
 from .ref import ActorRef
 from .services import MediaLoadError, SynthRequest
-from .supervisor import Restart
 from .track import Enqueue, InterruptPlayback, SetPaused
 from .tts import CancelSynthesis, Synthesize, Tts, TtsFailed, TtsMetric
-
-if TYPE_CHECKING:
-    from .call import Call
 
 
 class Playback:
     handles: ClassVar[tuple[type, ...]] = (PlaybackEvent, TtsMetric, TtsFailed, PlayFailed)
 
-    def __init__(self, call: Call) -> None:
+    def __init__(self, call: CallContext) -> None:
         self.call = call
         self._playing: dict[int, PlayItem] = {}      # id(item) -> item, queued or playing
         self._streams: dict[str | None, PlayItem] = {}  # open streaming tts items by playId
@@ -80,7 +77,7 @@ class Playback:
             self._playing[id(item)] = item
             if cmd.streaming:
                 self._streams[play_id] = item
-            await track.ask(Enqueue(item), timeout=1.0)
+            await call.ask_child("track", Enqueue(item))
         else:
             if not cmd.base64:
                 item.append_text(cmd.text)
@@ -109,7 +106,7 @@ class Playback:
         item = PlayItem(cmd.url, "play", auto_hangup=cmd.auto_hangup, wait_input_timeout=cmd.wait_input_timeout)
         self._playing[id(item)] = item
         # `play` replaces whatever plays now, as the original replaces its server-side track.
-        cut = await track.ask(Enqueue(item, replace=True), timeout=1.0)
+        cut = await call.ask_child("track", Enqueue(item, replace=True))
         await self._after_cut(cut, graceful=False)
         load = call.services.load_media
         task = asyncio.get_running_loop().create_task(self._load(load, cmd.url, item), name="play-load")
@@ -117,16 +114,14 @@ class Playback:
         task.add_done_callback(self._loads.discard)
 
     async def interrupt(self, graceful: bool) -> None:
-        track = self.call.child("track")
-        if track is None:
+        if self.call.child("track") is None:
             return
-        cut = await track.ask(InterruptPlayback(graceful), timeout=1.0)
+        cut = await self.call.ask_child("track", InterruptPlayback(graceful))
         await self._after_cut(cut, graceful)
 
     async def pause(self, cmd: api.Pause | api.Resume) -> None:
-        track = self.call.need_track(cmd.command)
-        if track is not None:
-            await track.ask(SetPaused(isinstance(cmd, api.Pause)), timeout=1.0)
+        if self.call.need_track(cmd.command) is not None:
+            await self.call.ask_child("track", SetPaused(isinstance(cmd, api.Pause)))
 
     async def cancel_loads(self) -> None:
         for task in list(self._loads):
@@ -157,11 +152,10 @@ class Playback:
         factories = call.services.tts
         option = call.option.tts if call.option is not None else None
         session_id = call.session_id
-        spec = call.service_spec(
-            "tts", Restart.PERMANENT,
+        return await call.start_service(
+            "tts",
             lambda parent: Tts.start(lambda name: factories[name](option), report=parent.tell,
                                      session_id=session_id, parent=parent, name="tts"))
-        return await call.start_child(spec)
 
     def _tts_active(self) -> bool:
         return any(item.kind == "tts" for item in self._playing.values())
@@ -202,15 +196,15 @@ class Playback:
         item = ev.item
         track_id = call.settings.server_side_track
         if ev.kind == "started":
-            call.listening.caller_input()  # a new playback restarts the wait for input
+            call.caller_input()  # a new playback restarts the wait for input
             call.emit(api.TrackStartEvent(track_id=track_id, timestamp=int(ev.at * 1000), play_id=item.play_id))
             return
         self._playing.pop(id(item), None)
         call.emit(api.TrackEndEvent(track_id=track_id, timestamp=int(ev.at * 1000), duration=item.played_ms,
                                     ssrc=call.ssrc, play_id=item.play_id))
-        if item.auto_hangup and not ev.interrupted and call.state != "ended":
+        if item.auto_hangup and not ev.interrupted and not call.ended:
             call.hangup("autohangup", "system")
-        elif item.wait_input_timeout and not ev.interrupted and call.state != "ended":
+        elif item.wait_input_timeout and not ev.interrupted and not call.ended:
             ended = int(ev.at * 1000)
             call.arm("wait_input", item.wait_input_timeout,
                      WaitInputExpired(ended, int(item.wait_input_timeout * 1000)))

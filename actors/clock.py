@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import structlog
 
+from .base import Actor
+
 log = structlog.get_logger("clock")
 
 
@@ -38,13 +40,20 @@ class MediaClock:
         self._lateness: deque[float] = deque(maxlen=3000)  # seconds each tick ran after its deadline
         # Work that must follow every track's tick (one batched VAD inference for all calls).
         self._after: dict[str, Callable[[], object]] = {}
+        # Told when the ticker itself fails (not a track's tick: those are isolated); set by the
+        # clock's actor, whose supervisor restarts the ticker.
+        self.on_crash: Callable[[BaseException], None] | None = None
 
     def register(self, tick: Callable[[float], None], on_error: Callable[[BaseException], None]) -> int:
         self._next_id += 1
         self._subs[self._next_id] = (tick, on_error)
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="media-clock")
+        self.resume()
         return self._next_id
+
+    def resume(self) -> None:
+        """Run the ticker if anything is registered and it is not running (after a restart)."""
+        if self._subs and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._guarded(), name="media-clock")
 
     def after_tick(self, key: str, fn: Callable[[], object]) -> None:
         """Run `fn` once per tick after all tracks (idempotent per key)."""
@@ -75,6 +84,15 @@ class MediaClock:
             except asyncio.CancelledError:
                 pass
             self._task = None
+
+    async def _guarded(self) -> None:
+        try:
+            await self._run()
+        except Exception as exc:  # noqa: BLE001 - the ticker's own defect: its actor is restarted
+            log.error("media clock failed", error=repr(exc))
+            self._task = None
+            if self.on_crash is not None:
+                self.on_crash(exc)
 
     async def _run(self) -> None:
         deadline = time.monotonic()
@@ -110,3 +128,28 @@ class MediaClock:
                 except Exception as exc:  # noqa: BLE001 - a failing batch must not stop the clock
                     log.error("after-tick work failed", key=key, error=repr(exc))
         self._task = None
+
+
+class MediaClockActor(Actor):
+    """The media clock in the supervision tree. The clock object (and every track registered on it)
+    outlives this actor; the actor owns the ticker: it resumes it when it starts, stops it when it
+    stops, and fails when the ticker fails, so that its supervisor starts the ticker again."""
+
+    def __init__(self, clock: MediaClock) -> None:
+        self.clock = clock
+
+    async def on_start(self) -> None:
+        self.clock.on_crash = self.outside(_raise)
+        self.clock.resume()
+
+    async def on_stop(self) -> None:
+        self.clock.on_crash = None
+        await self.clock.stop()
+
+    async def on_failure(self, error: BaseException) -> None:
+        self.clock.on_crash = None
+        await self.clock.stop()
+
+
+def _raise(error: BaseException) -> None:
+    raise error

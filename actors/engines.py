@@ -30,6 +30,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -37,7 +38,11 @@ from typing import Any, Protocol, TypeVar
 
 import pykka
 
+from .base import Actor
+
 __all__ = [
+    "EngineGaveUp",
+    "EngineHostActor",
     "Emitter",
     "EngineError",
     "EngineHost",
@@ -64,6 +69,10 @@ class EngineStopped(EngineError):
 
 class EngineStartError(EngineError):
     """The engine's factory raised on the engine thread; ``__cause__`` is its exception."""
+
+
+class _EngineDied(Exception):
+    """What ends an engine's thread when a job raised a BaseException."""
 
 
 class EngineStalled(EngineError):
@@ -217,11 +226,13 @@ class EngineActor(pykka.ThreadingActor):
     # exit; the normal path is EngineHost.stop(), which closes the engine on this thread.
     use_daemon_thread = True
 
-    def __init__(self, name: str, factory: EngineFactory, counters: _Counters) -> None:
+    def __init__(self, name: str, factory: EngineFactory, counters: _Counters,
+                 on_died: Callable[[], None] | None = None) -> None:
         super().__init__()
         self._name = name
         self._factory = factory
         self._counters = counters
+        self._on_died = on_died
         self._engine: Any = None
 
     def on_start(self) -> None:
@@ -258,6 +269,8 @@ class EngineActor(pykka.ThreadingActor):
             message = getattr(envelope, "message", None)
             if isinstance(message, _Job):
                 message.ticket.fail(EngineStopped(f"engine {self._name!r} died before this job ran"))
+        if self._on_died is not None:
+            self._on_died()
 
     def _run(self, job: _Job) -> None:
         counters = self._counters
@@ -288,9 +301,11 @@ class EngineActor(pykka.ThreadingActor):
             return
         except BaseException as exc:
             # This kills the engine's thread; its caller must not wait for an answer forever.
+            # Raised on as an Exception: pykka answers a BaseException by stopping every actor
+            # of the process, and one engine's death must not take the others with it.
             counters.failed += 1
             ticket.fail(EngineStopped(f"engine {self._name!r} died: {exc!r}"))
-            raise
+            raise _EngineDied(f"engine {self._name!r} died: {exc!r}") from exc
         if isinstance(ticket, _StreamTicket) and ticket.stalled:
             counters.failed += 1
             ticket.fail(EngineStalled(
@@ -317,13 +332,26 @@ class EngineActor(pykka.ThreadingActor):
 class EngineHost:
     """Registry of engine factories and the threads running them; use from one event loop."""
 
-    def __init__(self, *, max_in_flight: int = 64, stall_timeout: float = 5.0) -> None:
+    def __init__(self, *, max_in_flight: int = 64, stall_timeout: float = 5.0, restart_intensity: int = 3,
+                 restart_period: float = 30.0) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         if stall_timeout <= 0:
             raise ValueError("stall_timeout must be positive")
+        if restart_intensity < 0 or restart_period <= 0:
+            raise ValueError("restart_intensity must be >= 0 and restart_period > 0")
         self.max_in_flight = max_in_flight
         self.stall_timeout = stall_timeout
+        # An engine whose thread dies is started again, at most `restart_intensity` times within
+        # `restart_period` seconds (as a supervisor counts); past that it is given up and
+        # `on_gave_up(name, why)` is called: the EngineHost's actor fails with it, and its
+        # supervisor decides.
+        self.restart_intensity = restart_intensity
+        self.restart_period = restart_period
+        self.on_gave_up: Callable[[str, str], None] | None = None
+        self._deaths: dict[str, deque[float]] = {}
+        self._given_up: dict[str, str] = {}
+        self.restarts: dict[str, int] = {}
         self._factories: dict[str, EngineFactory] = {}
         self._refs: dict[str, pykka.ActorRef[EngineActor]] = {}
         self._counters: dict[str, _Counters] = {}
@@ -345,6 +373,29 @@ class EngineHost:
 
     def is_registered(self, name: str) -> bool:
         return name in self._factories
+
+    def open(self) -> None:
+        """Accept jobs again after ``stop()`` (a restarted owner), with a clean restart record."""
+        self._stopped = False
+        self._deaths.clear()
+        self._given_up.clear()
+
+    def given_up(self, name: str) -> str | None:
+        """Why engine ``name`` was given up, or None while it may still be started."""
+        return self._given_up.get(name)
+
+    def submit(self, name: str, method: str, /, *args: Any) -> asyncio.Future[Any]:
+        """``engine.method(*args)`` on the engine's thread, as a future for callback-style callers
+        (a media-clock tick cannot await). Cancelling the future skips a job still queued."""
+        ticket = _CallTicket(asyncio.get_running_loop())
+        self._submit(name, _Job(method, args, {}, ticket))
+
+        def done(_future: asyncio.Future[Any]) -> None:
+            ticket.cancelled = True
+            self._tickets.discard(ticket)
+
+        ticket.future.add_done_callback(done)
+        return ticket.future
 
     def is_running(self, name: str) -> bool:
         ref = self._refs.get(name)
@@ -416,13 +467,14 @@ class EngineHost:
             raise EngineError(f"no engine named {name!r}")
         ref = self._refs.get(name)
         if ref is not None and not ref.is_alive():
-            # The engine's thread died (only a BaseException gets past a job): start a fresh
-            # one for this job rather than failing every later call with EngineStopped.
-            log.warning("engine %r had stopped; starting it again", name)
-            ref = None
+            # Died, and its notice has not reached the loop yet: count it now.
+            self._died(name, ref)
+            ref = self._refs.get(name)
+        why = self._given_up.get(name)
+        if why is not None:
+            raise EngineStopped(f"engine {name!r} gave up: {why}")
         if ref is None:
-            ref = EngineActor.start(name, factory, self._counters[name])
-            self._refs[name] = ref
+            ref = self._start_engine(name)
         counters = self._counters[name]
         counters.submitted += 1         # before the engine can count the job as done
         try:
@@ -431,6 +483,44 @@ class EngineHost:
             counters.submitted -= 1
             raise EngineStopped(f"engine {name!r} has stopped") from None
         self._tickets.add(job.ticket)
+
+    def _start_engine(self, name: str) -> pykka.ActorRef[EngineActor]:
+        loop = asyncio.get_running_loop()
+        holder: list[pykka.ActorRef[EngineActor]] = []
+
+        def on_died() -> None:
+            # On the engine's own thread, as it dies: the decision is taken on the loop.
+            try:
+                loop.call_soon_threadsafe(lambda: self._died(name, holder[0]) if holder else None)
+            except RuntimeError:
+                pass  # the loop has closed; nobody is left to restart anything
+
+        ref = EngineActor.start(name, self._factories[name], self._counters[name], on_died)
+        holder.append(ref)
+        self._refs[name] = ref
+        return ref
+
+    def _died(self, name: str, ref: pykka.ActorRef[EngineActor]) -> None:
+        """An engine thread died (only a BaseException gets past a job): start it again within the
+        restart limits, or give the engine up."""
+        if self._refs.get(name) is not ref or self._stopped:
+            return  # already handled, or the host is stopping anyway
+        del self._refs[name]
+        now = time.monotonic()
+        deaths = self._deaths.setdefault(name, deque())
+        while deaths and deaths[0] <= now - self.restart_period:
+            deaths.popleft()
+        deaths.append(now)
+        if len(deaths) > self.restart_intensity:
+            why = f"its thread died {len(deaths)} times within {self.restart_period:g} s"
+            self._given_up[name] = why
+            log.error("engine %r given up: %s", name, why)
+            if self.on_gave_up is not None:
+                self.on_gave_up(name, why)
+            return
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        log.warning("engine %r died; starting it again (%d in %g s)", name, len(deaths), self.restart_period)
+        self._start_engine(name)
 
     async def stop(self, timeout: float = 5.0) -> bool:
         """Fail pending jobs with ``EngineStopped``, close every engine on its own thread and wait
@@ -464,3 +554,32 @@ class EngineHost:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+
+class EngineGaveUp(Exception):
+    """An engine went past its restart limit; the EngineHost's actor fails with this."""
+
+
+class EngineHostActor(Actor):
+    """The EngineHost in the supervision tree: it opens the host when it starts, stops every
+    engine thread when it stops, and fails when an engine is given up, so that its supervisor
+    restarts the host (with a clean restart record) or, past its own limit, escalates."""
+
+    def __init__(self, host: EngineHost) -> None:
+        self.host = host
+
+    async def on_start(self) -> None:
+        self.host.open()
+        self.host.on_gave_up = self.outside(_gave_up)
+
+    async def on_stop(self) -> None:
+        self.host.on_gave_up = None
+        await self.host.stop()
+
+    async def on_failure(self, error: BaseException) -> None:
+        self.host.on_gave_up = None
+        await self.host.stop()
+
+
+def _gave_up(name: str, why: str) -> None:
+    raise EngineGaveUp(f"engine {name!r} gave up: {why}")

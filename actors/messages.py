@@ -6,10 +6,12 @@ is a SystemMessage and rides the system lane of the mailbox.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .mailbox import SystemMessage
+from .ref import ReplyError
 
 
 # --- transport -> Call -----------------------------------------------------------------------
@@ -37,8 +39,28 @@ class BadCommand:
 
 
 @dataclass(frozen=True, slots=True)
-class ClientGone(SystemMessage):
-    """The application's WebSocket closed: the call ends, nobody is left to tell."""
+class AppConnection:
+    """The application's side of a call: where its events go, and how to close it (after the
+    events queued so far). Both are non-blocking and called from the Call's task."""
+
+    emit: Callable[[Any], None]
+    close: Callable[[], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Attach:
+    """Ask a call to send its events to this connection (answers None, or AttachRefused)."""
+
+    connection: AppConnection
+
+
+class AttachRefused(ReplyError):
+    """The call has a connection already, or has ended."""
+
+
+@dataclass(frozen=True, slots=True)
+class Detach(SystemMessage):
+    """The application's connection closed; the call decides what that means for the leg."""
 
 
 @dataclass(frozen=True, slots=True)

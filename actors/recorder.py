@@ -40,7 +40,6 @@ from protocol.codecs import MEDIA_RATE, PTIME_MS, Resampler
 
 from .base import Actor
 from .pipes import AudioPipe
-from .ref import ActorDeadError
 from .services import OpenRecording, RecordingSink
 
 __all__ = [
@@ -154,11 +153,6 @@ class RecorderStats:
     cpu_us_per_flush: float  # mean thread CPU time of a flush (drain, align, resample, write)
 
 
-@dataclass(frozen=True, slots=True)
-class _FlushFailed:
-    error: BaseException
-
-
 class Recorder(Actor):
     """Drains the two taps every ``ptime_ms`` into ``open_sink()``'s sink; closes it when it ends.
 
@@ -209,6 +203,7 @@ class Recorder(Actor):
         # A cancelled actor (a stop that timed out, a loop shutting down) runs neither on_stop nor
         # on_failure; its watchers are still called, and the file must still be completed and closed.
         self.actor_ref.add_watcher(self._ended)
+        self._fail = self.outside(_raise)
         loop = asyncio.get_running_loop()
         self._started_at = loop.time()
         self._deadline = self._started_at + self.flush_ms / 1000.0
@@ -226,8 +221,6 @@ class Recorder(Actor):
     async def on_receive(self, message: object) -> object:
         if isinstance(message, GetRecorderStats):
             return self.stats()
-        if isinstance(message, _FlushFailed):
-            raise message.error
         return await super().on_receive(message)
 
     def stats(self) -> RecorderStats:
@@ -257,10 +250,7 @@ class Recorder(Actor):
         try:
             self._flush(final=False, drain=True)
         except Exception as exc:  # noqa: BLE001 - reported to the actor, which fails with it
-            try:
-                self.actor_ref.tell(_FlushFailed(exc))
-            except ActorDeadError:
-                pass
+            self._fail(exc)
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -304,3 +294,7 @@ class Recorder(Actor):
             self.samples_written += len(left)
         self.flushes += 1
         self._cpu_ns += time.thread_time_ns() - started
+
+
+def _raise(error: BaseException) -> None:
+    raise error

@@ -165,3 +165,4 @@ class CallServices:
     media_pass: OpenMediaPass | None = None
     asr: Mapping[str, AsrFactory] = field(default_factory=dict)
     default_asr: str | None = None
+    silero: Any = None      # the gateway's SileroEngine (actors/vad.py): one batched model for all calls

@@ -32,6 +32,7 @@ __all__ = [
     "ChildStartFailed",
     "DuplicateChild",
     "GetChild",
+    "GetChildren",
     "GetRestartCounts",
     "Restart",
     "RestartLimitExceeded",
@@ -128,6 +129,11 @@ class GetRestartCounts:
 
 
 @dataclass(frozen=True, slots=True)
+class GetChildren:
+    """Ask a supervisor for its children in start order: ``[(id, ref or None), ...]``."""
+
+
+@dataclass(frozen=True, slots=True)
 class _RestartDue(SystemMessage):
     """A backoff delay elapsed: restart ``ids`` if they are still waiting under ``token``."""
 
@@ -208,6 +214,8 @@ class Supervisor(Actor):
             return self.child(message.id)
         if isinstance(message, GetRestartCounts):
             return self.restart_counts()
+        if isinstance(message, GetChildren):
+            return [(id, self._refs.get(id)) for id in self._specs]
         if isinstance(message, StartChild):
             try:
                 return await self.start_child(message.spec)

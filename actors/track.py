@@ -1,8 +1,8 @@
 """A call leg's media: codec, inbound framing and fan-out, paced playout, mute.
 
-The leg itself (WebSocket, RTP socket, WebRTC) belongs to a transport; the Track sees it only as a
-`LegIO`: a bounded pipe of payloads from the peer and a non-blocking `send` towards it. The same
-Track therefore carries WebSocket, RTP and WebRTC audio.
+The leg itself (WebSocket, RTP socket, WebRTC) belongs to a transport; the Track sees only its media
+plane, a `MediaPort`: `pull()` for the next payload from the peer and a non-blocking `send` towards
+it. The same Track therefore carries WebSocket, RTP and WebRTC audio.
 
 Both directions run on the media clock's tick, not on tasks of their own: per tick the track
 drains what the peer sent (decode, re-frame to 20 ms, fan out to taps such as recorder or VAD) and
@@ -36,10 +36,12 @@ SILENCE = np.zeros(FRAME, dtype=np.int16)
 MAX_INBOUND_PER_TICK = 25                   # a burst from the peer is worked off over a few ticks
 
 
-@dataclass(frozen=True, slots=True)
-class LegIO:
-    inbound: AudioPipe[bytes]              # payloads from the peer, pushed by the transport
-    send: Callable[[bytes], None]          # payloads to the peer; must not block
+class MediaPort(Protocol):
+    """A leg's media plane (see actors/leg.py): drained and fed on every tick of the media clock."""
+
+    def pull(self) -> bytes | None: ...
+
+    def send(self, payload: bytes) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +111,7 @@ class Track(Actor):
         self,
         track_id: str,
         codec: CodecInfo,
-        leg: LegIO,
+        leg: MediaPort,
         clock: MediaClock,
         *,
         report: Callable[[object], None],
@@ -148,6 +150,8 @@ class Track(Actor):
 
     async def on_start(self) -> None:
         self._clock_handle = self.clock.register(self._tick, self._tick_failed)
+        # A tick that raised fails this actor in its own task, so the Call learns through supervision.
+        self._fail = self.outside(_raise)
 
     async def on_stop(self) -> None:
         self._release()
@@ -167,8 +171,7 @@ class Track(Actor):
     def _tick_failed(self, error: BaseException) -> None:
         self._clock_handle = None
         self.log.error("track tick failed", error=repr(error))
-        # Fail the actor from its own task so the Call learns through supervision.
-        self.actor_ref.tell(_TickFailed(error))
+        self._fail(error)
 
     async def on_receive(self, message: object) -> object:
         if isinstance(message, SetMute):
@@ -215,8 +218,6 @@ class Track(Actor):
             return None
         if isinstance(message, GetTrackStats):
             return self.stats()
-        if isinstance(message, _TickFailed):
-            raise message.error
         raise TypeError(f"track: unexpected message {type(message).__name__}")
 
     # --- media plane (runs on the clock's tick) ---------------------------------------------
@@ -229,9 +230,9 @@ class Track(Actor):
         self._send()
 
     def _receive(self) -> None:
-        inbound = self.leg.inbound
+        pull = self.leg.pull
         for _ in range(MAX_INBOUND_PER_TICK):
-            payload = inbound.pop_nowait()
+            payload = pull()
             if payload is None:
                 break
             self.bytes_in += len(payload)
@@ -315,6 +316,5 @@ class Track(Actor):
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _TickFailed:
-    error: BaseException
+def _raise(error: BaseException) -> None:
+    raise error

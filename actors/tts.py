@@ -64,12 +64,6 @@ class TtsFailed:
     permanent: bool
 
 
-@dataclass(frozen=True, slots=True)
-class _Done(SystemMessage):
-    job: "_Job"
-    error: BaseException | None
-
-
 @dataclass(eq=False)
 class _Job:
     item: PlayItem
@@ -109,14 +103,13 @@ class Tts(Actor):
         if isinstance(message, CancelSynthesis):
             await self._cancel_all()
             return None
-        if isinstance(message, _Done):
-            self._running.discard(message.job)
-            self._start_waiting()
-            error = message.error
-            if isinstance(error, ProviderError) and not error.permanent:
-                raise error  # a sick provider: let the Call restart this actor with backoff
-            return None
         return await super().on_receive(message)
+
+    def _job_done(self, job: _Job, error: BaseException | None) -> None:
+        self._running.discard(job)
+        self._start_waiting()
+        if isinstance(error, ProviderError) and not error.permanent:
+            raise error  # a sick provider: let the Call restart this actor with backoff
 
     def _submit(self, msg: Synthesize) -> None:
         piece = (msg.request, msg.base64_pcm)
@@ -157,12 +150,10 @@ class Tts(Actor):
     def _run(self, job: _Job) -> None:
         self._running.add(job)
         job.task = asyncio.get_running_loop().create_task(self._synthesize(job), name="tts-synthesis")
-        ref = self.actor_ref
+        finished = self.outside(self._job_done)
 
         def done(task: asyncio.Task[None]) -> None:
-            error = None if task.cancelled() else task.exception()
-            if ref.is_alive():
-                ref.tell(_Done(job, error))
+            finished(job, None if task.cancelled() else task.exception())
 
         job.task.add_done_callback(done)
 

@@ -18,8 +18,8 @@ window needs the state the previous one left.
 
 ``flush()`` is ``collect()`` + ``batch.infer()`` + ``deliver(batch)``. Only ``infer`` is heavy,
 and it touches nothing but the batch and the session (onnxruntime releases the GIL while it runs),
-so an owner that must not block its event loop can run that step on another thread and do the
-other two on the loop. One batch is in flight at a time: ``collect`` refuses to start another
+so the gateway runs that step on the EngineHost's "silero" engine thread (``SileroModel``, given
+to the engine as its ``runner``) and the other two on the loop. One batch is in flight at a time: ``collect`` refuses to start another
 before the last is delivered, because the next windows of the same calls need the states it
 brings back.
 
@@ -38,11 +38,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-from concurrent.futures import ThreadPoolExecutor
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import structlog
@@ -165,18 +164,14 @@ class SileroBatch:
         return len(self.vads)
 
 
-class SileroEngine:
-    """One shared silero session and the queue of windows due; see the module docstring.
+class SileroModel:
+    """The silero ONNX session (one intra-op and one inter-op thread). In the gateway it lives on an
+    engine thread of the EngineHost, which calls ``infer_all``; onnxruntime releases the GIL while
+    it runs, so a batch there runs on the other core instead of stalling the event loop."""
 
-    ``max_batch`` caps how many windows one inference takes (None: all that are due); 1 gives one
-    inference per window, the unbatched baseline.
-    """
-
-    def __init__(self, model_path: Path | str | None = None, *, max_batch: int | None = None) -> None:
+    def __init__(self, model_path: Path | str | None = None) -> None:
         import onnxruntime
 
-        if max_batch is not None and max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
@@ -184,12 +179,51 @@ class SileroEngine:
         self.session = onnxruntime.InferenceSession(
             str(model_path or silero_model_path()), options, providers=["CPUExecutionProvider"]
         )
+
+    def infer(self, batch: SileroBatch) -> None:
+        """Run one batch through the session. Touches only the batch: safe off the event loop."""
+        feed = {"input": batch.inputs, "state": batch.states, "sr": np.array(batch.rate, dtype=np.int64)}
+        output, state = self.session.run(None, feed)
+        batch.probabilities = output[:, 0]
+        batch.new_states = state
+
+    def infer_all(self, batches: list[SileroBatch]) -> None:
+        for batch in batches:
+            self.infer(batch)
+
+
+InferenceRunner = Callable[[list[SileroBatch]], "asyncio.Future[None]"]
+"""Runs ``SileroModel.infer_all(batches)`` somewhere else (an engine thread); done when it is."""
+
+
+class SileroEngine:
+    """The windows due of every call on one model; see the module docstring.
+
+    ``max_batch`` caps how many windows one inference takes (None: all that are due); 1 gives one
+    inference per window, the unbatched baseline. With a ``runner`` (the gateway's: the model on an
+    EngineHost thread) ``start_flush`` infers there; without one, the engine holds a model of its
+    own and infers inline (benchmarks and tests).
+    """
+
+    def __init__(self, model_path: Path | str | None = None, *, max_batch: int | None = None,
+                 runner: InferenceRunner | None = None) -> None:
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.model = SileroModel(model_path) if runner is None else None
+        self.runner = runner
         self.max_batch = max_batch
         self._due: dict[SileroVad, None] = {}  # calls with windows waiting, in arrival order
         self._in_flight: list[SileroBatch] | None = None
-        self._executor: ThreadPoolExecutor | None = None
         self.inferences = 0
         self.windows = 0
+        self.failed_batches = 0
+        self.lost_windows = 0
+
+    @property
+    def session(self) -> Any:
+        if self.model is None:
+            raise RuntimeError("this silero engine infers through its runner; it has no session here")
+        return self.model.session
 
     def __len__(self) -> int:
         """Calls with windows waiting for the next flush."""
@@ -208,22 +242,26 @@ class SileroEngine:
             done += sum(len(b) for b in batches)
 
     def start_flush(self) -> bool:
-        """One round of `flush` with the inference on the engine's worker thread: collect and
-        deliver run here (on the event loop), `infer` releases the GIL, so at hundreds of calls
-        the batch runs on the other core instead of stalling the loop. Returns False while the
+        """One round of `flush` with the inference handed to the runner: collect and deliver run
+        here (on the event loop), the inference where the runner puts it. Returns False while the
         previous round is still in flight (its windows' next ones need the states it brings)."""
         if self._in_flight is not None:
             return False
         batches = self.collect()
         if batches is None:
             return True
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="silero")
-        future = asyncio.get_running_loop().run_in_executor(self._executor, self._infer_all, batches)
+        if self.runner is None:
+            for batch in batches:
+                self.infer(batch)
+            self.deliver(batches)
+            return True
+        future = self.runner(batches)
 
         def done(fut: asyncio.Future[None]) -> None:
             if fut.cancelled() or fut.exception() is not None:
-                # The windows are lost; the detectors keep their last state and carry on.
+                # The windows are lost (counted); the detectors keep their last state and carry on.
+                self.failed_batches += 1
+                self.lost_windows += sum(len(b) for b in batches)
                 log.error("silero batch failed", error=repr(None if fut.cancelled() else fut.exception()))
                 self._in_flight = None
                 return
@@ -231,10 +269,6 @@ class SileroEngine:
 
         future.add_done_callback(done)
         return True
-
-    def _infer_all(self, batches: list[SileroBatch]) -> None:
-        for batch in batches:
-            self.infer(batch)
 
     def collect(self) -> list[SileroBatch] | None:
         """Take the next window of every call with one due; None when nothing is due."""
@@ -270,11 +304,10 @@ class SileroEngine:
         return SileroBatch(rate, vads, starts, inputs, states)
 
     def infer(self, batch: SileroBatch) -> None:
-        """Run one batch through the session. Touches only the batch: safe off the event loop."""
-        feed = {"input": batch.inputs, "state": batch.states, "sr": np.array(batch.rate, dtype=np.int64)}
-        output, state = self.session.run(None, feed)
-        batch.probabilities = output[:, 0]
-        batch.new_states = state
+        """Run one batch through this engine's own model (inline use)."""
+        if self.model is None:
+            raise RuntimeError("this silero engine infers through its runner")
+        self.model.infer(batch)
 
     def deliver(self, batches: list[SileroBatch]) -> None:
         """Give each call its state back and its probability to its event machine."""
@@ -302,17 +335,6 @@ class SileroEngine:
 
     def _forget(self, vad: SileroVad) -> None:
         self._due.pop(vad, None)
-
-
-_shared_engine: SileroEngine | None = None
-
-
-def shared_silero_engine() -> SileroEngine:
-    """The process-wide engine, made on first use."""
-    global _shared_engine
-    if _shared_engine is None:
-        _shared_engine = SileroEngine()
-    return _shared_engine
 
 
 class SileroVad:
@@ -456,12 +478,13 @@ def create_vad(
     engine: SileroEngine | None = None,
     on_window: WindowSink | None = None,
 ) -> VoiceDetector:
-    """The detector for ``option.type``: silero (on ``engine``, by default the shared one),
+    """The detector for ``option.type``: silero (on ``engine``, the gateway's shared one),
     webrtc or ten. Raises ``VadOptionError`` for a type or sample rate it cannot run."""
     kind = option.type.strip().lower()
     if kind == "silero":
-        shared = engine if engine is not None else shared_silero_engine()
-        return SileroVad(option, shared, on_event, on_window=on_window)
+        if engine is None:
+            raise VadOptionError("silero VAD is not available on this gateway", 501)
+        return SileroVad(option, engine, on_event, on_window=on_window)
     if kind == "webrtc":
         return WebRtcVad(option, on_event, on_window=on_window)
     if kind == "ten":

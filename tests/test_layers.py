@@ -42,3 +42,67 @@ def test_actors_take_no_locks():
         text = path.read_text()
         for lock in ("threading.Lock", "asyncio.Lock", "threading.RLock"):
             assert lock not in text, f"{path.relative_to(ROOT)} uses {lock}"
+
+
+def _intra_imports(room: str) -> dict[str, set[str]]:
+    """module -> the modules of the same room it imports (relative or absolute, TYPE_CHECKING too)."""
+    graph: dict[str, set[str]] = {}
+    for path in modules(room):
+        name = path.stem
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == 1 and node.module:
+                    deps.add(node.module.split(".")[0])
+                elif node.level == 1:
+                    deps.update(alias.name for alias in node.names)
+                elif node.module and node.module.startswith(room + "."):
+                    deps.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                deps.update(a.name.split(".")[1] for a in node.names if a.name.startswith(room + "."))
+        graph[name] = deps - {name}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                return stack[stack.index(dep):] + [dep]
+            if dep not in state:
+                found = visit(dep)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_no_import_circle_inside_actors():
+    graph = _intra_imports("actors")
+    graph.pop("__init__", None)
+    assert "call" in graph and "call_playback" in graph
+    assert _cycle(graph) is None, f"import circle: {' -> '.join(_cycle(graph) or [])}"
+
+
+def test_the_cycle_check_sees_a_circle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_transports_are_not_imported_by_protocol_nor_actors_and_the_call_has_no_leg_branch():
+    call = (ROOT / "actors" / "call.py").read_text()
+    for kind in ('"websocket"', '"sip"', '"webrtc"', "call_type =="):
+        assert kind not in call, f"actors/call.py branches on the call type ({kind})"

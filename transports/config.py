@@ -50,6 +50,10 @@ class SupervisionConfig:
     backoff_max: float = 5.0
     call_shutdown_timeout: float = 5.0  # per call, when the gateway drains
     child_shutdown_timeout: float = 2.0  # per child of a call
+    engine_restarts: int = 3            # an engine thread that dies is started again this often ...
+    engine_period: float = 30.0         # ... within this many seconds, then the engine host restarts
+    gateway_restarts: int = 3           # restarts of the gateway's own children within gateway_period,
+    gateway_period: float = 60.0        # past which the process exits (status 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,7 @@ class Config:
     recorder_root: str = "./var/recorders"
     dump_root: str = "./var/dumps"
     max_calls: int = 1000
+    accept_timeout: float = 50.0       # seconds an incoming call waits for `accept`/`reject` (then 408)
     log_level: str = "info"
     log_format: str = "console"
     handler: HandlerConfig = field(default_factory=HandlerConfig)

@@ -1,8 +1,20 @@
 """Assembles the gateway's supervision tree from its configuration.
 
-Gateway (rest_for_one): calls first, then the HTTP server that feeds them. If the CallSupervisor
-is restarted, the HTTP server restarts after it and picks up the new ref; stopping runs in reverse,
-so the gateway stops accepting before it drains its calls.
+```
+gateway (one_for_one)
+├── clock    MediaClockActor   the 20 ms ticker every track of the process runs on
+├── engines  EngineHostActor   engine threads: espeak-ng, pocketsphinx, silero (batched VAD)
+├── calls    CallSupervisor    one temporary child per call, behind max_calls
+└── http     HttpServer        the API WebSockets and REST
+```
+
+Start order is dependency order; stopping runs in reverse, so the gateway stops accepting before
+it drains its calls, and the calls are gone before the engines and the clock stop. Restarts are
+one for one: the clock object and the engine host outlive their actors (a restarted clock resumes
+ticking for the tracks registered on it, a restarted engine host starts engine threads again on
+their next job), and the HTTP server looks the current CallSupervisor up on every request, so no
+restart needs another child restarted with it. Everything the tree runs is under it: nothing is
+left for `Gateway.stop` but the media cache and the tree itself.
 """
 
 from __future__ import annotations
@@ -13,11 +25,11 @@ import structlog
 
 from actors import ActorDeadError, ActorRef, GetChild
 from actors.call_supervisor import CallSupervisor
-from actors.clock import MediaClock
-from actors.supervisor import ChildSpec, Restart, Strategy, Supervisor
-
-from actors.engines import EngineHost
+from actors.clock import MediaClock, MediaClockActor
+from actors.engines import EngineHost, EngineHostActor
 from actors.services import CallServices
+from actors.supervisor import ChildSpec, Restart, Strategy, Supervisor
+from actors.vad import SileroEngine, SileroModel
 
 from .config import Config
 from .http import GetAddress, HttpServer
@@ -30,6 +42,9 @@ from .wav_sink import open_recording
 
 log = structlog.get_logger("gateway")
 
+TREE = ("clock", "engines", "calls", "http")
+SILERO_ENGINE = "silero"
+
 
 @dataclass
 class Gateway:
@@ -41,20 +56,15 @@ class Gateway:
     media: MediaLoader
 
     async def stop(self) -> bool:
-        stopped = await self.ref.stop(timeout=self.config.supervision.call_shutdown_timeout + 5.0)
-        await release(self.clock, self.engines, self.media)
+        stopped = await self.ref.stop(timeout=self.config.supervision.call_shutdown_timeout + 10.0)
+        await self.media.close()
         return stopped
-
-
-async def release(clock: MediaClock, engines: EngineHost, media: MediaLoader) -> None:
-    """What outlives the supervision tree: the clock, the engine threads, the media cache."""
-    await media.close()
-    await engines.stop()
-    await clock.stop()
 
 
 def build_services(config: Config, engines: EngineHost, media: MediaLoader) -> CallServices:
     """The real providers, loaders and sinks every call uses, from the configuration."""
+    engines.register(SILERO_ENGINE, SileroModel)
+    silero = SileroEngine(runner=lambda batches: engines.submit(SILERO_ENGINE, "infer_all", batches))
     return CallServices(
         tts=espeak_factories(engines),
         default_tts="espeak",
@@ -66,38 +76,50 @@ def build_services(config: Config, engines: EngineHost, media: MediaLoader) -> C
             backoff_initial=config.supervision.backoff_initial, backoff_max=config.supervision.backoff_max),
         asr=pocketsphinx_factories(engines),
         default_asr="pocketsphinx",
+        silero=silero,
     )
 
 
+def gateway_children(config: Config, clock: MediaClock, engines: EngineHost, services: CallServices,
+                     current: dict[str, ActorRef]) -> list[ChildSpec]:
+    """The gateway's children, in start order (TREE)."""
+    sup = config.supervision
+
+    def started(id: str, ref: ActorRef) -> ActorRef:
+        current[id] = ref
+        return ref
+
+    return [
+        ChildSpec(id="clock", restart=Restart.PERMANENT, shutdown=2.0,
+                  start=lambda parent: started("clock", MediaClockActor.start(clock, parent=parent, name="clock"))),
+        ChildSpec(id="engines", restart=Restart.PERMANENT, shutdown=10.0,
+                  start=lambda parent: started("engines", EngineHostActor.start(engines, parent=parent,
+                                                                                name="engines"))),
+        ChildSpec(id="calls", restart=Restart.PERMANENT, shutdown=sup.call_shutdown_timeout + 1.0,
+                  start=lambda parent: started("calls", CallSupervisor.start(config.max_calls, parent=parent,
+                                                                             name="calls"))),
+        ChildSpec(id="http", restart=Restart.PERMANENT, shutdown=sup.call_shutdown_timeout + 2.0,
+                  start=lambda parent: started("http", HttpServer.start(config, lambda: current["calls"], clock,
+                                                                        services, parent=parent, name="http"))),
+    ]
+
+
 async def start_gateway(config: Config) -> Gateway:
+    sup = config.supervision
     clock = MediaClock(ptime_ms=20)
-    engines = EngineHost()
+    engines = EngineHost(restart_intensity=sup.engine_restarts, restart_period=sup.engine_period)
     media = MediaLoader(config.media_root)
     services = build_services(config, engines, media)
     current: dict[str, ActorRef] = {}
-
-    def start_calls(parent: ActorRef) -> ActorRef:
-        ref = CallSupervisor.start(config.max_calls, parent=parent, name="calls")
-        current["calls"] = ref
-        return ref
-
-    def start_http(parent: ActorRef) -> ActorRef:
-        ref = HttpServer.start(config, lambda: current["calls"], clock, services, parent=parent, name="http")
-        current["http"] = ref
-        return ref
-
-    children = [
-        ChildSpec(id="calls", start=start_calls, restart=Restart.PERMANENT,
-                  shutdown=config.supervision.call_shutdown_timeout + 1.0),
-        ChildSpec(id="http", start=start_http, restart=Restart.PERMANENT, shutdown=5.0),
-    ]
-    ref = Supervisor.start(children, strategy=Strategy.REST_FOR_ONE, intensity=3, period=60.0, name="gateway")
+    children = gateway_children(config, clock, engines, services, current)
+    ref = Supervisor.start(children, strategy=Strategy.ONE_FOR_ONE, intensity=sup.gateway_restarts,
+                           period=sup.gateway_period, name="gateway")
     try:
         http = await ref.ask(GetChild("http"), timeout=10.0)
         address = await http.ask(GetAddress(), timeout=10.0)
     except (ActorDeadError, TimeoutError) as exc:
         await ref.stop(timeout=5.0)
-        await release(clock, engines, media)
+        await media.close()
         raise GatewayStartError(f"HTTP server did not start on {config.http_addr}: "
                                 f"{HttpServer.start_error or exc!r}") from None
     return Gateway(config=config, ref=ref, clock=clock, http_address=address, engines=engines, media=media)

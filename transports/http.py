@@ -30,14 +30,26 @@ from actors.call_supervisor import (
     StartCall,
 )
 from actors.clock import MediaClock
-from actors.messages import BadCommand, CallInfo, ClientCommand, ClientGone, Describe, Kill, UrgentCommand
+from actors.leg import LegContext, LegFactory
+from actors.messages import (
+    AppConnection,
+    Attach,
+    AttachRefused,
+    BadCommand,
+    CallInfo,
+    ClientCommand,
+    Describe,
+    Detach,
+    Kill,
+    UrgentCommand,
+)
 from actors.pipes import AudioPipe
 from actors.services import CallServices
 from actors.supervisor import Backoff
-from actors.track import LegIO
 from protocol import api
 
 from .config import Config
+from .ws_leg import UnavailableLeg, WebSocketLeg
 from .ws_session import EventDump, Outbox, session_id_ok
 
 log = structlog.get_logger("http")
@@ -60,7 +72,8 @@ def call_settings(config: Config, server_side_track: str) -> CallSettings:
     sup = config.supervision
     return CallSettings(server_side_track=server_side_track, child_shutdown_timeout=sup.child_shutdown_timeout,
                         provider_restarts=sup.provider_restarts, provider_period=sup.provider_period,
-                        backoff=Backoff(initial=sup.backoff_initial, factor=2.0, maximum=sup.backoff_max))
+                        backoff=Backoff(initial=sup.backoff_initial, factor=2.0, maximum=sup.backoff_max),
+                        accept_timeout=config.accept_timeout)
 
 
 class BadParams(Exception):
@@ -144,14 +157,14 @@ class CallRouter:
 
     async def list_calls(self, request: web.Request) -> web.Response:
         calls = [
-            {"id": i.id, "call_type": CALL_TYPE_WIRE[i.call_type], "created_at": i.created_at, "option": i.option}
+            {"id": i.id, "call_type": CALL_TYPE_WIRE.get(i.call_type, i.call_type), "created_at": i.created_at, "option": i.option}
             for i in await self._describe_all()
         ]
         return web.json_response({"calls": calls})
 
     async def list_calls_original(self, request: web.Request) -> web.Response:
         calls = [
-            {"id": i.id, "callType": CALL_TYPE_WIRE[i.call_type], "cs.option": i.option,
+            {"id": i.id, "callType": CALL_TYPE_WIRE.get(i.call_type, i.call_type), "cs.option": i.option,
              "ringTime": None, "startTime": i.created_at}
             for i in await self._describe_all()
         ]
@@ -234,22 +247,31 @@ class CallRouter:
                 dump.event(text)
             outbox.event(text)
 
-        leg = None
+        inbound: AudioPipe[bytes] | None = None
+        leg: LegFactory
         if call_type == "websocket":
-            leg = LegIO(inbound=AudioPipe(50, name=f"{sid}.ws-in"), send=outbox.audio)
+            pipe = inbound = AudioPipe(50, name=f"{sid}.ws-in")
+
+            def leg(context: LegContext) -> WebSocketLeg:
+                return WebSocketLeg(context, pipe, outbox.audio)
+        else:
+            def leg(context: LegContext) -> UnavailableLeg:
+                return UnavailableLeg(context, call_type)
         settings = call_settings(self.config, params.server_side_track)
 
         def start(parent: ActorRef) -> ActorRef:
-            return Call.start(sid, call_type, emit=emit, close=outbox.close, clock=self.clock, leg=leg,
-                              settings=settings, services=self.services, parent=parent, name=f"call:{sid}")
+            return Call.start(sid, leg=leg, clock=self.clock, settings=settings, services=self.services,
+                              parent=parent, name=f"call:{sid}")
 
         call: ActorRef | None = None
         ping_task: asyncio.Task[None] | None = None
         try:
             try:
                 call = await self.calls().ask(StartCall(sid, start), timeout=5.0)
-            except (AdmissionRefused, DuplicateSession, CallStartFailed, ActorDeadError, TimeoutError) as exc:
-                if isinstance(exc, DuplicateSession):
+                await call.ask(Attach(AppConnection(emit=emit, close=outbox.close)), timeout=5.0)
+            except (AdmissionRefused, DuplicateSession, CallStartFailed, AttachRefused, ActorDeadError,
+                    TimeoutError) as exc:
+                if isinstance(exc, (DuplicateSession, AttachRefused)):
                     code, close_code, reason = 409, 1008, str(exc)
                 elif isinstance(exc, AdmissionRefused):
                     code, close_code, reason = 503, 1013, str(exc)
@@ -267,13 +289,13 @@ class CallRouter:
             call.add_watcher(lambda _exit: outbox.close())
             if params.ping_interval > 0:
                 ping_task = asyncio.create_task(self._ping(emit, params.ping_interval))
-            await self._read(ws, call, leg, dump, clog)
+            await self._read(ws, call, inbound, dump, clog)
         finally:
             if ping_task is not None:
                 ping_task.cancel()
             if call is not None and call.is_alive():
                 try:
-                    call.tell(ClientGone())
+                    call.tell(Detach())
                 except ActorDeadError:
                     pass
                 try:
@@ -287,7 +309,7 @@ class CallRouter:
                 dump.close()
         return ws
 
-    async def _read(self, ws: web.WebSocketResponse, call: ActorRef, leg: LegIO | None,
+    async def _read(self, ws: web.WebSocketResponse, call: ActorRef, inbound: AudioPipe[bytes] | None,
                     dump: EventDump | None, clog: structlog.typing.FilteringBoundLogger) -> None:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
@@ -304,8 +326,8 @@ class CallRouter:
                 except ActorDeadError:
                     break
             elif msg.type == WSMsgType.BINARY:
-                if leg is not None:
-                    leg.inbound.push(msg.data)
+                if inbound is not None:
+                    inbound.push(msg.data)
             elif msg.type == WSMsgType.ERROR:
                 clog.info("websocket error", error=repr(ws.exception()))
                 break

@@ -52,7 +52,7 @@ async def serve(config: Config) -> int:
     await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
     if waiter.done():
         log.error("gateway supervisor gave up; exiting")
-        await gateway.clock.stop()
+        await gateway.media.close()
         return 1
     log.info("shutting down: draining calls")
     stopper.cancel()

@@ -14,7 +14,8 @@ from actors.engines import EngineHost
 from actors.messages import ClientCommand
 from actors.services import CallServices, ProviderError
 from actors.supervisor import Backoff, GetRestartCounts
-from actors.track import LegIO
+from actors.messages import AppConnection
+from transports.ws_leg import WebSocketLeg
 from protocol import api
 from transports.providers.espeak import make_espeak_factory
 
@@ -55,12 +56,13 @@ async def start_call(engines, failures: int, restarts: int = 3):
     services = CallServices(tts={"flaky": lambda option: Failing(espeak(option), state)}, default_tts="flaky")
     clock = MediaClock()
     sent: list[bytes] = []
-    leg = LegIO(inbound=AudioPipe(50), send=sent.append)
+    inbound = AudioPipe(50)
     settings = CallSettings(backoff=Backoff(initial=0.05, factor=2.0, maximum=0.2), provider_restarts=restarts)
     sup = CallSupervisor.start(10)
     call = await sup.ask(StartCall("c1", lambda parent: Call.start(
-        "c1", "websocket", emit=events.append, close=lambda: None, clock=clock, leg=leg,
-        settings=settings, services=services, parent=parent)), timeout=2)
+        "c1", leg=lambda context: WebSocketLeg(context, inbound, sent.append), clock=clock,
+        settings=settings, services=services, app=AppConnection(events.append, lambda: None),
+        parent=parent)), timeout=2)
     call.tell(ClientCommand(api.Invite(option=api.CallOption(codec="pcm"))))
     return sup, call, events, clock
 

@@ -337,23 +337,57 @@ async def test_names_must_be_registered_and_unambiguous():
         EngineHost(max_in_flight=0)
 
 
-async def test_an_engine_whose_thread_died_is_started_again_on_next_use():
-    class Fragile:
-        def ok(self):
-            return threading.current_thread().name
+class Fragile:
+    def ok(self):
+        return threading.current_thread().name
 
-        def die(self):
-            raise SystemExit("engine thread dies")  # a BaseException: gets past the job guard
+    def die(self):
+        raise SystemExit("engine thread dies")  # a BaseException: gets past the job guard
 
+
+async def test_an_engine_whose_thread_died_is_started_again():
     async with EngineHost() as host:
         host.register("fragile", Fragile)
         first = await host.call("fragile", "ok")
         with pytest.raises(EngineStopped, match="died"):
             await asyncio.wait_for(host.call("fragile", "die"), 2.0)
-        for _ in range(100):
-            if not host.is_running("fragile"):
-                break
-            await asyncio.sleep(0.01)
-        assert not host.is_running("fragile")
+        await wait_for(lambda: host.restarts.get("fragile") == 1)
         assert await host.call("fragile", "ok") == first  # same engine name, a fresh thread
         assert host.is_running("fragile")
+
+
+async def test_an_engine_thread_killed_past_the_intensity_limit_is_given_up():
+    gave_up: list[tuple[str, str]] = []
+    async with EngineHost(restart_intensity=2, restart_period=30.0) as host:
+        host.on_gave_up = lambda name, why: gave_up.append((name, why))
+        host.register("fragile", Fragile)
+        for kill in range(3):
+            await host.call("fragile", "ok")
+            with pytest.raises(EngineStopped):
+                await asyncio.wait_for(host.call("fragile", "die"), 2.0)
+            await wait_for(lambda: kill < 2 and host.restarts.get("fragile") == kill + 1 or bool(gave_up))
+        assert host.restarts["fragile"] == 2
+        assert gave_up == [("fragile", "its thread died 3 times within 30 s")]
+        with pytest.raises(EngineStopped, match="gave up: its thread died 3 times"):
+            await host.call("fragile", "ok")
+        host.open()                                  # a restarted owner starts from a clean record
+        assert await host.call("fragile", "ok") == "engine-fragile"
+
+
+async def test_deaths_older_than_the_period_do_not_count():
+    async with EngineHost(restart_intensity=1, restart_period=0.2) as host:
+        host.register("fragile", Fragile)
+        for kill in range(3):
+            with pytest.raises(EngineStopped):
+                await asyncio.wait_for(host.call("fragile", "die"), 2.0)
+            await wait_for(lambda: host.restarts.get("fragile") == kill + 1)
+            await asyncio.sleep(0.25)                # outside the period before the next death
+        assert host.given_up("fragile") is None
+
+
+async def test_submit_runs_a_job_as_a_future():
+    host, made = bench_host()
+    try:
+        assert await host.submit("bench", "add", 2, 3) == 5
+    finally:
+        await host.stop()

@@ -16,7 +16,6 @@ from actors.vad import (
     VadOptionError,
     WebRtcVad,
     create_vad,
-    shared_silero_engine,
     webrtc_mode,
 )
 from protocol.api import VADOption
@@ -238,14 +237,15 @@ def test_frames_may_be_reused_by_the_caller_before_the_flush():
     assert np.allclose(a_probs, b_probs, atol=1e-4)
 
 
-def test_one_shared_session_with_one_thread():
-    engine = shared_silero_engine()
-    assert shared_silero_engine() is engine
+def test_one_session_with_one_thread_and_no_silero_without_an_engine():
+    engine = SileroEngine()
     options = engine.session.get_session_options()
     assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
-    vad = create_vad(VADOption(), lambda e: None)
+    vad = create_vad(VADOption(), lambda e: None, engine=engine)
     assert isinstance(vad, SileroVad) and vad.engine is engine
     vad.close()
+    with pytest.raises(VadOptionError, match="silero VAD is not available on this gateway"):
+        create_vad(VADOption(), lambda e: None)
 
 
 def test_unknown_vad_type_is_a_clear_error():
@@ -284,35 +284,40 @@ def test_frames_must_be_int16():
         vad.push(np.zeros(320, dtype=np.float32), 0.0)
 
 
-async def test_off_loop_flush_gives_the_same_probabilities_and_keeps_windows_in_order():
+async def test_flush_on_an_engine_thread_gives_the_same_probabilities_and_keeps_windows_in_order():
     import asyncio
     import threading
 
+    from actors.engines import EngineHost
+    from actors.vad import SileroModel
+
     signals = call_signals(16000, 4)
     reference = run_calls(SileroEngine(), signals, 16000)
-    engine = SileroEngine()
-    probs: list[list[float]] = [[] for _ in signals]
     threads: set[str] = set()
-    infer = engine.infer
 
-    def spy(batch):
-        threads.add(threading.current_thread().name)
-        infer(batch)
+    class SpiedModel(SileroModel):
+        def infer(self, batch):
+            threads.add(threading.current_thread().name)
+            super().infer(batch)
 
-    engine.infer = spy
-    vads = [SileroVad(VADOption(), engine, lambda e: None, on_window=lambda s, d, p, i=i: probs[i].append(p))
-            for i in range(len(signals))]
-    ticks = min(len(s) for s in signals) // 320
-    for tick in range(ticks):
-        for vad, signal in zip(vads, signals):
-            vad.push(signal[tick * 320:(tick + 1) * 320], tick * 20.0)
-        while not engine.start_flush():   # a round still in flight: wait for it, as the next tick would
+    async with EngineHost() as host:
+        host.register("silero", SpiedModel)
+        engine = SileroEngine(runner=lambda batches: host.submit("silero", "infer_all", batches))
+        probs: list[list[float]] = [[] for _ in signals]
+        vads = [SileroVad(VADOption(), engine, lambda e: None, on_window=lambda s, d, p, i=i: probs[i].append(p))
+                for i in range(len(signals))]
+        ticks = min(len(s) for s in signals) // 320
+        for tick in range(ticks):
+            for vad, signal in zip(vads, signals):
+                vad.push(signal[tick * 320:(tick + 1) * 320], tick * 20.0)
+            while not engine.start_flush():   # a round still in flight: wait for it, as the next tick would
+                await asyncio.sleep(0.001)
+        while len(engine) or engine._in_flight is not None:
+            if engine._in_flight is None:
+                engine.start_flush()
             await asyncio.sleep(0.001)
-    while len(engine) or engine._in_flight is not None:
-        if engine._in_flight is None:
-            engine.start_flush()
-        await asyncio.sleep(0.001)
     got = np.array(probs)
     assert got.shape == reference.shape
     assert np.max(np.abs(got - reference)) < 1e-4
-    assert threads and all(name.startswith("silero") for name in threads)
+    assert threads == {"engine-silero"}
+    assert engine.failed_batches == 0 and engine.lost_windows == 0

@@ -38,7 +38,7 @@ import structlog
 
 from protocol import api
 from protocol.errors import ProtocolError
-from protocol.callstate import CallInput, CallStateMachine, Direction, InvalidTransition, command_input
+from protocol.callstate import CallInput, CallStateMachine, Direction, InvalidTransition, attendee, command_input
 
 from .call_bridge import Bridges
 from .call_context import ChildUnavailable
@@ -79,7 +79,7 @@ from .messages import (
     SetMute,
     UrgentCommand,
 )
-from .playout import PlayItem
+from .playout import PlayFeed, PlaySpec
 from .recorder import Recorder, segment_opener
 from .ref import ActorDeadError, ActorRef, ChildExited
 from .services import CallServices
@@ -89,6 +89,7 @@ from .track import Mix, Subscribe, Track
 __all__ = ["Call", "CallSettings", "iso8601", "now_ms"]
 
 I = CallInput
+MEDIA_PASS_AHEAD = 16000                # samples (1 s at the media rate) a mediaPass peer may run ahead
 
 # A call's children, declared here and nowhere else: id -> restart type. The track is the call's
 # media (never restarted: losing it ends the call, media_failure); the services restart with
@@ -119,6 +120,7 @@ class CallSettings:
     accept_timeout: float = 50.0        # an incoming call nobody accepts is answered 408
     detached_backlog: int = 256         # events kept for an application that has not attached yet
     leg_timeout: float = 5.0            # how long one leg operation (dial, answer, BYE) may take
+    playback_buffer_seconds: float = 300.0  # synthesised audio a tts may hold ahead of playback
 
 
 class Call(Supervisor):
@@ -158,6 +160,7 @@ class Call(Supervisor):
         self._leg_done = False
         self._hangup_headers: Mapping[str, str] | None = None
         self._pending_input: CallInput | None = None
+        self._silenced = False          # set once the hangup event is out
         # The leg's synchronisation source, reported in trackEnd (and used as the RTP SSRC on RTP legs).
         self.ssrc = secrets.randbits(32)
         self.playback = Playback(self)
@@ -215,6 +218,7 @@ class Call(Supervisor):
         await self._release()
         await super().on_stop()
         await self._close_leg()
+        self._close_app()
         self.log.info("call stopped")
 
     async def on_failure(self, error: BaseException) -> None:
@@ -224,10 +228,10 @@ class Call(Supervisor):
                 self.emit_error("call", f"internal error: {error}", 500)
                 self._end("internal_error", "system", I.KILL)
         finally:
-            self._close_app()
             await self._release()
             await super().on_failure(error)
             await self._close_leg()
+            self._close_app()
 
     async def _release(self) -> None:
         """Stop what runs beside the children: media loads, the media pass, the VAD; hang the leg up."""
@@ -575,7 +579,8 @@ class Call(Supervisor):
             self.refuse("mediaPass", "mediaPass: not configured on this gateway", 501)
             return
         tap = await self.ask_child("track", Subscribe("mediaPass", "in", capacity=50))
-        item = PlayItem("mediaPass", "pass")
+        # A live source: past a second ahead of playback its oldest audio goes (counted in the feed).
+        feed = PlayFeed(MEDIA_PASS_AHEAD, live=True)
         ref = self.actor_ref
 
         def on_error(text: str) -> None:
@@ -583,11 +588,11 @@ class Call(Supervisor):
                 ref.tell(ServiceError("mediaPass", text, 502))
 
         try:
-            link = self.services.media_pass(option, tap, item, on_error)
+            link = self.services.media_pass(option, tap, feed, on_error)
         except (ProtocolError, ValueError) as exc:
             self.refuse("mediaPass", f"mediaPass: {exc}", 400)
             return
-        await self.ask_child("track", Mix(item))
+        await self.ask_child("track", Mix(PlaySpec(0, "mediaPass", "pass"), feed))
         link.start()
         self._media_pass = link
 
@@ -654,6 +659,7 @@ class Call(Supervisor):
             self.machine.process(I.KILL)
         self._end_reason = reason
         self.disarm("accept")
+        self.playback.end_all()
         hangup_at = time.time()
         ts = int(hangup_at * 1000)
         if self.track_started_at is not None:
@@ -668,9 +674,20 @@ class Call(Supervisor):
             hangup_time=iso8601(hangup_at),
             answer_time=iso8601(self.answer_at) if self.answer_at is not None else None,
             ringing_time=iso8601(self.ringing_at) if self.ringing_at is not None else None,
+            from_=attendee(self._party("caller")),
+            to=attendee(self._party("callee")),
         ))
+        # Nothing follows the hangup; the connection closes once the call has let go of everything
+        # (leg, children, recording), so that the session id is free when the client sees the close.
+        self._silenced = True
         self.log.info("call ended", reason=reason, initiator=initiator)
-        self._close_app()
+
+    def _party(self, which: str) -> str | None:
+        if self.option is not None and getattr(self.option, which):
+            return getattr(self.option, which)
+        if self.offer is not None:
+            return getattr(self.offer, which)
+        return None
 
     def _close_app(self) -> None:
         app, self._app = self._app, None
@@ -680,6 +697,9 @@ class Call(Supervisor):
     # --- helpers for the call and its parts --------------------------------------------------
 
     def emit(self, event: Any) -> None:
+        if self._silenced:
+            self.log.debug("event after hangup not sent", event_type=type(event).__name__)
+            return
         if self._app is not None:
             self._app.emit(event)
         elif not self.ended:

@@ -16,7 +16,7 @@ from typing import ClassVar
 from .call_context import CallContext
 from .call_messages import BridgeFailed, BridgeGone, BridgeMade, BridgeOffer
 from .call_supervisor import GetCall
-from .playout import PipeItem, PlayItem
+from .playout import PlaySpec
 from .ref import ActorDeadError, ActorRef
 from .track import Mix, Subscribe, Unsubscribe
 
@@ -25,8 +25,8 @@ from .track import Mix, Subscribe, Unsubscribe
 class _Bridge:
     call: ActorRef
     track: ActorRef          # the peer's track
-    in_peer: PlayItem        # my caller, mixed into the peer's track
-    in_mine: PlayItem        # the peer's caller, mixed into my track
+    in_peer: PlaySpec        # my caller, mixed into the peer's track
+    in_mine: PlaySpec        # the peer's caller, mixed into my track
 
 
 class Bridges:
@@ -84,7 +84,7 @@ class Bridges:
                                                 (track, bridge.in_mine, bridge.track, f"bridge:{call.session_id}")):
                 try:
                     if owner is not None:
-                        await owner.ask(Mix(item, add=False), timeout=1.0)
+                        await owner.ask(Mix(item, None), timeout=1.0)
                     if tap_owner is not None:
                         await tap_owner.ask(Unsubscribe(tap, "in"), timeout=1.0)
                 except (ActorDeadError, TimeoutError):
@@ -105,13 +105,13 @@ class Bridges:
             mine = await track.ask(Subscribe(f"bridge:{offer.call_id}", "in", capacity=10), timeout=1.0)
         except (ActorDeadError, TimeoutError):
             return
-        to_them = PipeItem(call.session_id, mine)        # my caller, heard by theirs
-        to_me = PipeItem(offer.call_id, theirs)          # their caller, heard by mine
+        to_them = PlaySpec(0, f"bridge:{call.session_id}", "bridge")   # my caller, heard by theirs
+        to_me = PlaySpec(0, f"bridge:{offer.call_id}", "bridge")       # their caller, heard by mine
         try:
-            await offer.track.ask(Mix(to_them), timeout=1.0)
+            await offer.track.ask(Mix(to_them, mine), timeout=1.0)
         except (ActorDeadError, TimeoutError):
             return
-        await call.ask_child("track", Mix(to_me))
+        await call.ask_child("track", Mix(to_me, theirs))
         self._bridges[offer.call_id] = _Bridge(offer.call, offer.track, in_peer=to_them, in_mine=to_me)
         _tell(offer.call, BridgeMade(call.session_id, call.actor_ref, track, in_peer=to_me, in_mine=to_them))
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .playout import PlayItem
+from .playout import PlaySpec
 from .ref import ActorRef
 
 
@@ -34,8 +34,8 @@ class BridgeMade:
     call_id: str
     call: ActorRef
     track: ActorRef
-    in_peer: PlayItem
-    in_mine: PlayItem
+    in_peer: PlaySpec
+    in_mine: PlaySpec
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,12 @@
 """What a Call plays to its caller: `tts`, `play`, `interrupt`, `pause`/`resume`, and the events of
 playback (trackStart/trackEnd, autoHangup, the start of a waitInputTimeout).
 
-Part of the Call actor: it runs in the Call's task and holds what is queued, playing and loading;
-the Track plays the items, the Tts child fills them.
+Part of the Call actor: it runs in the Call's task and keeps a record of every playback from its
+command to its end. The Track plays the items and reports their start and end; producers (the
+Tts child, the file loads) fill them through their feeds. Every playback that got past the state
+check ends with exactly one `trackEnd`: when it is played out or cut, when it is refused (an
+unknown provider, bad base64: after the `error`), and, for whatever is still open, when the call
+ends (before its `hangup`).
 """
 
 from __future__ import annotations
@@ -10,17 +14,32 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import itertools
+import sys
+import time
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from protocol import api
+from protocol.codecs import MEDIA_RATE
 
 from .call_context import CallContext
 from .call_messages import PlayFailed, WaitInputExpired, now_ms
-from .playout import PlaybackEvent, PlayItem
+from .playout import ItemReport, PlaybackEvent, PlayFeed, PlaySpec
 from .ref import ActorRef
 from .services import MediaLoadError, SynthRequest
 from .track import Enqueue, InterruptPlayback, SetPaused
 from .tts import CancelSynthesis, Synthesize, Tts, TtsFailed, TtsMetric
+
+
+@dataclass(slots=True)
+class _Record:
+    """One playback from its command to its trackEnd."""
+
+    spec: PlaySpec
+    feed: PlayFeed
+    auto_hangup: bool
+    wait_input_timeout: float | None
 
 
 class Playback:
@@ -28,10 +47,11 @@ class Playback:
 
     def __init__(self, call: CallContext) -> None:
         self.call = call
-        self._playing: dict[int, PlayItem] = {}      # id(item) -> item, queued or playing
-        self._streams: dict[str | None, PlayItem] = {}  # open streaming tts items by playId
+        self._records: dict[int, _Record] = {}            # token -> an open playback
+        self._streams: dict[str | None, _Record] = {}     # open streaming tts by playId
         self._current_tts_play_id: str | None = None
         self._loads: set[asyncio.Task[None]] = set()
+        self._tokens = itertools.count(1)
 
     async def receive(self, message: object) -> None:
         call = self.call
@@ -52,36 +72,38 @@ class Playback:
 
     async def tts(self, cmd: api.Tts) -> None:
         call = self.call
-        track = call.need_track("tts")
-        if track is None:
+        if call.need_track("tts") is None:
             return
         call_option = call.option.tts if call.option is not None else None
         option = api.merge_options(call_option, cmd.option) or api.SynthesisOption()
+        stream = self._streams.get(cmd.play_id) if cmd.streaming else None
         provider = "base64" if cmd.base64 else self._tts_provider(option)
-        if provider is None:
-            return
         raw = None
-        if cmd.base64:
+        if provider is not None and cmd.base64:
             try:
                 raw = base64.b64decode(cmd.text, validate=True)
             except (binascii.Error, ValueError) as exc:
                 call.refuse("tts", f"tts: text is not valid base64: {exc}", 400)
-                return
+                provider = None
+        if provider is None:
+            # Refused: the playback still ends, so a bot waiting for its trackEnd is not left hanging.
+            if stream is None:
+                self._end_unplayed(cmd.play_id, "tts")
+            return
         play_id = cmd.play_id
-        item = self._streams.get(play_id) if cmd.streaming else None
-        if item is None:
+        if stream is None:
             if play_id is not None and play_id != self._current_tts_play_id and self._tts_active():
                 await self.interrupt(graceful=False)
-            item = PlayItem(play_id, "tts", text="" if cmd.base64 else cmd.text, auto_hangup=cmd.auto_hangup,
-                            wait_input_timeout=cmd.wait_input_timeout)
-            self._playing[id(item)] = item
+            stream = self._open(play_id, "tts", auto_hangup=cmd.auto_hangup,
+                                wait_input_timeout=cmd.wait_input_timeout,
+                                feed=PlayFeed(self._feed_capacity(), text="" if cmd.base64 else cmd.text.strip()))
             if cmd.streaming:
-                self._streams[play_id] = item
-            await call.ask_child("track", Enqueue(item))
+                self._streams[play_id] = stream
+            await call.ask_child("track", Enqueue(stream.spec, stream.feed))
         else:
             if not cmd.base64:
-                item.append_text(cmd.text)
-            item.auto_hangup = item.auto_hangup or cmd.auto_hangup
+                stream.feed.append_text(cmd.text)
+            stream.auto_hangup = stream.auto_hangup or cmd.auto_hangup
         if cmd.streaming and cmd.end_of_stream:
             self._streams.pop(play_id, None)
         self._current_tts_play_id = play_id
@@ -90,26 +112,29 @@ class Playback:
                                options=option.extra or {})
         tts = await self._tts_actor()
         if tts is None:
-            item.finish(error="tts unavailable")
+            stream.feed.finish(error="tts unavailable")
             return
-        tts.tell(Synthesize(item, request, provider, streaming=cmd.streaming, end_of_stream=cmd.end_of_stream,
-                            max_concurrent=option.max_concurrent_tasks or 1, base64_pcm=raw))
+        tts.tell(Synthesize(stream.feed, play_id, request, provider, streaming=cmd.streaming,
+                            end_of_stream=cmd.end_of_stream, max_concurrent=option.max_concurrent_tasks or 1,
+                            base64_pcm=raw))
 
     async def play(self, cmd: api.Play) -> None:
         call = self.call
-        track = call.need_track("play")
-        if track is None:
+        if call.need_track("play") is None:
             return
         if call.services.load_media is None:
             call.refuse("play", "play: media loading is not configured", 501)
+            self._end_unplayed(cmd.url, "play")
             return
-        item = PlayItem(cmd.url, "play", auto_hangup=cmd.auto_hangup, wait_input_timeout=cmd.wait_input_timeout)
-        self._playing[id(item)] = item
-        # `play` replaces whatever plays now, as the original replaces its server-side track.
-        cut = await call.ask_child("track", Enqueue(item, replace=True))
-        await self._after_cut(cut, graceful=False)
+        # A clip is decoded whole by the loader, which bounds its size; the feed adds no bound.
+        record = self._open(cmd.url, "play", auto_hangup=cmd.auto_hangup, wait_input_timeout=cmd.wait_input_timeout,
+                            feed=PlayFeed(sys.maxsize))
+        # `play` replaces whatever plays now, as the original replaces its server-side track; that
+        # is not an interruption of the caller's making, so no `interruption` event.
+        cut = await call.ask_child("track", Enqueue(record.spec, record.feed, replace=True))
+        self._after_cut(cut, graceful=False, announce=False)
         load = call.services.load_media
-        task = asyncio.get_running_loop().create_task(self._load(load, cmd.url, item), name="play-load")
+        task = asyncio.get_running_loop().create_task(self._load(load, cmd.url, record.feed), name="play-load")
         self._loads.add(task)
         task.add_done_callback(self._loads.discard)
 
@@ -117,7 +142,7 @@ class Playback:
         if self.call.child("track") is None:
             return
         cut = await self.call.ask_child("track", InterruptPlayback(graceful))
-        await self._after_cut(cut, graceful)
+        self._after_cut(cut, graceful, announce=True)
 
     async def pause(self, cmd: api.Pause | api.Resume) -> None:
         if self.call.need_track(cmd.command) is not None:
@@ -128,6 +153,35 @@ class Playback:
             task.cancel()
         if self._loads:
             await asyncio.gather(*self._loads, return_exceptions=True)
+
+    def end_all(self) -> None:
+        """The call is ending: every playback still open ends now, before the hangup."""
+        at = time.time()
+        for record in list(self._records.values()):
+            record.feed.close()
+            self._emit_end(record, at, record.feed.taken * 1000 // MEDIA_RATE)
+        self._records.clear()
+        self._streams.clear()
+
+    # --- records ------------------------------------------------------------------------------
+
+    def _open(self, play_id: str | None, kind: str, *, auto_hangup: bool, wait_input_timeout: float | None,
+              feed: PlayFeed) -> _Record:
+        record = _Record(PlaySpec(next(self._tokens), play_id, kind), feed, auto_hangup, wait_input_timeout)
+        self._records[record.spec.token] = record
+        return record
+
+    def _end_unplayed(self, play_id: str | None, kind: str) -> None:
+        record = _Record(PlaySpec(next(self._tokens), play_id, kind), PlayFeed(1), False, None)
+        self._emit_end(record, time.time(), 0)
+
+    def _emit_end(self, record: _Record, at: float, played_ms: int) -> None:
+        call = self.call
+        call.emit(api.TrackEndEvent(track_id=call.settings.server_side_track, timestamp=int(at * 1000),
+                                    duration=played_ms, ssrc=call.ssrc, play_id=record.spec.play_id))
+
+    def _feed_capacity(self) -> int:
+        return int(self.call.settings.playback_buffer_seconds * MEDIA_RATE)
 
     # --- tts --------------------------------------------------------------------------------
 
@@ -158,53 +212,58 @@ class Playback:
                                      session_id=session_id, parent=parent, name="tts"))
 
     def _tts_active(self) -> bool:
-        return any(item.kind == "tts" for item in self._playing.values())
+        return any(record.spec.kind == "tts" for record in self._records.values())
 
     # --- play -------------------------------------------------------------------------------
 
-    async def _load(self, load: Any, url: str, item: PlayItem) -> None:
+    async def _load(self, load: Any, url: str, feed: PlayFeed) -> None:
         try:
             clip = await load(url)
         except MediaLoadError as exc:
-            item.finish(error=str(exc))
+            feed.finish(error=str(exc))
             self.call.actor_ref.tell(PlayFailed(url, str(exc), exc.code))
             return
         except Exception as exc:  # noqa: BLE001 - a loader bug is this play's error, not the call's
-            item.finish(error=repr(exc))
+            feed.finish(error=repr(exc))
             self.call.actor_ref.tell(PlayFailed(url, f"cannot play: {exc!r}", 500))
             return
-        item.append(clip.pcm)
-        item.finish()
+        feed.push(clip.pcm)
+        feed.finish()
 
     # --- what the track reports -------------------------------------------------------------
 
-    async def _after_cut(self, cut: list[PlayItem], graceful: bool) -> None:
+    def _after_cut(self, cut: tuple[ItemReport, ...], graceful: bool, *, announce: bool) -> None:
         call = self.call
         self._streams.clear()
         tts = call.child("tts")
         if tts is not None and any(item.kind == "tts" for item in cut):
             tts.tell(CancelSynthesis())
         current = cut[0] if cut else None
-        if current is not None and current.kind == "tts" and current.cut_unfinished:
+        if announce and current is not None and current.kind == "tts" and current.cut_unfinished:
             call.emit(api.InterruptionEvent(
                 track_id=call.settings.server_side_track, timestamp=now_ms(), play_id=current.play_id,
-                subtitle=current.text or None, position=current.word_position(),
+                subtitle=current.text or None, position=current.position,
                 total_duration=current.total_ms, current=current.played_ms))
 
     def _playback(self, ev: PlaybackEvent) -> None:
         call = self.call
-        item = ev.item
-        track_id = call.settings.server_side_track
+        report = ev.item
+        record = self._records.get(report.token)
+        if record is None:
+            return  # ended already (the call is ending)
         if ev.kind == "started":
             call.caller_input()  # a new playback restarts the wait for input
-            call.emit(api.TrackStartEvent(track_id=track_id, timestamp=int(ev.at * 1000), play_id=item.play_id))
+            call.emit(api.TrackStartEvent(track_id=call.settings.server_side_track, timestamp=int(ev.at * 1000),
+                                          play_id=report.play_id))
             return
-        self._playing.pop(id(item), None)
-        call.emit(api.TrackEndEvent(track_id=track_id, timestamp=int(ev.at * 1000), duration=item.played_ms,
-                                    ssrc=call.ssrc, play_id=item.play_id))
-        if item.auto_hangup and not ev.interrupted and not call.ended:
+        del self._records[report.token]
+        if record.feed.overflowed:
+            call.emit_error(report.kind, f"{report.kind}: {record.feed.failed}", 413,
+                            track_id=call.settings.server_side_track)
+        self._emit_end(record, ev.at, report.played_ms)
+        if record.auto_hangup and not ev.interrupted and not call.ended:
             call.hangup("autohangup", "system")
-        elif item.wait_input_timeout and not ev.interrupted and not call.ended:
+        elif record.wait_input_timeout and not ev.interrupted and not call.ended:
             ended = int(ev.at * 1000)
-            call.arm("wait_input", item.wait_input_timeout,
-                     WaitInputExpired(ended, int(item.wait_input_timeout * 1000)))
+            call.arm("wait_input", record.wait_input_timeout,
+                     WaitInputExpired(ended, int(record.wait_input_timeout * 1000)))

@@ -29,7 +29,7 @@ from .clock import MediaClock
 from .mailbox import SystemMessage
 from .messages import GetTrackStats, MediaError, SetMute, TrackStats
 from .pipes import AudioPipe
-from .playout import PlayItem, Playlist
+from .playout import ItemReport, PipeItem, PlayFeed, PlayItem, Playlist, PlaySpec
 
 FRAME = frame_samples(MEDIA_RATE)           # samples per 20 ms media frame
 SILENCE = np.zeros(FRAME, dtype=np.int16)
@@ -61,15 +61,18 @@ class Unsubscribe:
 
 @dataclass(frozen=True, slots=True)
 class Enqueue:
-    """Play `item` after what is queued, or (replace) instead of everything playing now."""
+    """Play what `feed` carries after what is queued, or (replace) instead of everything playing
+    now. The Track makes the item; answers the reports of the items cut (replace), current first."""
 
-    item: PlayItem
+    spec: PlaySpec
+    feed: PlayFeed
     replace: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class InterruptPlayback(SystemMessage):
-    """Cut playback now (graceful: after a short fade); answers the items cut, current first."""
+    """Cut playback now (graceful: after a short fade); answers the reports of the items cut,
+    current first."""
 
     graceful: bool = False
 
@@ -99,11 +102,11 @@ class Listen:
 
 @dataclass(frozen=True, slots=True)
 class Mix:
-    """Mix a continuous source (mediaPass, a bridged call) into the output beside the playlist;
-    `add=False` removes it. Interrupts and `play` never cut a mixed source."""
+    """Mix a continuous source (a mediaPass feed, a bridged call's pipe) into the output beside the
+    playlist, under `spec.play_id`; `source=None` removes it. Interrupts and `play` never cut it."""
 
-    item: PlayItem
-    add: bool = True
+    spec: PlaySpec
+    source: PlayFeed | AudioPipe[np.ndarray] | None
 
 
 class Track(Actor):
@@ -135,7 +138,7 @@ class Track(Actor):
         self._stream_t0: float | None = None       # capture time (ms) of inbound frame 0
         # The server-side track: what the gateway plays to this leg.
         self.playlist = Playlist(report)
-        self._mix: list[PlayItem] = []
+        self._mix: dict[str, PlayItem] = {}      # continuous sources by their spec's play_id
         self._mute_in = False
         self._mute_out = False
         self._clock_handle: int | None = None
@@ -160,6 +163,11 @@ class Track(Actor):
         self._release()
 
     def _release(self) -> None:
+        # Producers of whatever was still to play are told to stop (their feeds close).
+        self.playlist.close()
+        for item in self._mix.values():
+            item.drop()
+        self._mix.clear()
         if self._clock_handle is not None:
             self.clock.unregister(self._clock_handle)
             self._clock_handle = None
@@ -181,22 +189,28 @@ class Track(Actor):
                 self._mute_out = message.outbound
             return None
         if isinstance(message, InterruptPlayback):
-            return self.playlist.interrupt(message.graceful)
+            return _reports(self.playlist.interrupt(message.graceful))
         if isinstance(message, Enqueue):
+            item = PlayItem(message.spec, message.feed)
             if message.replace:
-                return self.playlist.replace(message.item)
-            self.playlist.enqueue(message.item)
-            return None
+                return _reports(self.playlist.replace(item))
+            self.playlist.enqueue(item)
+            return ()
         if isinstance(message, Listen):
             self._denoiser = message.denoiser
             self._listeners = message.listeners
             self._raw_listeners = message.raw_listeners
             return None
         if isinstance(message, Mix):
-            if message.add:
-                self._mix.append(message.item)
-            elif message.item in self._mix:
-                self._mix.remove(message.item)
+            key = message.spec.play_id or ""
+            old = self._mix.pop(key, None)
+            if old is not None:
+                old.drop()
+            source = message.source
+            if isinstance(source, PlayFeed):
+                self._mix[key] = PlayItem(message.spec, source)
+            elif source is not None:
+                self._mix[key] = PipeItem(message.spec, source)
             return None
         if isinstance(message, SetPaused):
             if message.paused:
@@ -285,13 +299,17 @@ class Track(Actor):
 
     def _mixed(self, frame: np.ndarray | None) -> np.ndarray | None:
         acc = None if frame is None else frame.astype(np.int32)
-        for item in self._mix:
+        ended = []
+        for key, item in self._mix.items():
             part = item.read(FRAME)
             if len(part):
                 if acc is None:
                     acc = np.zeros(FRAME, dtype=np.int32)
                 acc[: len(part)] += part
-        self._mix = [item for item in self._mix if not item.done]
+            if item.done:
+                ended.append(key)
+        for key in ended:
+            del self._mix[key]
         return None if acc is None else np.clip(acc, -32768, 32767).astype(np.int16)
 
     def _fan_out(self, direction: str, frame: np.ndarray) -> None:
@@ -318,3 +336,7 @@ class Track(Actor):
 
 def _raise(error: BaseException) -> None:
     raise error
+
+
+def _reports(items: list[PlayItem]) -> tuple[ItemReport, ...]:
+    return tuple(item.report() for item in items)

@@ -1,6 +1,6 @@
 """The Tts actor: one per call, permanent, restarted with backoff by its Call.
 
-It turns `tts` commands into audio in PlayItems: one cancellable synthesis subtask per item, at
+It turns `tts` commands into audio in PlayFeeds: one cancellable synthesis subtask per feed, at
 most `maxConcurrentTasks` non-streaming syntheses at once (later ones wait their turn; the
 playlist plays items in command order whatever finishes first), streaming pieces of one playId
 synthesised in order into the same item. Provider output is resampled to the media rate here.
@@ -24,13 +24,14 @@ from protocol.codecs import MEDIA_RATE, Resampler
 
 from .base import Actor
 from .mailbox import SystemMessage
-from .playout import PlayItem
+from .playout import PlayFeed
 from .services import ProviderError, SynthRequest, TtsProvider
 
 
 @dataclass(frozen=True, slots=True)
 class Synthesize:
-    item: PlayItem
+    feed: PlayFeed
+    play_id: str | None
     request: SynthRequest
     provider: str
     streaming: bool = False
@@ -66,7 +67,8 @@ class TtsFailed:
 
 @dataclass(eq=False)
 class _Job:
-    item: PlayItem
+    feed: PlayFeed
+    play_id: str | None
     provider: str
     streaming: bool
     pieces: deque[tuple[SynthRequest, bytes | None]] = field(default_factory=deque)
@@ -114,21 +116,21 @@ class Tts(Actor):
     def _submit(self, msg: Synthesize) -> None:
         piece = (msg.request, msg.base64_pcm)
         if msg.streaming:
-            job = self._streams.get(msg.item.play_id)
-            if job is not None and job.item is msg.item:
+            job = self._streams.get(msg.play_id)
+            if job is not None and job.feed is msg.feed:
                 if piece[0].text or piece[1]:
                     job.pieces.append(piece)
                 job.end_of_stream = msg.end_of_stream
                 if job.task is None or job.task.done():
                     self._run(job)
                 return
-            job = _Job(msg.item, msg.provider, streaming=True, end_of_stream=msg.end_of_stream)
+            job = _Job(msg.feed, msg.play_id, msg.provider, streaming=True, end_of_stream=msg.end_of_stream)
             if piece[0].text or piece[1]:
                 job.pieces.append(piece)
-            self._streams[msg.item.play_id] = job
+            self._streams[msg.play_id] = job
             self._run(job)
             return
-        job = _Job(msg.item, msg.provider, streaming=False, end_of_stream=True)
+        job = _Job(msg.feed, msg.play_id, msg.provider, streaming=False, end_of_stream=True)
         job.pieces.append(piece)
         if self._whole_running() < max(1, msg.max_concurrent):
             self._run(job)
@@ -158,7 +160,7 @@ class Tts(Actor):
         job.task.add_done_callback(done)
 
     async def _synthesize(self, job: _Job) -> None:
-        item = job.item
+        feed = job.feed
         resampler: Resampler | None = None
         try:
             while job.pieces:
@@ -166,47 +168,51 @@ class Tts(Actor):
                 if raw is not None:
                     if len(raw) % 2:
                         raw = raw[:-1]
-                    item.append(np.frombuffer(raw, dtype="<i2").copy())
+                    if not feed.push(np.frombuffer(raw, dtype="<i2").copy()):
+                        break
                     continue
                 provider = self._provider(job.provider)
                 started = time.monotonic()
                 first = True
-                word_base = len(item.words) and item.words[-1].index + 1
+                word_base = len(feed.words) and feed.words[-1].index + 1
                 async for chunk in provider.synthesize(request):
                     if resampler is None or resampler.in_rate != chunk.sample_rate:
                         resampler = Resampler(chunk.sample_rate, MEDIA_RATE)
                     pcm = resampler.process(chunk.pcm)
-                    base = item.produced
+                    base = feed.produced
                     ratio = MEDIA_RATE / chunk.sample_rate
                     for index, offset in chunk.words:
-                        item.mark_word(word_base + index, base + int(offset * ratio))
-                    item.append(pcm)
+                        feed.mark_word(word_base + index, base + int(offset * ratio))
+                    if not feed.push(pcm):
+                        break       # nobody will play it (cut, call ending) or too much ahead: stop
                     if first and len(pcm):
                         first = False
-                        self.report(TtsMetric(job.provider, item.play_id,
+                        self.report(TtsMetric(job.provider, job.play_id,
                                               int((time.monotonic() - started) * 1000)))
-            if job.end_of_stream:
-                item.finish()
-                if job.streaming and self._streams.get(item.play_id) is job:
-                    del self._streams[item.play_id]
+                if feed.closed or feed.finished:
+                    break
+            if job.end_of_stream or feed.closed or feed.finished:
+                feed.finish()
+                if job.streaming and self._streams.get(job.play_id) is job:
+                    del self._streams[job.play_id]
         except ProviderError as exc:
-            item.finish(error=str(exc))
+            feed.finish(error=str(exc))
             self._forget(job)
-            self.report(TtsFailed(job.provider, item.play_id, str(exc), exc.code, exc.permanent))
+            self.report(TtsFailed(job.provider, job.play_id, str(exc), exc.code, exc.permanent))
             raise
         except asyncio.CancelledError:
-            item.finish(error="cancelled")
+            feed.finish(error="cancelled")
             self._forget(job)
             raise
         except Exception as exc:  # noqa: BLE001 - any provider bug becomes a reported, restartable failure
-            item.finish(error=repr(exc))
+            feed.finish(error=repr(exc))
             self._forget(job)
-            self.report(TtsFailed(job.provider, item.play_id, f"synthesis failed: {exc!r}", 500, False))
+            self.report(TtsFailed(job.provider, job.play_id, f"synthesis failed: {exc!r}", 500, False))
             raise ProviderError(repr(exc)) from exc
 
     def _forget(self, job: _Job) -> None:
-        if self._streams.get(job.item.play_id) is job:
-            del self._streams[job.item.play_id]
+        if self._streams.get(job.play_id) is job:
+            del self._streams[job.play_id]
 
     def _provider(self, name: str) -> TtsProvider:
         provider = self._providers.get(name)
@@ -216,7 +222,7 @@ class Tts(Actor):
 
     async def _cancel_all(self) -> None:
         for job, _limit in self._waiting:
-            job.item.finish(error="cancelled")
+            job.feed.finish(error="cancelled")
         self._waiting.clear()
         tasks = [job.task for job in self._running if job.task is not None and not job.task.done()]
         for task in tasks:

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 
 from protocol import api
 from protocol.errors import ProtocolError
+from protocol.sip.uri import parse_name_addr
 
 __all__ = [
     "CallInput",
@@ -235,3 +236,16 @@ def command_input(command: object) -> CallInput:
         return _COMMAND_INPUTS[type(command)]
     except KeyError:
         raise ProtocolError(f"no call input for {type(command).__name__}", 501) from None
+
+
+def attendee(party: str | None) -> api.Attendee | None:
+    """The `hangup` event's `from`/`to` for a caller or callee as the application gave it:
+    username and realm of a SIP URI (or name-addr), the text itself as `source`. A text that is not
+    a SIP URI ("alice", "+4930123") is all username, with an empty realm."""
+    if not party:
+        return None
+    try:
+        uri = parse_name_addr(party).uri
+    except ProtocolError:
+        return api.Attendee(username=party, realm="", source=party)
+    return api.Attendee(username=uri.user or "", realm=uri.host, source=party)

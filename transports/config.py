@@ -70,6 +70,7 @@ class Config:
     dump_root: str = "./var/dumps"
     max_calls: int = 1000
     accept_timeout: float = 50.0       # seconds an incoming call waits for `accept`/`reject` (then 408)
+    playback_buffer_seconds: float = 300.0  # synthesised audio one tts may hold ahead of playback
     log_level: str = "info"
     log_format: str = "console"
     handler: HandlerConfig = field(default_factory=HandlerConfig)

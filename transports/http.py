@@ -73,7 +73,8 @@ def call_settings(config: Config, server_side_track: str) -> CallSettings:
     return CallSettings(server_side_track=server_side_track, child_shutdown_timeout=sup.child_shutdown_timeout,
                         provider_restarts=sup.provider_restarts, provider_period=sup.provider_period,
                         backoff=Backoff(initial=sup.backoff_initial, factor=2.0, maximum=sup.backoff_max),
-                        accept_timeout=config.accept_timeout)
+                        accept_timeout=config.accept_timeout,
+                        playback_buffer_seconds=config.playback_buffer_seconds)
 
 
 class BadParams(Exception):

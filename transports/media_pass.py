@@ -23,7 +23,7 @@ import structlog
 from yarl import URL
 
 from actors.pipes import AudioPipe, PipeClosed
-from actors.playout import PlayItem
+from actors.playout import PlayFeed
 from protocol.api import MediaPassOption
 from protocol.codecs import MEDIA_RATE, Resampler
 from protocol.errors import ProtocolError
@@ -65,7 +65,7 @@ class MediaPassLink:
     handshake refused for good).
     """
 
-    def __init__(self, option: MediaPassOption, caller_audio: AudioPipe[np.ndarray], playback: PlayItem,
+    def __init__(self, option: MediaPassOption, caller_audio: AudioPipe[np.ndarray], playback: PlayFeed,
                  on_error: Callable[[str], None], *, media_rate: int = MEDIA_RATE,
                  backoff_initial: float = 0.2, backoff_max: float = 5.0, connect_timeout: float = 5.0) -> None:
         url = URL(option.url)
@@ -226,7 +226,7 @@ class MediaPassLink:
             return
         pcm = conn.from_peer.process(np.frombuffer(data, dtype="<i2", count=whole // 2))
         if len(pcm):
-            self._playback.append(pcm.astype(np.int16, copy=False))
+            self._playback.push(pcm.astype(np.int16, copy=False))
 
     # --- pump task ---------------------------------------------------------------------------
 

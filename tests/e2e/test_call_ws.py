@@ -11,7 +11,7 @@ import pytest
 
 from actors import GetCall, GetChild
 from actors.messages import GetTrackStats
-from actors.playout import PlayItem
+from actors.playout import PlayFeed, PlaySpec
 from actors.track import Enqueue, Subscribe
 from protocol.codecs import Decoder, Encoder, codec_info
 from tests.conftest import base_url, connect
@@ -28,12 +28,12 @@ async def track_ref(gw, session_id):
     return await call.ask(GetChild("track"), timeout=2)
 
 
-def ToneItem(pcm: np.ndarray) -> PlayItem:
-    """A finished playback item holding `pcm` (16 kHz), as a producer leaves it."""
-    item = PlayItem("tone", "play")
-    item.append(pcm)
-    item.finish()
-    return item
+def ToneItem(pcm: np.ndarray) -> Enqueue:
+    """A finished playback holding `pcm` (16 kHz), as a producer leaves its feed, for the track."""
+    feed = PlayFeed(len(pcm))
+    feed.push(pcm)
+    feed.finish()
+    return Enqueue(PlaySpec(10_000, "tone", "play"), feed)
 
 
 def parse_iso(text: str) -> datetime:
@@ -66,7 +66,7 @@ async def test_audio_both_ways_in_every_codec(gateway, http, codec, rate, frame_
 
     # Gateway -> caller: a 1 kHz tone played out, paced, in the same codec and rate.
     client.audio.clear()
-    await track.ask(Enqueue(ToneItem(tone(1000, 0.6, 16000))), timeout=2)
+    await track.ask(ToneItem(tone(1000, 0.6, 16000)), timeout=2)
     await asyncio.sleep(0.8)
     sizes = {len(f) for f in client.audio}
     assert sizes == {frame_bytes}, sizes
@@ -286,7 +286,7 @@ async def test_server_side_track_id_for_mute(gateway, http):
     await client.send({"command": "invite", "option": {"codec": "pcm"}})
     await client.wait_event("answer")
     track = await track_ref(gateway, "m")
-    await track.ask(Enqueue(ToneItem(tone(1000, 2.0, 16000))), timeout=2)
+    await track.ask(ToneItem(tone(1000, 2.0, 16000)), timeout=2)
     await asyncio.sleep(0.2)
     await client.send({"command": "mute", "trackId": "bot"})
     await asyncio.sleep(0.1)

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from actors.pipes import AudioPipe
-from actors.playout import PlayItem
+from actors.playout import PlayFeed
 from protocol.api import MediaPassOption
 from protocol.errors import ProtocolError
 from tests.support.audio import dominant_frequency, frames, rms, tone
@@ -113,7 +113,7 @@ class Harness:
         self.option = MediaPassOption(url=url, input_sample_rate=rate_in, output_sample_rate=rate_out,
                                       packet_size=packet_size)
         self.pipe: AudioPipe[np.ndarray] = AudioPipe(128, name="caller")
-        self.playback = PlayItem("pass-1", "pass")
+        self.playback = PlayFeed(16000 * 60, live=True)
         self.errors: list[tuple[float, str]] = []
         self.link = MediaPassLink(self.option, self.pipe, self.playback,
                                   lambda m: self.errors.append((time.monotonic(), m)), **kwargs)
@@ -125,7 +125,7 @@ class Harness:
         return len(chunks)
 
     def played(self) -> np.ndarray:
-        return self.playback.read(self.playback.buffered)
+        return self.playback.take(self.playback.buffered)
 
 
 @pytest.fixture
@@ -412,7 +412,7 @@ async def test_closing_the_caller_pipe_ends_the_link(tasks_before):
 
 def test_construction_rejects_what_can_never_work():
     pipe: AudioPipe[np.ndarray] = AudioPipe(4)
-    item = PlayItem(None, "pass")
+    item = PlayFeed(live=True)
     with pytest.raises(ProtocolError, match="ws://"):
         MediaPassLink(MediaPassOption(url="ftp://127.0.0.1/x", input_sample_rate=16000, output_sample_rate=16000),
                       pipe, item, print)

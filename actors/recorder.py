@@ -58,6 +58,7 @@ log = structlog.get_logger("recorder")
 LATE_MS = 100            # how late a side's audio may be before silence is written in its place
 MAX_LEAD_MS = 1000       # how far a side may run ahead of the wall clock before its oldest audio goes
 MIN_FLUSH_MS = PTIME_MS  # flushing more often than once per media frame only costs CPU
+WRITE_TIMEOUT = 5.0      # how long a stopping recorder waits for its file to be completed on disk
 
 _EMPTY = np.zeros(0, dtype=np.int16)
 
@@ -211,12 +212,26 @@ class Recorder(Actor):
         log.info("recording", path=self._path, samplerate=self.samplerate, flush_ms=self.flush_ms)
 
     async def on_stop(self) -> None:
+        sink = self._sink
         self._finish(drain=True)
+        await self._until_written(sink)
 
     async def on_failure(self, error: BaseException) -> None:
         # What is still in the pipes is left there for the next instance's segment: the sink that
         # just failed may fail again, and audio drained into it would be lost.
+        sink = self._sink
         self._finish(drain=False)
+        await self._until_written(sink)
+
+    async def _until_written(self, sink: RecordingSink | None) -> None:
+        """A sink that writes off the loop completes its file after `close`: the recording is done
+        (and its segment free for the next instance) only once that happened."""
+        wait = getattr(sink, "wait_closed", None)
+        if wait is not None:
+            try:
+                await asyncio.wait_for(wait(), WRITE_TIMEOUT)
+            except TimeoutError:
+                log.warning("recording not completed on disk in time", path=self._path, timeout=WRITE_TIMEOUT)
 
     async def on_receive(self, message: object) -> object:
         if isinstance(message, GetRecorderStats):

@@ -71,6 +71,7 @@ class Config:
     max_calls: int = 1000
     accept_timeout: float = 50.0       # seconds an incoming call waits for `accept`/`reject` (then 408)
     playback_buffer_seconds: float = 300.0  # synthesised audio one tts may hold ahead of playback
+    recorder_pending_bytes: int = 64 << 20  # recording audio waiting for the disk, whole process
     log_level: str = "info"
     log_format: str = "console"
     handler: HandlerConfig = field(default_factory=HandlerConfig)

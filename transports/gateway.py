@@ -19,6 +19,7 @@ left for `Gateway.stop` but the media cache and the tree itself.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import structlog
@@ -38,7 +39,8 @@ from .media_pass import MediaPassLink
 from .providers.espeak import espeak_factories
 from .providers.pocketsphinx import pocketsphinx_factories
 from .recording_paths import resolve_recording
-from .wav_sink import open_recording
+from .file_writer import FileWriter, WrittenSink
+from .wav_sink import open_recording, segment_path
 
 log = structlog.get_logger("gateway")
 
@@ -54,22 +56,28 @@ class Gateway:
     http_address: tuple[str, int]
     engines: EngineHost
     media: MediaLoader
+    writer: FileWriter
 
     async def stop(self) -> bool:
         stopped = await self.ref.stop(timeout=self.config.supervision.call_shutdown_timeout + 10.0)
         await self.media.close()
+        await asyncio.to_thread(self.writer.stop)
         return stopped
 
 
-def build_services(config: Config, engines: EngineHost, media: MediaLoader) -> CallServices:
+def build_services(config: Config, engines: EngineHost, media: MediaLoader, writer: FileWriter) -> CallServices:
     """The real providers, loaders and sinks every call uses, from the configuration."""
+
+    def open_written(path: str, samplerate: int, segment: int) -> WrittenSink:
+        return writer.wrap(lambda: open_recording(path, samplerate, segment), segment_path(path, segment))
+
     engines.register(SILERO_ENGINE, SileroModel)
     silero = SileroEngine(runner=lambda batches: engines.submit(SILERO_ENGINE, "infer_all", batches))
     return CallServices(
         tts=espeak_factories(engines),
         default_tts="espeak",
         load_media=media.load,
-        open_recording=open_recording,
+        open_recording=open_written,
         resolve_recording=lambda path, session_id: resolve_recording(path, session_id, config.recorder_root),
         media_pass=lambda option, tap, item, on_error: MediaPassLink(
             option, tap, item, on_error,
@@ -109,7 +117,8 @@ async def start_gateway(config: Config) -> Gateway:
     clock = MediaClock(ptime_ms=20)
     engines = EngineHost(restart_intensity=sup.engine_restarts, restart_period=sup.engine_period)
     media = MediaLoader(config.media_root)
-    services = build_services(config, engines, media)
+    writer = FileWriter(config.recorder_pending_bytes)
+    services = build_services(config, engines, media, writer)
     current: dict[str, ActorRef] = {}
     children = gateway_children(config, clock, engines, services, current)
     ref = Supervisor.start(children, strategy=Strategy.ONE_FOR_ONE, intensity=sup.gateway_restarts,
@@ -120,9 +129,11 @@ async def start_gateway(config: Config) -> Gateway:
     except (ActorDeadError, TimeoutError) as exc:
         await ref.stop(timeout=5.0)
         await media.close()
+        await asyncio.to_thread(writer.stop)
         raise GatewayStartError(f"HTTP server did not start on {config.http_addr}: "
                                 f"{HttpServer.start_error or exc!r}") from None
-    return Gateway(config=config, ref=ref, clock=clock, http_address=address, engines=engines, media=media)
+    return Gateway(config=config, ref=ref, clock=clock, http_address=address, engines=engines, media=media,
+                   writer=writer)
 
 
 class GatewayStartError(Exception):

@@ -171,7 +171,7 @@ class RtpSession:
         self._last_send: float | None = None
         self._dtmf_queue: deque[str] = deque()
         self._dtmf_train: deque[RtpPacket] = deque()
-        self._dtmf_gap_until = 0.0
+        self._dtmf_gap = 0  # audio packets still to send before the next digit
         self._sent_since_report = False
         self._next_rtcp: float | None = None
         self._last_sr_ntp: int | None = None
@@ -327,11 +327,13 @@ class RtpSession:
             self._ts = (self._ts + (round((now - last) / self._ptime) - 1) * self._samples) & 0xFFFFFFFF
             marker = True
         self._last_send = now
-        if self._dtmf_train or (self._dtmf_queue and now >= self._dtmf_gap_until):
-            data = self._next_dtmf_packet(now)
+        if self._dtmf_train or (self._dtmf_queue and not self._dtmf_gap):
+            data = self._next_dtmf_packet()
         else:
             data = bytes(RtpPacket(self._pt, self._seq, self._ts, self.ssrc, payload, marker))
             self._octets_sent += len(payload)
+            if self._dtmf_gap:
+                self._dtmf_gap -= 1
         transport.sendto(data, self._latched or self._sdp_addr)
         self._seq = (self._seq + 1) & 0xFFFF
         self._ts = (self._ts + self._samples) & 0xFFFFFFFF
@@ -362,7 +364,7 @@ class RtpSession:
         """Digits queued or being sent."""
         return len(self._dtmf_queue) + (1 if self._dtmf_train else 0)
 
-    def _next_dtmf_packet(self, now: float) -> bytes:
+    def _next_dtmf_packet(self) -> bytes:
         if not self._dtmf_train:
             digit = self._dtmf_queue.popleft()
             assert self._te_pt is not None
@@ -374,7 +376,8 @@ class RtpSession:
             self._dtmf_sent += 1
         packet = self._dtmf_train.popleft()
         if not self._dtmf_train:
-            self._dtmf_gap_until = now + self.config.dtmf_gap_ms / 1000.0
+            ptime_ms = round(self._ptime * 1000)
+            self._dtmf_gap = -(-self.config.dtmf_gap_ms // ptime_ms)
         # The train was numbered when it started; a codec change in between cannot renumber it.
         if packet.sequence_number != self._seq:
             packet = RtpPacket(packet.payload_type, self._seq, packet.timestamp, packet.ssrc,

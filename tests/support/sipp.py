@@ -94,6 +94,23 @@ class Sipp:
         return f"exit={self.proc.returncode if self.proc else None}\n{text}\n{self.stderr.decode(errors='replace')[-2000:]}"
 
 
+async def wait_echo(port: int, timeout: float = 5.0) -> None:
+    """Wait until SIPp's RTP echo on ``port`` answers (it binds a moment after starting)."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            s.sendto(b"probe", ("127.0.0.1", port))
+            try:
+                await asyncio.wait_for(loop.sock_recv(s, 64), 0.1)
+                return
+            except TimeoutError:
+                continue
+    raise TimeoutError(f"no RTP echo on 127.0.0.1:{port} within {timeout} s")
+
+
 def scenario(name: str) -> str:
     path = SCENARIOS / name
     if not path.exists():

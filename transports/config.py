@@ -66,6 +66,7 @@ class SipConfig:
     """Limits and timers of the SIP endpoint (UDP and TCP listeners, transactions)."""
 
     max_message_size: int = 65536        # bytes; a larger request is answered 513, else dropped
+    max_transactions: int = 10000        # live transactions; a new request past it is answered 503
     tcp_max_connections: int = 1024      # inbound + outbound; a connection past it is closed at once
     tcp_idle_timeout: float = 300.0      # seconds without traffic before a TCP connection is closed
     tcp_connect_timeout: float = 5.0     # seconds for an outbound TCP connection to be established
@@ -211,6 +212,8 @@ def _positive(value: float, name: str) -> None:
 def _validate_sip(sip: SipConfig) -> None:
     if not 1024 <= sip.max_message_size <= 1 << 20:
         raise ConfigError(f"sip.max_message_size: must be 1024..1048576 bytes, got {sip.max_message_size}")
+    if sip.max_transactions < 1:
+        raise ConfigError(f"sip.max_transactions: must be at least 1, got {sip.max_transactions}")
     if sip.tcp_max_connections < 1:
         raise ConfigError(f"sip.tcp_max_connections: must be at least 1, got {sip.tcp_max_connections}")
     if sip.tcp_write_buffer < sip.max_message_size:

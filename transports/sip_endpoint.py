@@ -179,6 +179,7 @@ class SipStats:
     unroutable: int = 0                         # requests/ACKs/responses for a Call-ID nobody handles
     new_calls: int = 0
     new_calls_refused: int = 0                  # INVITEs answered 503: no handler, or the handler declined
+    overloaded: int = 0                         # requests answered 503 past sip.max_transactions
     handler_errors: int = 0
     transport_errors: int = 0
     udp_errors: int = 0
@@ -493,6 +494,9 @@ class SipEndpoint:
         elif self._stamp_via(message, route):
             route.call_id = message.call_id
             key = server_key(message)
+            if len(self._layer) >= self.config.max_transactions and self._layer.get(key) is None:
+                self._overloaded(message, route)
+                return
             self._layer.receive(message, now, route.addr, reliable=route.transport != "udp")
             # A new server transaction answers along this route; a retransmission keeps its own.
             if key not in self._routes and self._layer.get(key) is not None:
@@ -518,6 +522,14 @@ class SipEndpoint:
         if route.transport == "udp" and via.rport is not True:
             route.addr = (source_ip, via.port or DEFAULT_PORT)
         return True
+
+    def _overloaded(self, request: Request, route: _Route) -> None:
+        """Past sip.max_transactions: 503 without a transaction (RFC 3261 §21.5.4, Retry-After)."""
+        self._counters.overloaded += 1
+        self._counters.last_error = f"sip.max_transactions ({self.config.max_transactions}) reached"
+        response = make_response(request, 503, to_tag=self._tag(),
+                                 headers=[("Retry-After", "5"), ("Server", self.user_agent)])
+        self._transmit(bytes(response), route, None)
 
     def _answer_malformed(self, error: SipParseError, route: _Route) -> None:
         response = None if error.method == "ACK" else make_error_response(error, to_tag=self._tag())

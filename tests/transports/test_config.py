@@ -52,6 +52,7 @@ provider_restarts = 5
 call_shutdown_timeout = 2
 [sip]
 max_message_size = 4096
+max_transactions = 50
 tcp_max_connections = 10
 tcp_idle_timeout = 60
 tcp_connect_timeout = 2
@@ -110,6 +111,7 @@ def test_shipped_config_documents_every_sip_and_rtp_key():
     ("rtp_start_port = 5001\nrtp_end_port = 5002", "holds no even RTP port"),
     ("[sip]\nmax_message_size = 100", "sip.max_message_size: must be 1024..1048576"),
     ("[sip]\nt1 = 1\nt2 = 0.5", "sip.t2: must be at least sip.t1"),
+    ("[sip]\nmax_transactions = 0", "sip.max_transactions: must be at least 1"),
     ("[sip]\ntcp_idle_timeout = 0", "sip.tcp_idle_timeout: must be greater than 0"),
     ("[sip]\ntcp_write_buffer = 2000", "sip.tcp_write_buffer: must hold at least one message"),
     ("[rtp]\ncodecs = ['telephone-event']", "rtp.codecs: needs at least one audio codec"),

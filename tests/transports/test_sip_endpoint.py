@@ -220,6 +220,25 @@ async def test_new_call_is_routed_and_cancel_answered(peer):
         await endpoint.close()
 
 
+async def test_past_max_transactions_new_requests_get_503_retry_after(peer):
+    endpoint = await start_endpoint(max_transactions=2)
+    try:
+        first = sip_request("OPTIONS", port=peer.port)
+        for data in (first, sip_request("OPTIONS", port=peer.port), sip_request("OPTIONS", port=peer.port)):
+            peer.send(data, endpoint.udp_address)
+        answers = [await response(peer) for _ in range(3)]
+        assert sorted(a.status for a in answers) == [200, 200, 503]
+        refused = next(a for a in answers if a.status == 503)
+        assert refused.get("Retry-After") == "5"
+        # A retransmission of a live transaction is still answered from it.
+        peer.send(first, endpoint.udp_address)
+        assert (await response(peer)).status == 200
+        stats = endpoint.stats()
+        assert stats.overloaded == 1 and stats.transactions == 2
+    finally:
+        await endpoint.close()
+
+
 async def test_a_handler_that_raises_is_counted_and_the_endpoint_goes_on(endpoint, peer):
     def broken(event: object) -> None:
         raise RuntimeError("boom")

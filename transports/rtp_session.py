@@ -44,7 +44,7 @@ from protocol.rtcp import (
     parse_rtcp,
     serialize_rtcp,
 )
-from protocol.rtp import ReceiverStats, RtpPacket, SourceState, is_rtcp
+from protocol.rtp import ReceiverStats, RtpPacket, SourceState, is_rtcp, pack_rtp
 
 from .config import RtpConfig
 from .rtp_ports import RtpPortAllocator, RtpPorts
@@ -281,13 +281,14 @@ class RtpSession:
             except OSError:
                 pass
         self.closed = True
-        handed = self._rtp is not None
-        for transport in (self._rtp, self._rtcp):
+        # A socket handed to a transport is closed by it; one never handed over is closed here.
+        for transport, sock in ((self._rtp, self.ports.rtp), (self._rtcp, self.ports.rtcp)):
             if transport is not None:
                 transport.close()
+            else:
+                sock.close()
         self._rtp = self._rtcp = None
-        # Sockets handed to transports are closed by them; only the port numbers go back.
-        self.ports.release(close_sockets=not handed)
+        self.ports.release(close_sockets=False)
 
     # -- the media tick -------------------------------------------------------------------------
 
@@ -330,7 +331,7 @@ class RtpSession:
         if self._dtmf_train or (self._dtmf_queue and not self._dtmf_gap):
             data = self._next_dtmf_packet()
         else:
-            data = bytes(RtpPacket(self._pt, self._seq, self._ts, self.ssrc, payload, marker))
+            data = pack_rtp(self._pt, self._seq, self._ts, self.ssrc, payload, marker)
             self._octets_sent += len(payload)
             if self._dtmf_gap:
                 self._dtmf_gap -= 1

@@ -169,7 +169,7 @@ class RtpSession:
         self._seq = secrets.randbits(16)
         self._ts = secrets.randbits(32)
         self._last_send: float | None = None
-        self._dtmf_queue: deque[str] = deque()
+        self._dtmf_queue: deque[tuple[str, int]] = deque()  # (digit, duration in ms)
         self._dtmf_train: deque[RtpPacket] = deque()
         self._dtmf_gap = 0  # audio packets still to send before the next digit
         self._sent_since_report = False
@@ -343,14 +343,18 @@ class RtpSession:
         self._sent_since_report = True
         return True
 
-    def send_dtmf(self, digits: str) -> None:
+    def send_dtmf(self, digits: str, duration_ms: int | None = None) -> None:
         """Queue RFC 4733 digits (0-9, *, #, A-D) to replace the audio of the next ``send`` calls,
-        each ``rtp.dtmf_duration_ms`` long with ``rtp.dtmf_gap_ms`` of audio after it.
+        each ``duration_ms`` long (default ``rtp.dtmf_duration_ms``) with ``rtp.dtmf_gap_ms`` of
+        audio after it.
 
-        ValueError for a digit outside 0-9*#A-D, when the peer did not negotiate
-        telephone-event, or when more than ``rtp.dtmf_max_queued`` digits would wait."""
+        ValueError for a digit outside 0-9*#A-D, a duration outside 40..8000 ms, when the peer did
+        not negotiate telephone-event, or when more than ``rtp.dtmf_max_queued`` digits would wait."""
         for digit in digits:
             digit_to_event(digit)
+        duration = self.config.dtmf_duration_ms if duration_ms is None else duration_ms
+        if not 40 <= duration <= 8000:
+            raise ValueError(f"DTMF duration must be 40..8000 ms, got {duration}")
         if self._te_pt is None:
             raise ValueError("the peer did not negotiate telephone-event: RFC 4733 digits cannot be sent")
         if len(self._dtmf_queue) + len(digits) > self.config.dtmf_max_queued:
@@ -358,7 +362,7 @@ class RtpSession:
                 f"{len(self._dtmf_queue)} digits already wait to be sent; rtp.dtmf_max_queued is "
                 f"{self.config.dtmf_max_queued}"
             )
-        self._dtmf_queue.extend(digits.upper())
+        self._dtmf_queue.extend((digit, duration) for digit in digits.upper())
 
     @property
     def dtmf_pending(self) -> int:
@@ -367,11 +371,11 @@ class RtpSession:
 
     def _next_dtmf_packet(self) -> bytes:
         if not self._dtmf_train:
-            digit = self._dtmf_queue.popleft()
+            digit, duration_ms = self._dtmf_queue.popleft()
             assert self._te_pt is not None
             self._dtmf_train.extend(encode_digit(
                 digit, payload_type=self._te_pt, ssrc=self.ssrc, sequence_number=self._seq,
-                timestamp=self._ts, duration_ms=self.config.dtmf_duration_ms,
+                timestamp=self._ts, duration_ms=duration_ms,
                 ptime_ms=round(self._ptime * 1000), clock_rate=self._clock_rate,
             ))
             self._dtmf_sent += 1

@@ -359,10 +359,15 @@ async def test_send_dtmf_refuses_what_it_cannot_send(allocator, peer):
         session.start(media(peer.port, te=101))
         with pytest.raises(ValueError, match="not a DTMF digit"):
             session.send_dtmf("1x")
-        session.send_dtmf("123")
+        with pytest.raises(ValueError, match="must be 40..8000 ms"):
+            session.send_dtmf("1", duration_ms=20)
+        session.send_dtmf("123", duration_ms=200)
         with pytest.raises(ValueError, match="dtmf_max_queued is 4"):
             session.send_dtmf("45")
         assert session.dtmf_pending == 3
+        session.send(frame(0))
+        first = RtpPacket.parse((await peer.recv())[0])
+        assert first.payload_type == 101 and first.marker
     finally:
         session.close()
 

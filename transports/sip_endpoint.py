@@ -157,6 +157,7 @@ class _Route:
     transport: str
     addr: Address
     conn: TcpConnection | None = None
+    reconnect: Address | None = None  # TCP: where to open a new connection if this one is gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,6 +522,8 @@ class SipEndpoint:
                 return False
         if route.transport == "udp" and via.rport is not True:
             route.addr = (source_ip, via.port or DEFAULT_PORT)
+        elif route.transport == "tcp":
+            route.reconnect = (source_ip, via.port or DEFAULT_PORT)
         return True
 
     def _overloaded(self, request: Request, route: _Route) -> None:
@@ -675,8 +678,9 @@ class SipEndpoint:
             return
         conn = route.conn
         if conn is None or conn.closed:
-            # §18.2.2: the connection is gone; open one to the same address.
-            conn = route.conn = self._tcp.connection_to(route.addr)
+            # §18.2.2: the request's connection is gone: open one to its source address at the
+            # port of its Via (a client's own requests: to the same target again).
+            conn = route.conn = self._tcp.connection_to(route.reconnect or route.addr)
         if conn is None or not conn.write(data, key):
             self._counters.transport_errors += 1
             self._counters.last_error = f"cannot send over TCP to {route.addr}"

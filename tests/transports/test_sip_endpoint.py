@@ -336,6 +336,38 @@ async def test_client_request_over_tcp_and_a_refused_connection(endpoint):
         await server.wait_closed()
 
 
+async def test_a_response_whose_connection_closed_goes_over_a_new_one_to_the_via_port():
+    invites: list[RequestReceived] = []
+    endpoint = SipEndpoint(host="127.0.0.1", udp_port=0, config=SipConfig(trying_delay=None),  # type: ignore[arg-type]
+                           on_new_call=lambda event: invites.append)  # type: ignore[arg-type,return-value]
+    await endpoint.start()
+    arrived: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        arrived.put_nowait(await reader.readuntil(b"\r\n\r\n"))
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    listening = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection(*endpoint.tcp_address)
+        writer.write(sip_request("INVITE", port=writer.get_extra_info("sockname")[1], via_port=listening,
+                                 transport="TCP", rport=False))
+        await until(lambda: len(invites) == 1)
+        writer.close()  # the caller's connection goes away before the answer
+        await until(lambda: endpoint.stats().tcp_connections == 0)
+        event = invites[0]
+        endpoint.send_response(make_response(event.request, 180, to_tag="r1"), event.key)
+        head = await asyncio.wait_for(arrived.get(), 3)
+        assert head.startswith(b"SIP/2.0 180 Ringing") and f"TCP 127.0.0.1:{listening};".encode() in head
+        assert endpoint.stats().tcp_opened == 1
+    finally:
+        server.close()
+        await endpoint.close()
+        await server.wait_closed()
+
+
 # -- TCP: keep-alives, framing, limits -------------------------------------------------------------
 
 

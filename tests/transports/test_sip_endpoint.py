@@ -450,3 +450,25 @@ def test_wildcard_bind_advertises_the_routed_local_address():
     # Not started: nothing listens on the wildcard; the route lookup alone is exercised.
     endpoint = SipEndpoint(host="0.0.0.0", udp_port=0)
     assert endpoint.advertised_host("127.0.0.1") == "127.0.0.1"
+
+
+async def test_ipv6_loopback():
+    endpoint = SipEndpoint(host="::1", udp_port=0)
+    await endpoint.start()
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        sock.bind(("::1", 0))
+        sock.setblocking(False)
+        port = sock.getsockname()[1]
+        request = sip_request("OPTIONS", port=port, via_host="[::1]")
+        await loop.sock_sendto(sock, request, endpoint.udp_address)
+        answer = parse_message(await asyncio.wait_for(loop.sock_recv(sock, 65536), 2))
+        assert isinstance(answer, Response) and answer.status == 200
+        assert answer.via[0].rport == port
+        target = SipTarget("::1", port)
+        assert endpoint.via(target).startswith(f"SIP/2.0/UDP [::1]:{endpoint.udp_address[1]};")
+        assert str(endpoint.contact(target)) == f"<sip:[::1]:{endpoint.udp_address[1]}>"
+    finally:
+        sock.close()
+        await endpoint.close()

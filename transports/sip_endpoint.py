@@ -387,10 +387,10 @@ class SipEndpoint:
         if not target.is_resolved:
             raise ValueError(f"target {target.host!r} is not an IP address: resolve it first")
         key = client_key(request)
-        route = _Route(request.call_id, target.transport, target.address)
-        if target.transport == "tcp":
-            route.conn = self._tcp.connection_to(target.address)
-        self._routes[key] = route
+        if self._layer.get(key) is not None:
+            raise ValueError(f"a transaction with branch {key.branch} exists: each request needs a fresh one")
+        # The TCP connection is found (or opened) when the first message goes out.
+        self._routes[key] = _Route(request.call_id, target.transport, target.address)
         try:
             self._layer.send_request(request, self._now(), addr=target.address,
                                      reliable=target.transport != "udp")
@@ -411,10 +411,7 @@ class SipEndpoint:
         self._check_open()
         if not target.is_resolved:
             raise ValueError(f"target {target.host!r} is not an IP address: resolve it first")
-        route = _Route(ack.call_id, target.transport, target.address)
-        if target.transport == "tcp":
-            route.conn = self._tcp.connection_to(target.address)
-        self._transmit(bytes(ack), route, None)
+        self._transmit(bytes(ack), _Route(ack.call_id, target.transport, target.address), None)
 
     def transaction(self, key: TransactionKey) -> Transaction | None:
         """The live transaction of ``key`` (e.g. ``.cancellable`` of an INVITE client transaction)."""

@@ -275,7 +275,10 @@ async def test_client_transaction_retransmits_on_timer_e_and_times_out_on_f(peer
         events: list[object] = []
         endpoint.register("probe-1", events.append)
         target = SipTarget("127.0.0.1", peer.port)
-        key = endpoint.send_request(options_to(endpoint, target, "probe-1"), target)
+        request = options_to(endpoint, target, "probe-1")
+        key = endpoint.send_request(request, target)
+        with pytest.raises(ValueError, match="needs a fresh one"):
+            endpoint.send_request(request, target)  # the branch of a live transaction
         arrivals = []
         sent: set[bytes] = set()
         deadline = time.monotonic() + 64 * 0.05 + 1.0

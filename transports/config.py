@@ -7,6 +7,7 @@ must not silently fall back to a default. CLI flags override the file.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import tomli
+
+
+# The codecs an RTP leg can carry (by lowercase name), as the gateway's codec layer decodes them.
+RTP_CODECS = {"pcmu": "PCMU", "pcma": "PCMA", "g722": "G722"}
 
 
 class ConfigError(Exception):
@@ -57,10 +62,44 @@ class SupervisionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SipConfig:
+    """Limits and timers of the SIP endpoint (UDP and TCP listeners, transactions)."""
+
+    max_message_size: int = 65536        # bytes; a larger request is answered 513, else dropped
+    max_transactions: int = 10000        # live transactions; a new request past it is answered 503
+    tcp_max_connections: int = 1024      # inbound + outbound; a connection past it is closed at once
+    tcp_idle_timeout: float = 300.0      # seconds without traffic before a TCP connection is closed
+    tcp_connect_timeout: float = 5.0     # seconds for an outbound TCP connection to be established
+    tcp_write_buffer: int = 1 << 20      # bytes queued towards a peer that does not read: then closed
+    t1: float = 0.5                      # RFC 3261 T1 (RTT estimate), T2 and T4, seconds
+    t2: float = 4.0
+    t4: float = 5.0
+    trying_delay: float = 0.2            # 100 Trying for an INVITE the call leg has not answered yet
+
+
+@dataclass(frozen=True, slots=True)
+class RtpConfig:
+    """Media of SIP legs: codec preference, jitter buffer, RTCP, symmetric RTP and DTMF."""
+
+    codecs: tuple[str, ...] = ("PCMU", "PCMA", "G722", "telephone-event")
+    ptime: int = 20                      # ms of audio per packet offered (and answered without one)
+    jitter_target_ms: int = 60           # playout delay of the jitter buffer
+    jitter_max_ms: int = 260             # a packet further ahead than this resynchronises playout
+    rtcp_interval: float = 5.0           # mean seconds between RTCP reports (randomised 0.5-1.5x)
+    relatch_after: float = 0.5           # seconds the latched source must be silent before another
+    #                                      source may take over (symmetric RTP)
+    dtmf_timeout: float = 0.5            # a received digit without its end packet ends after this
+    dtmf_duration_ms: int = 100          # length of each RFC 4733 digit sent
+    dtmf_gap_ms: int = 60                # pause between digits sent
+    dtmf_max_queued: int = 32            # digits waiting to be sent; more is refused
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     http_addr: str = "0.0.0.0:8080"
     sip_addr: str = "0.0.0.0"
     udp_port: int = 13050
+    tcp_port: int | None = None          # None: the port UDP listens on
     external_ip: str | None = None
     rtp_start_port: int = 12000
     rtp_end_port: int = 42000
@@ -76,6 +115,8 @@ class Config:
     log_format: str = "console"
     handler: HandlerConfig = field(default_factory=HandlerConfig)
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
+    sip: SipConfig = field(default_factory=SipConfig)
+    rtp: RtpConfig = field(default_factory=RtpConfig)
 
     @property
     def http_host_port(self) -> tuple[str, int]:
@@ -146,6 +187,73 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             f"rtp_start_port/rtp_end_port: need 0 < start < end <= 65535, got {cfg.rtp_start_port}..{cfg.rtp_end_port}"
         )
+    first_even = cfg.rtp_start_port + (cfg.rtp_start_port & 1)
+    if first_even + 1 > cfg.rtp_end_port:
+        raise ConfigError(
+            f"rtp_start_port/rtp_end_port: {cfg.rtp_start_port}..{cfg.rtp_end_port} holds no even RTP port "
+            "with its odd RTCP port"
+        )
+    for name, port in (("udp_port", cfg.udp_port), ("tcp_port", cfg.tcp_port)):
+        if port is not None and not 0 <= port <= 65535:
+            raise ConfigError(f"{name}: must be 0..65535 (0: any free port), got {port}")
+    if cfg.external_ip is not None:
+        try:
+            ipaddress.ip_address(cfg.external_ip)
+        except ValueError:
+            raise ConfigError(f"external_ip: expected an IPv4 or IPv6 address, got {cfg.external_ip!r}") from None
+    _validate_sip(cfg.sip)
+    _validate_rtp(cfg.rtp)
+
+
+def _positive(value: float, name: str) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name}: must be greater than 0, got {value}")
+
+
+def _validate_sip(sip: SipConfig) -> None:
+    if not 1024 <= sip.max_message_size <= 1 << 20:
+        raise ConfigError(f"sip.max_message_size: must be 1024..1048576 bytes, got {sip.max_message_size}")
+    if sip.max_transactions < 1:
+        raise ConfigError(f"sip.max_transactions: must be at least 1, got {sip.max_transactions}")
+    if sip.tcp_max_connections < 1:
+        raise ConfigError(f"sip.tcp_max_connections: must be at least 1, got {sip.tcp_max_connections}")
+    if sip.tcp_write_buffer < sip.max_message_size:
+        raise ConfigError(
+            f"sip.tcp_write_buffer: must hold at least one message (sip.max_message_size = "
+            f"{sip.max_message_size}), got {sip.tcp_write_buffer}"
+        )
+    for name in ("tcp_idle_timeout", "tcp_connect_timeout", "t1", "t4"):
+        _positive(getattr(sip, name), f"sip.{name}")
+    if sip.t2 < sip.t1:
+        raise ConfigError(f"sip.t2: must be at least sip.t1 ({sip.t1}), got {sip.t2}")
+    if sip.trying_delay < 0:
+        raise ConfigError(f"sip.trying_delay: must be 0 or more seconds, got {sip.trying_delay}")
+
+
+def _validate_rtp(rtp: RtpConfig) -> None:
+    audio = [name for name in rtp.codecs if name.lower() != "telephone-event"]
+    if not audio:
+        raise ConfigError("rtp.codecs: needs at least one audio codec (PCMU, PCMA, G722)")
+    for name in audio:
+        if name.lower() not in RTP_CODECS:
+            raise ConfigError(f"rtp.codecs: unknown codec {name!r}; known: {', '.join(RTP_CODECS.values())}, telephone-event")
+    if rtp.ptime not in (10, 20, 30, 40, 60):
+        raise ConfigError(f"rtp.ptime: must be 10, 20, 30, 40 or 60 ms, got {rtp.ptime}")
+    if not 0 <= rtp.jitter_target_ms < rtp.jitter_max_ms <= 2000:
+        raise ConfigError(
+            f"rtp.jitter_target_ms/jitter_max_ms: need 0 <= target < max <= 2000, got "
+            f"{rtp.jitter_target_ms}/{rtp.jitter_max_ms}"
+        )
+    if not 1.0 <= rtp.rtcp_interval <= 60.0:
+        raise ConfigError(f"rtp.rtcp_interval: must be 1..60 seconds, got {rtp.rtcp_interval}")
+    for name in ("relatch_after", "dtmf_timeout"):
+        _positive(getattr(rtp, name), f"rtp.{name}")
+    if not 40 <= rtp.dtmf_duration_ms <= 8000:
+        raise ConfigError(f"rtp.dtmf_duration_ms: must be 40..8000 ms, got {rtp.dtmf_duration_ms}")
+    if not 0 <= rtp.dtmf_gap_ms <= 5000:
+        raise ConfigError(f"rtp.dtmf_gap_ms: must be 0..5000 ms, got {rtp.dtmf_gap_ms}")
+    if rtp.dtmf_max_queued < 1:
+        raise ConfigError(f"rtp.dtmf_max_queued: must be at least 1, got {rtp.dtmf_max_queued}")
 
 
 def parse_config(table: dict[str, Any]) -> Config:

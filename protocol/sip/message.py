@@ -635,12 +635,39 @@ def _validate(msg: Request | Response, headers: Headers) -> None:
         raise ProtocolError(f"CSeq method {cseq.method!r} does not match request method {msg.method!r}")
 
 
+def _head_too_large(head: _Head | None, text: str) -> SipParseError:
+    """513 Message Too Large (RFC 3261 §21.5.14). A request whose start line and header fields
+    could be read keeps them, so that a UAS can still answer it with make_error_response."""
+    if head is None or head.start[:4].upper() == "SIP/":
+        return SipParseError(text, 513)
+    parts = head.start.split(" ")
+    if len(parts) != 3 or not _TOKEN_RE.fullmatch(parts[0]):
+        return SipParseError(text, 513)
+    return SipParseError(text, 513, method=parts[0], headers=Headers._from_parsed(head.items))
+
+
+def _too_large(data: bytes, text: str) -> SipParseError:
+    # The datagram is already in memory (at most 64 KiB): reading its header section costs what
+    # parsing any datagram costs, and lets the sender learn why it was refused.
+    start = 0
+    while start < len(data) and data[start] in (13, 10):
+        start += 1
+    head_end, _ = _find_head_end(data, start)
+    if head_end < 0:
+        return SipParseError(text, 513)
+    try:
+        head = _parse_head(data[start:head_end])
+    except SipParseError:
+        return SipParseError(text, 513)
+    return _head_too_large(head, text)
+
+
 def parse_message(data: bytes, *, max_size: int = MAX_MESSAGE_SIZE) -> Request | Response:
     """Parse one datagram. Bytes after Content-Length are ignored (RFC 3261 §18.3); without a
     Content-Length the body is the rest of the datagram."""
     size = len(data)
     if size > max_size:
-        raise SipParseError(f"message of {size} bytes exceeds the {max_size} byte limit", 413)
+        raise _too_large(data, f"message of {size} bytes exceeds the {max_size} byte limit")
     start = 0
     while start < size and data[start] in (13, 10):
         start += 1
@@ -750,7 +777,7 @@ class StreamParser:
                 self._scanned = len(buf)
                 if len(buf) - start > self.max_message_size:
                     raise SipParseError(
-                        f"no end of headers within {self.max_message_size} bytes", 413
+                        f"no end of headers within {self.max_message_size} bytes", 513
                     )
                 return None
             head = _parse_head(bytes(buf[start:head_end]))
@@ -758,8 +785,8 @@ class StreamParser:
                 raise SipParseError("Content-Length is required on a stream transport")
             size = body_start - start + head.content_length
             if size > self.max_message_size:
-                raise SipParseError(
-                    f"message of {size} bytes exceeds the {self.max_message_size} byte limit", 413
+                raise _head_too_large(
+                    head, f"message of {size} bytes exceeds the {self.max_message_size} byte limit"
                 )
             self._head, self._body_start = head, body_start
         head = self._head

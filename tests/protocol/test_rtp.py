@@ -310,3 +310,12 @@ def test_lsr_and_dlsr_from_a_sender_report():
     stats.on_sender_report(SenderReport(999, 1, 0, 0, 0), now=10.0)  # unknown source: ignored
     (block,) = stats.report_blocks(now=10.5)
     assert (block.last_sr, block.delay_since_last_sr) == (0x567890AB, 32768)
+
+
+def test_pack_rtp_is_the_bytes_of_the_packet():
+    from protocol.rtp import pack_rtp
+
+    for marker in (False, True):
+        for pt, seq, ts, ssrc in ((0, 0, 0, 0), (8, 65535, 2**32 - 1, 2**32 - 1), (101, 4242, 160 * 4242, 0x12345678)):
+            packet = RtpPacket(pt, seq, ts, ssrc, b"\x01\x02" * 80, marker)
+            assert pack_rtp(pt, seq, ts, ssrc, packet.payload, marker) == bytes(packet)

@@ -50,12 +50,48 @@ url = "http://127.0.0.1:8090/hook"
 [supervision]
 provider_restarts = 5
 call_shutdown_timeout = 2
+[sip]
+max_message_size = 4096
+max_transactions = 50
+tcp_max_connections = 10
+tcp_idle_timeout = 60
+tcp_connect_timeout = 2
+tcp_write_buffer = 65536
+t1 = 0.25
+t2 = 2
+t4 = 2.5
+trying_delay = 0
+[rtp]
+codecs = ["PCMA", "telephone-event"]
+ptime = 30
+jitter_target_ms = 40
+jitter_max_ms = 200
+rtcp_interval = 2
+relatch_after = 1
+dtmf_timeout = 0.3
+dtmf_duration_ms = 80
+dtmf_gap_ms = 40
+dtmf_max_queued = 8
 """))
     assert cfg.http_host_port == ("127.0.0.1", 9000)
     assert cfg.ice_servers[1].username == "u" and cfg.ice_servers[0].credential is None
     assert cfg.handler.url == "http://127.0.0.1:8090/hook" and cfg.handler.method == "POST"
     assert cfg.supervision.provider_restarts == 5
     assert cfg.supervision.call_shutdown_timeout == 2.0  # an integer is accepted as seconds
+    assert cfg.tcp_port is None  # listens on the UDP port
+    assert cfg.sip.max_message_size == 4096 and cfg.sip.t2 == 2.0 and cfg.sip.trying_delay == 0.0
+    assert cfg.rtp.codecs == ("PCMA", "telephone-event") and cfg.rtp.ptime == 30
+    assert cfg.rtp.dtmf_max_queued == 8
+
+
+def test_shipped_config_documents_every_sip_and_rtp_key():
+    text = open("config.toml").read()
+    cfg = load_config("config.toml")
+    assert cfg.sip == Config().sip and cfg.rtp == Config().rtp
+    for section, table in (("sip", cfg.sip), ("rtp", cfg.rtp)):
+        assert f"[{section}]" in text
+        for name in table.__dataclass_fields__:
+            assert f"\n{name} = " in text or f"\n# {name} = " in text, f"{section}.{name} missing from config.toml"
 
 
 @pytest.mark.parametrize("text,message", [
@@ -70,6 +106,22 @@ call_shutdown_timeout = 2
     ("rtp_start_port = 5000\nrtp_end_port = 4000", "rtp_start_port/rtp_end_port"),
     ("ice_servers = 'stun:x'", "ice_servers: expected an array"),
     ("max_calls = ", "not valid TOML"),
+    ("tcp_port = 70000", "tcp_port: must be 0..65535"),
+    ("external_ip = 'nat.example.com'", "external_ip: expected an IPv4 or IPv6 address"),
+    ("rtp_start_port = 5001\nrtp_end_port = 5002", "holds no even RTP port"),
+    ("[sip]\nmax_message_size = 100", "sip.max_message_size: must be 1024..1048576"),
+    ("[sip]\nt1 = 1\nt2 = 0.5", "sip.t2: must be at least sip.t1"),
+    ("[sip]\nmax_transactions = 0", "sip.max_transactions: must be at least 1"),
+    ("[sip]\ntcp_idle_timeout = 0", "sip.tcp_idle_timeout: must be greater than 0"),
+    ("[sip]\ntcp_write_buffer = 2000", "sip.tcp_write_buffer: must hold at least one message"),
+    ("[rtp]\ncodecs = ['telephone-event']", "rtp.codecs: needs at least one audio codec"),
+    ("[rtp]\ncodecs = ['GSM']", "rtp.codecs: unknown codec 'GSM'"),
+    ("[rtp]\nptime = 25", "rtp.ptime: must be 10, 20, 30, 40 or 60"),
+    ("[rtp]\njitter_target_ms = 300", "rtp.jitter_target_ms/jitter_max_ms"),
+    ("[rtp]\nrtcp_interval = 0.1", "rtp.rtcp_interval: must be 1..60"),
+    ("[rtp]\ndtmf_duration_ms = 10", "rtp.dtmf_duration_ms: must be 40..8000"),
+    ("[rtp]\ndtmf_max_queued = 0", "rtp.dtmf_max_queued: must be at least 1"),
+    ("[rtp]\nbogus = 1", "unknown key 'rtp.bogus'"),
 ])
 def test_bad_config_names_the_key_and_the_file(tmp_path, text, message):
     path = write(tmp_path, text)

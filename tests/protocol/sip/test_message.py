@@ -371,7 +371,14 @@ def test_datagram_body_rules():
 
 def test_size_limits():
     big = error_of(msg(body=b"x" * MAX_MESSAGE_SIZE))
-    assert big.status == 413 and "byte limit" in big.message
+    assert big.status == 513 and "byte limit" in big.message
+    # The request's headers are kept, so the UAS can answer 513 Message Too Large.
+    answer = make_error_response(big)
+    assert answer is not None and answer.status == 513 and answer.call_id == big.headers.get("Call-ID")
+    oversize_response = error_of(b"SIP/2.0 200 OK\r\n" + msg(body=b"x" * MAX_MESSAGE_SIZE).split(b"\r\n", 1)[1])
+    assert oversize_response.status == 513 and make_error_response(oversize_response) is None
+    endless_head = error_of(b"OPTIONS sip:a@b SIP/2.0\r\nX: " + b"y" * MAX_MESSAGE_SIZE)
+    assert endless_head.status == 513 and make_error_response(endless_head) is None
     many = "".join(f"X-H{i}: {i}\r\n" for i in range(MAX_HEADERS))
     assert error_of(msg(many)).status == 413
     folded = "X-Fold: a\r\n" + " b\r\n" * (4 * MAX_HEADERS)
@@ -512,12 +519,14 @@ def test_stream_framing_errors_are_fatal():
     parser = StreamParser(max_message_size=1000)
     with pytest.raises(SipParseError) as info:
         parser.feed(msg(body=b"x" * 1000))
-    assert info.value.status == 413
+    assert info.value.status == 513
+    answer = make_error_response(info.value)
+    assert answer is not None and answer.status == 513
     parser = StreamParser(max_message_size=1000)
     with pytest.raises(SipParseError) as info:
         for _ in range(20):
             parser.feed(b"X-Endless: " + b"a" * 100)
-    assert info.value.status == 413
+    assert info.value.status == 513 and make_error_response(info.value) is None
     with pytest.raises(SipParseError, match="bare CR"):
         StreamParser().feed(b"\r\r\n")
     assert StreamParser().feed(b"\r") == []

@@ -12,7 +12,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -58,6 +58,30 @@ log = structlog.get_logger("http")
 CALL_TYPE_WIRE = {"websocket": "webSocket", "sip": "sip", "webrtc": "webrtc"}
 URGENT_COMMANDS = (api.Interrupt, api.Hangup)
 MAX_TEXT_FRAME = 4 << 20  # a base64 `tts` of ~90 s of 16 kHz audio fits
+
+
+@dataclass(frozen=True, slots=True)
+class LegMaker:
+    """What a transport offers one connection of its call type: the factory of the call's leg, and
+    where the connection's binary frames go (None: binary frames are not this leg's media and are
+    counted and dropped)."""
+
+    factory: LegFactory
+    binary: Callable[[bytes], None] | None = None
+
+
+LegProvider = Callable[[str, Outbox], LegMaker]
+"""(session id, the connection's outbox) -> the LegMaker for a new call of one call type."""
+
+
+def websocket_legs(session_id: str, outbox: Outbox) -> LegMaker:
+    """`/call`: the audio rides the application's own WebSocket."""
+    pipe: AudioPipe[bytes] = AudioPipe(50, name=f"{session_id}.ws-in")
+
+    def leg(context: LegContext) -> WebSocketLeg:
+        return WebSocketLeg(context, pipe, outbox.audio)
+
+    return LegMaker(leg, pipe.push)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +136,15 @@ class CallRouter:
     """Routes and handlers; `calls` gives the current CallSupervisor ref."""
 
     def __init__(self, config: Config, calls: Callable[[], ActorRef], clock: MediaClock,
-                 services: CallServices) -> None:
+                 services: CallServices, legs: Mapping[str, LegProvider] | None = None) -> None:
         self.config = config
         self.calls = calls
         self.clock = clock
         self.services = services
+        # Call types whose transport is not here answer invite/accept with 501 (UnavailableLeg).
+        self.legs: Mapping[str, LegProvider] = {"websocket": websocket_legs, **(legs or {})}
         self.started_at = time.time()
+        self.binary_dropped = 0
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -248,27 +275,23 @@ class CallRouter:
                 dump.event(text)
             outbox.event(text)
 
-        inbound: AudioPipe[bytes] | None = None
-        leg: LegFactory
-        if call_type == "websocket":
-            pipe = inbound = AudioPipe(50, name=f"{sid}.ws-in")
-
-            def leg(context: LegContext) -> WebSocketLeg:
-                return WebSocketLeg(context, pipe, outbox.audio)
+        provider = self.legs.get(call_type)
+        if provider is not None:
+            maker = provider(sid, outbox)
         else:
-            def leg(context: LegContext) -> UnavailableLeg:
-                return UnavailableLeg(context, call_type)
+            maker = LegMaker(lambda context: UnavailableLeg(context, call_type))
         settings = call_settings(self.config, params.server_side_track)
 
         def start(parent: ActorRef) -> ActorRef:
-            return Call.start(sid, leg=leg, clock=self.clock, settings=settings, services=self.services,
+            return Call.start(sid, leg=maker.factory, clock=self.clock, settings=settings, services=self.services,
                               parent=parent, name=f"call:{sid}")
 
         call: ActorRef | None = None
+        created = False
         ping_task: asyncio.Task[None] | None = None
         try:
             try:
-                call = await self.calls().ask(StartCall(sid, start), timeout=5.0)
+                call, created = await self._call_for(sid, call_type, start)
                 await call.ask(Attach(AppConnection(emit=emit, close=outbox.close)), timeout=5.0)
             except (AdmissionRefused, DuplicateSession, CallStartFailed, AttachRefused, ActorDeadError,
                     TimeoutError) as exc:
@@ -280,6 +303,9 @@ class CallRouter:
                     code, close_code, reason = 500, 1011, str(exc)
                 else:  # the call supervisor is stopping (drain) or not answering
                     code, close_code, reason = 503, 1013, "the gateway is shutting down or overloaded"
+                if call is not None and created and call.is_alive():
+                    call.tell(Detach())   # started for this connection, which it never got
+                call = None               # otherwise not ours to end: it belongs to another connection
                 emit(api.ErrorEvent(track_id=sid, timestamp=now_ms(), sender="server",
                                     error=f"call refused: {reason}", code=code))
                 clog.warning("call refused", error=reason)
@@ -290,7 +316,7 @@ class CallRouter:
             call.add_watcher(lambda _exit: outbox.close())
             if params.ping_interval > 0:
                 ping_task = asyncio.create_task(self._ping(emit, params.ping_interval))
-            await self._read(ws, call, inbound, dump, clog)
+            await self._read(ws, call, maker.binary, dump, clog)
         finally:
             if ping_task is not None:
                 ping_task.cancel()
@@ -310,7 +336,20 @@ class CallRouter:
                 dump.close()
         return ws
 
-    async def _read(self, ws: web.WebSocketResponse, call: ActorRef, inbound: AudioPipe[bytes] | None,
+    async def _call_for(self, sid: str, call_type: str, start: Callable[[ActorRef], ActorRef]
+                        ) -> tuple[ActorRef, bool]:
+        """The call this connection is for, and whether it was made for it: an existing one waiting
+        for its application (an incoming call announced by webhook, `?id=<dialogId>`), else a new one."""
+        existing = await self.calls().ask(GetCall(sid), timeout=2.0)
+        if existing is None:
+            return await self.calls().ask(StartCall(sid, start), timeout=5.0), True
+        info = await existing.ask(Describe(), timeout=2.0)
+        if info.call_type != call_type:
+            raise AttachRefused(f"session {sid!r} is a {CALL_TYPE_WIRE.get(info.call_type, info.call_type)} call, "
+                                f"not a {CALL_TYPE_WIRE.get(call_type, call_type)} one")
+        return existing, False
+
+    async def _read(self, ws: web.WebSocketResponse, call: ActorRef, binary: Callable[[bytes], None] | None,
                     dump: EventDump | None, clog: structlog.typing.FilteringBoundLogger) -> None:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
@@ -327,8 +366,10 @@ class CallRouter:
                 except ActorDeadError:
                     break
             elif msg.type == WSMsgType.BINARY:
-                if inbound is not None:
-                    inbound.push(msg.data)
+                if binary is not None:
+                    binary(msg.data)
+                else:
+                    self.binary_dropped += 1
             elif msg.type == WSMsgType.ERROR:
                 clog.info("websocket error", error=repr(ws.exception()))
                 break
@@ -352,9 +393,9 @@ class HttpServer(Actor):
     start_error: BaseException | None = None  # last bind failure, for a clear start-up message
 
     def __init__(self, config: Config, calls: Callable[[], ActorRef], clock: MediaClock,
-                 services: CallServices) -> None:
+                 services: CallServices, legs: Mapping[str, LegProvider] | None = None) -> None:
         self.config = config
-        self.router = CallRouter(config, calls, clock, services)
+        self.router = CallRouter(config, calls, clock, services, legs)
         self.runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
 

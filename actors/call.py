@@ -159,6 +159,8 @@ class Call(Supervisor):
         # unless the leg ended the call itself or was already rejected.
         self._leg_done = False
         self._hangup_headers: Mapping[str, str] | None = None
+        self._ringtone = False          # a `ringing` ringtone plays (early media) until the answer
+        self._moh = False               # a `refer` music on hold plays until the transfer's outcome
         self._pending_input: CallInput | None = None
         self._silenced = False          # set once the hangup event is out
         # The leg's synchronisation source, reported in trackEnd (and used as the RTP SSRC on RTP legs).
@@ -423,8 +425,12 @@ class Call(Supervisor):
             media = await self._leg_op("ringing", leg.ring(cmd))
             self._advance()
             self.ringing_at = self.ringing_at or time.time()
-            if media is not None:
-                await self._start_media(media, self.option or api.CallOption())
+            # Early media: the track starts with the ringing's recorder (which the accept's does not
+            # replace) and its ringtone; what the accept asks for starts at the answer.
+            if media is not None and await self._start_media(media, api.CallOption(recorder=cmd.recorder)):
+                if cmd.ringtone:
+                    self._ringtone = True
+                    await self.playback.play(api.Play(url=cmd.ringtone))
             return True
         if isinstance(cmd, api.Reject):
             self.disarm("accept")
@@ -433,8 +439,15 @@ class Call(Supervisor):
             return True
         if isinstance(cmd, api.Refer):
             await self._leg_op("refer", leg.transfer(cmd))
+            if cmd.options is not None and cmd.options.moh:
+                self._moh = True
+                await self.playback.play(api.Play(url=cmd.options.moh))
+            return True
+        if isinstance(cmd, api.SendDtmf):
+            await self._leg_op("sendDtmf", leg.send_dtmf(cmd.digits, cmd.duration))
             return True
         if isinstance(cmd, api.Hangup):
+            self._hangup_headers = cmd.headers
             self._end_by(I.HANGUP, cmd.reason or "hangup_command", cmd.initiator or "user")
             return True
         if isinstance(cmd, (api.Mute, api.Unmute)):
@@ -493,16 +506,18 @@ class Call(Supervisor):
             await self._answered(ev.media)
         elif isinstance(ev, LegHold):
             self.machine.process(inp)
-            self.emit(api.OtherEvent(track_id=self.session_id, timestamp=now_ms(), sender="leg",
-                                     extra={"hold": ev.held}))
+            self.emit(api.HoldEvent(track_id=self.session_id, timestamp=now_ms(), on_hold=ev.held))
         elif isinstance(ev, LegTransferRequest):
             self.machine.process(inp)
-            self.emit(api.OtherEvent(track_id=self.session_id, timestamp=now_ms(), sender="refer",
-                                     extra={"target": ev.target, "headers": dict(ev.headers)}))
+            self.emit(api.TransferRequestEvent(track_id=self.session_id, timestamp=now_ms(), refer_to=ev.target,
+                                               referred_by=ev.headers.get("Referred-By")))
         elif isinstance(ev, LegTransferred):
             self._end_by(inp, "transferred", "system")
         elif isinstance(ev, LegTransferFailed):
             self.machine.process(inp)
+            if self._moh:   # the music on hold of a transfer that failed stops: the call resumes
+                self._moh = False
+                await self.playback.interrupt(False)
             self.emit_error("refer", f"refer failed: {ev.code} {ev.reason}", ev.code)
 
     # --- answer: the track and what hangs on it ----------------------------------------------
@@ -510,7 +525,18 @@ class Call(Supervisor):
     async def _answered(self, media: LegMedia) -> None:
         self.answer_at = time.time()
         self.emit(api.AnswerEvent(track_id=self.session_id, timestamp=now_ms(), sdp=media.sdp))
-        await self._start_media(media, self.option or api.CallOption())
+        option = self.option or api.CallOption()
+        if not await self._start_media(media, option) and self.machine.direction is Direction.INBOUND:
+            # The track runs since early media, started with the ringing's options: the ringtone
+            # stops, and the accept's recorder (unless ringing had one) and listening start now.
+            if self._ringtone:
+                self._ringtone = False
+                await self.playback.interrupt(False)
+            track = self.child("track")
+            if track is not None and option.recorder is not None and self.child("recorder") is None:
+                await self._start_recorder(track, option.recorder)
+            self.listening.release()
+            await self.listening.start(option)
 
     async def _start_media(self, media: LegMedia, option: api.CallOption) -> bool:
         """Start the track on the negotiated codec with the recorder, mediaPass and listening the
@@ -662,6 +688,10 @@ class Call(Supervisor):
         self.playback.end_all()
         hangup_at = time.time()
         ts = int(hangup_at * 1000)
+        # The leg's own figures (an RTP leg's loss and jitter) come before the hangup: nothing follows it.
+        leg_metrics = getattr(self.leg, "metrics", None)
+        for event in leg_metrics(ts) if leg_metrics is not None else ():
+            self.emit(event)
         if self.track_started_at is not None:
             self.emit(api.TrackEndEvent(track_id=self.session_id, timestamp=ts, ssrc=self.ssrc,
                                         duration=int((hangup_at - self.track_started_at) * 1000)))

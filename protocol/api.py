@@ -70,6 +70,7 @@ from protocol.api_commands import (
     Reject,
     Resume,
     Ringing,
+    SendDtmf,
     Tts,
     Unbridge,
     Unmute,
@@ -86,6 +87,7 @@ from protocol.api_events import (
     ErrorEvent,
     Event,
     HangupEvent,
+    HoldEvent,
     InactivityEvent,
     IncomingEvent,
     InterruptionEvent,
@@ -98,6 +100,7 @@ from protocol.api_events import (
     SpeakingEvent,
     TrackEndEvent,
     TrackStartEvent,
+    TransferRequestEvent,
 )
 from protocol.api_options import (
     CODEC_SAMPLERATES,
@@ -121,13 +124,13 @@ __all__ = [
     # commands
     "Invite", "Accept", "Reject", "Ringing", "Tts", "Play", "Interrupt", "Refer", "Mute",
     "Unmute", "Hangup", "Pause", "Resume", "History", "Custom", "Bridge", "Unbridge",
-    "Command", "COMMANDS",
+    "SendDtmf", "Command", "COMMANDS",
     # events
     "IncomingEvent", "AnswerEvent", "RejectEvent", "RingingEvent", "HangupEvent",
     "SpeakingEvent", "SilenceEvent", "AsrFinalEvent", "AsrDeltaEvent", "TrackStartEvent",
     "TrackEndEvent", "InterruptionEvent", "DtmfEvent", "MetricsEvent", "ErrorEvent",
     "BinaryEvent", "PingEvent", "OtherEvent", "AddHistoryEvent", "CustomEvent",
-    "InactivityEvent", "Event", "EVENTS",
+    "InactivityEvent", "HoldEvent", "TransferRequestEvent", "Event", "EVENTS",
     # codec
     "parse_command", "command_from_json", "command_to_json", "dumps_command",
     "parse_event", "event_from_json", "event_to_json", "dumps_event",

@@ -91,6 +91,18 @@ class Hangup:
     command: ClassVar[str] = "hangup"
     reason: str | None = None
     initiator: str | None = None
+    # Extra headers of the BYE (SIP legs), as the original carries them.
+    headers: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendDtmf:
+    """Send DTMF to the far party (SIP legs: RFC 4733 when negotiated, else SIP INFO). Not in the
+    original, which has no command for it."""
+
+    command: ClassVar[str] = "sendDtmf"
+    digits: str
+    duration: int = opt_field(100, lo=40, hi=8000)   # ms per digit
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +143,7 @@ class Unbridge:
 
 Command = Union[
     Invite, Accept, Reject, Ringing, Tts, Play, Interrupt, Refer, Mute, Unmute, Hangup,
-    Pause, Resume, History, Custom, Bridge, Unbridge,
+    Pause, Resume, History, Custom, Bridge, Unbridge, SendDtmf,
 ]
 
 COMMANDS: dict[str, type] = {cls.command: cls for cls in typing.get_args(Command)}

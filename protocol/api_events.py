@@ -203,6 +203,27 @@ class CustomEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldEvent:
+    """The far party put the call on hold (``onHold`` true) or resumed it, as the original sends."""
+
+    event: ClassVar[str] = "hold"
+    track_id: str
+    timestamp: int
+    on_hold: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRequestEvent:
+    """The far party asked to transfer the call (an incoming REFER), as the original sends."""
+
+    event: ClassVar[str] = "transferRequest"
+    track_id: str
+    timestamp: int
+    refer_to: str
+    referred_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class InactivityEvent:
     event: ClassVar[str] = "inactivity"
     track_id: str
@@ -213,7 +234,7 @@ Event = Union[
     IncomingEvent, AnswerEvent, RejectEvent, RingingEvent, HangupEvent, SpeakingEvent,
     SilenceEvent, AsrFinalEvent, AsrDeltaEvent, TrackStartEvent, TrackEndEvent,
     InterruptionEvent, DtmfEvent, MetricsEvent, ErrorEvent, BinaryEvent, PingEvent, OtherEvent,
-    AddHistoryEvent, CustomEvent, InactivityEvent,
+    AddHistoryEvent, CustomEvent, InactivityEvent, HoldEvent, TransferRequestEvent,
 ]
 
 EVENTS: dict[str, type] = {cls.event: cls for cls in typing.get_args(Event)}

@@ -69,6 +69,7 @@ class CallInput(enum.Enum):
     UNBRIDGE = "unbridge"
     HISTORY = "history"
     CUSTOM = "custom"
+    SEND_DTMF = "sendDtmf"
     # what the leg reports
     LEG_RINGING = "leg ringing"
     LEG_EARLY_MEDIA = "leg early media"
@@ -120,6 +121,8 @@ def _rules() -> Iterable[tuple[tuple[Direction, ...], tuple[CallState, ...], tup
     # In the call.
     yield both, MEDIA, MEDIA_COMMANDS, None
     yield both, (S.ANSWERED, S.ON_HOLD), (I.BRIDGE, I.UNBRIDGE), None
+    # Digits reach an IVR in early media as well as in the call.
+    yield both, (S.EARLY_MEDIA, S.ANSWERED), (I.SEND_DTMF,), None
     yield both, (S.ANSWERED, S.ON_HOLD), (I.REFER,), S.TRANSFERRING
     yield both, (S.ANSWERED, S.ON_HOLD, S.TRANSFERRING), (I.LEG_TRANSFER_REQUEST,), None
     yield both, (S.ANSWERED,), (I.LEG_HOLD,), S.ON_HOLD
@@ -225,6 +228,7 @@ _COMMAND_INPUTS: dict[type, CallInput] = {
     api.Unbridge: I.UNBRIDGE,
     api.History: I.HISTORY,
     api.Custom: I.CUSTOM,
+    api.SendDtmf: I.SEND_DTMF,
 }
 
 

@@ -24,6 +24,9 @@ def gateway_config(tmp_path):
             "media_root": str(tmp_path / "media"),
             "recorder_root": str(tmp_path / "recorders"),
             "log_level": "warning",
+            # SIP on an ephemeral loopback port (UDP and TCP share it), so gateways run side by side.
+            "sip_addr": "127.0.0.1",
+            "udp_port": 0,
         }
         table.update(overrides)
         return parse_config(table)

@@ -46,6 +46,19 @@ class HandlerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RegisterUser:
+    """An account the gateway keeps registered with a SIP registrar (``[[register_users]]``)."""
+
+    server: str                          # the registrar: "sip:pbx.example.com:5060", "10.0.0.5" ...
+    username: str
+    password: str
+    realm: str | None = None             # None: answer any realm the registrar challenges with
+    expires: int = 3600                  # seconds asked for; refreshed before they run out
+    transport: str = "udp"               # udp | tcp
+    contact_user: str | None = None      # user part of our Contact (default: username)
+
+
+@dataclass(frozen=True, slots=True)
 class SupervisionConfig:
     """Restart limits. Kept low on purpose: intensity multiplies across supervision levels."""
 
@@ -75,6 +88,12 @@ class SipConfig:
     t2: float = 4.0
     t4: float = 5.0
     trying_delay: float = 0.2            # 100 Trying for an INVITE the call leg has not answered yet
+    ring_timeout: float = 120.0          # an outbound call not answered within this is cancelled (408)
+    refer_timeout: float = 30.0          # a `refer` without its outcome within this fails (408)
+    register_retry_initial: float = 2.0  # a failed REGISTER is retried after this, doubling ...
+    register_retry_max: float = 300.0    # ... up to this many seconds
+    bye_timeout: float = 5.0             # how long a hangup waits for the BYE's answer before the
+    #                                      call's resources are released (the transaction goes on)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +123,7 @@ class Config:
     rtp_start_port: int = 12000
     rtp_end_port: int = 42000
     ice_servers: tuple[IceServer, ...] = ()
+    register_users: tuple[RegisterUser, ...] = ()
     media_root: str = "./var/media"
     recorder_root: str = "./var/recorders"
     dump_root: str = "./var/dumps"
@@ -203,6 +223,12 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"external_ip: expected an IPv4 or IPv6 address, got {cfg.external_ip!r}") from None
     _validate_sip(cfg.sip)
     _validate_rtp(cfg.rtp)
+    _validate_register_users(cfg.register_users)
+    if cfg.handler.url is not None and not cfg.handler.url.startswith(("http://", "https://")):
+        raise ConfigError(f"handler.url: expected an http(s) URL, got {cfg.handler.url!r}")
+    if cfg.handler.type != "webhook":
+        raise ConfigError(f"handler.type: only 'webhook' is supported, got {cfg.handler.type!r}")
+    _positive(cfg.handler.timeout, "handler.timeout")
 
 
 def _positive(value: float, name: str) -> None:
@@ -228,6 +254,22 @@ def _validate_sip(sip: SipConfig) -> None:
         raise ConfigError(f"sip.t2: must be at least sip.t1 ({sip.t1}), got {sip.t2}")
     if sip.trying_delay < 0:
         raise ConfigError(f"sip.trying_delay: must be 0 or more seconds, got {sip.trying_delay}")
+    for name in ("ring_timeout", "refer_timeout", "register_retry_initial", "bye_timeout"):
+        _positive(getattr(sip, name), f"sip.{name}")
+    if sip.register_retry_max < sip.register_retry_initial:
+        raise ConfigError(f"sip.register_retry_max: must be at least sip.register_retry_initial "
+                          f"({sip.register_retry_initial}), got {sip.register_retry_max}")
+
+
+def _validate_register_users(users: tuple[RegisterUser, ...]) -> None:
+    for n, user in enumerate(users):
+        where = f"register_users[{n}]"
+        if user.transport not in ("udp", "tcp"):
+            raise ConfigError(f"{where}.transport: expected udp or tcp, got {user.transport!r}")
+        if not 60 <= user.expires <= 86400:
+            raise ConfigError(f"{where}.expires: must be 60..86400 seconds, got {user.expires}")
+        if not user.server.strip() or not user.username.strip():
+            raise ConfigError(f"{where}: server and username must not be empty")
 
 
 def _validate_rtp(rtp: RtpConfig) -> None:

@@ -4,12 +4,15 @@
 gateway (one_for_one)
 ├── clock    MediaClockActor   the 20 ms ticker every track of the process runs on
 ├── engines  EngineHostActor   engine threads: espeak-ng, pocketsphinx, silero (batched VAD)
+├── sip      SipServer         the SIP endpoint: UDP/TCP listeners, transactions, Call-ID routing
 ├── calls    CallSupervisor    one temporary child per call, behind max_calls
 └── http     HttpServer        the API WebSockets and REST
 ```
 
 Start order is dependency order; stopping runs in reverse, so the gateway stops accepting before
-it drains its calls, and the calls are gone before the engines and the clock stop. Restarts are
+it drains its calls, the calls are gone (each SIP call has sent its BYE or final response) before
+the SIP endpoint closes, and the engines and the clock stop last. While draining, a new INVITE is
+answered 503. Restarts are
 one for one: the clock object and the engine host outlive their actors (a restarted clock resumes
 ticking for the tracks registered on it, a restarted engine host starts engine threads again on
 their next job), and the HTTP server looks the current CallSupervisor up on every request, so no
@@ -39,12 +42,14 @@ from .media_pass import MediaPassLink
 from .providers.espeak import espeak_factories
 from .providers.pocketsphinx import pocketsphinx_factories
 from .recording_paths import resolve_recording
+from .sip_calls import SipCalls
+from .sip_server import sip_endpoint_spec
 from .file_writer import FileWriter, WrittenSink
 from .wav_sink import open_recording, segment_path
 
 log = structlog.get_logger("gateway")
 
-TREE = ("clock", "engines", "calls", "http")
+TREE = ("clock", "engines", "sip", "calls", "http")
 SILERO_ENGINE = "silero"
 
 
@@ -57,9 +62,20 @@ class Gateway:
     engines: EngineHost
     media: MediaLoader
     writer: FileWriter
+    sip: SipCalls
+
+    @property
+    def sip_address(self) -> tuple[str, int]:
+        """Where the SIP endpoint listens (UDP; TCP on the same port unless tcp_port says otherwise)."""
+        endpoint = self.sip.endpoint
+        if endpoint is None or endpoint.udp_address is None:
+            raise RuntimeError("the SIP endpoint is not listening")
+        return endpoint.udp_address
 
     async def stop(self) -> bool:
+        self.sip.draining = True      # INVITEs arriving during the drain are answered 503
         stopped = await self.ref.stop(timeout=self.config.supervision.call_shutdown_timeout + 10.0)
+        await self.sip.close()
         await self.media.close()
         await asyncio.to_thread(self.writer.stop)
         return stopped
@@ -89,7 +105,7 @@ def build_services(config: Config, engines: EngineHost, media: MediaLoader, writ
 
 
 def gateway_children(config: Config, clock: MediaClock, engines: EngineHost, services: CallServices,
-                     current: dict[str, ActorRef]) -> list[ChildSpec]:
+                     current: dict[str, ActorRef], sip: SipCalls) -> list[ChildSpec]:
     """The gateway's children, in start order (TREE)."""
     sup = config.supervision
 
@@ -103,12 +119,15 @@ def gateway_children(config: Config, clock: MediaClock, engines: EngineHost, ser
         ChildSpec(id="engines", restart=Restart.PERMANENT, shutdown=10.0,
                   start=lambda parent: started("engines", EngineHostActor.start(engines, parent=parent,
                                                                                 name="engines"))),
+        sip_endpoint_spec(config, on_new_call=sip.on_new_call, on_ready=sip.endpoint_ready, child_id="sip",
+                          shutdown=sup.call_shutdown_timeout),
         ChildSpec(id="calls", restart=Restart.PERMANENT, shutdown=sup.call_shutdown_timeout + 1.0,
                   start=lambda parent: started("calls", CallSupervisor.start(config.max_calls, parent=parent,
                                                                              name="calls"))),
         ChildSpec(id="http", restart=Restart.PERMANENT, shutdown=sup.call_shutdown_timeout + 2.0,
                   start=lambda parent: started("http", HttpServer.start(config, lambda: current["calls"], clock,
-                                                                        services, parent=parent, name="http"))),
+                                                                        services, legs={"sip": sip.legs},
+                                                                        parent=parent, name="http"))),
     ]
 
 
@@ -120,7 +139,8 @@ async def start_gateway(config: Config) -> Gateway:
     writer = FileWriter(config.recorder_pending_bytes)
     services = build_services(config, engines, media, writer)
     current: dict[str, ActorRef] = {}
-    children = gateway_children(config, clock, engines, services, current)
+    sip = SipCalls(config, calls=lambda: current.get("calls"), clock=clock, services=services)
+    children = gateway_children(config, clock, engines, services, current, sip)
     ref = Supervisor.start(children, strategy=Strategy.ONE_FOR_ONE, intensity=sup.gateway_restarts,
                            period=sup.gateway_period, name="gateway")
     try:
@@ -128,12 +148,13 @@ async def start_gateway(config: Config) -> Gateway:
         address = await http.ask(GetAddress(), timeout=10.0)
     except (ActorDeadError, TimeoutError) as exc:
         await ref.stop(timeout=5.0)
+        await sip.close()
         await media.close()
         await asyncio.to_thread(writer.stop)
         raise GatewayStartError(f"HTTP server did not start on {config.http_addr}: "
                                 f"{HttpServer.start_error or exc!r}") from None
     return Gateway(config=config, ref=ref, clock=clock, http_address=address, engines=engines, media=media,
-                   writer=writer)
+                   writer=writer, sip=sip)
 
 
 class GatewayStartError(Exception):

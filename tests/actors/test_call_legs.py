@@ -105,7 +105,7 @@ async def test_outbound_through_ringing_early_media_answer_audio_dtmf_and_remote
     leg.far_presses("5", 1010, source="info")   # the same press signalled twice counts once
     await eventually(lambda: app.of(api.DtmfEvent))
     leg.far_holds(True)
-    await eventually(lambda: any(e.extra == {"hold": True} for e in app.of(api.OtherEvent)))
+    await eventually(lambda: any(e.on_hold is True for e in app.of(api.HoldEvent)))
     assert (await call.ask(Describe())).state == "on hold"
     leg.far_holds(False)
     leg.far_hangs_up("bye")

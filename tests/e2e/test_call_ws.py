@@ -236,12 +236,12 @@ async def test_original_list_and_kill_forms(gateway, http):
     await client.wait_closed()
 
 
-async def test_trailing_slash_and_sip_webrtc_paths(gateway, http):
+async def test_trailing_slash_and_webrtc_path(gateway, http):
     client = await connect(http, gateway, path="/call/", id="slash")
     await client.send({"command": "invite", "option": {"codec": "pcm"}})
     await client.wait_event("answer")
     await client.ws.close()
-    for path in ("/call/sip", "/call/webrtc"):
+    for path in ("/call/webrtc",):
         other = await connect(http, gateway, path=path)
         await other.send({"command": "invite", "option": {"callee": "sip:bob@127.0.0.1"}})
         err, = await other.wait_event("error")

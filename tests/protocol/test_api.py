@@ -83,6 +83,7 @@ OPTION_CLASSES = {
 EXTENSIONS: dict[type, set[str]] = {
     CallOption: {"inactivityTimeout", "samplerate"},
     SynthesisOption: {"emotion"},  # in the spec's own SynthesisOption example
+    Hangup: {"headers"},           # the BYE's extra headers, as the original carries them
 }
 
 
@@ -270,11 +271,13 @@ def test_registries_and_message_shapes() -> None:
     assert set(COMMANDS) == {
         "invite", "accept", "reject", "ringing", "tts", "play", "interrupt", "refer", "mute",
         "unmute", "hangup", "pause", "resume", "history", "custom", "bridge", "unbridge",
+        "sendDtmf",
     }
     assert set(EVENTS) == {
         "incoming", "answer", "reject", "ringing", "hangup", "speaking", "silence", "asrFinal",
         "asrDelta", "trackStart", "trackEnd", "interruption", "dtmf", "metrics", "error",
-        "binary", "ping", "other", "addHistory", "custom", "inactivity",
+        "binary", "ping", "other", "addHistory", "custom", "inactivity", "hold",
+        "transferRequest",
     }
     for cls in (*COMMANDS.values(), *EVENTS.values(), *OPTION_CLASSES.values()):
         assert cls.__dataclass_params__.frozen and hasattr(cls, "__slots__"), cls
@@ -474,9 +477,9 @@ ERROR_CASES: list[tuple[str | bytes, str, str | None, str]] = [
     ('{"command":7}', "command: expected string, got integer", "command", "expected string, got integer"),
     ('{"command":"dial"}',
      "unknown command 'dial'; known commands: accept, bridge, custom, hangup, history, interrupt, invite, "
-     "mute, pause, play, refer, reject, resume, ringing, tts, unbridge, unmute", "command",
+     "mute, pause, play, refer, reject, resume, ringing, sendDtmf, tts, unbridge, unmute", "command",
      "unknown command 'dial'; known commands: accept, bridge, custom, hangup, history, interrupt, invite, "
-     "mute, pause, play, refer, reject, resume, ringing, tts, unbridge, unmute"),
+     "mute, pause, play, refer, reject, resume, ringing, sendDtmf, tts, unbridge, unmute"),
     ('{"command":"tts"}', "tts: missing required field 'text'", "text", "missing required field 'text'"),
     ('{"command":"invite"}', "invite: missing required field 'option'", "option", "missing required field 'option'"),
     ('{"command":"refer","caller":"a"}', "refer: missing required field 'callee'", "callee",
@@ -547,8 +550,8 @@ def test_event_errors_are_precise() -> None:
         ('{"timestamp":1}', "missing required field 'event'", "event"),
         ('{"event":"beep","timestamp":1}',
          "unknown event 'beep'; known events: addHistory, answer, asrDelta, asrFinal, binary, custom, dtmf, "
-         "error, hangup, inactivity, incoming, interruption, metrics, other, ping, reject, ringing, silence, "
-         "speaking, trackEnd, trackStart", "event"),
+         "error, hangup, hold, inactivity, incoming, interruption, metrics, other, ping, reject, ringing, silence, "
+         "speaking, trackEnd, trackStart, transferRequest", "event"),
         ('{"event":"dtmf","trackId":"t","digit":"1"}', "dtmf: missing required field 'timestamp'", "timestamp"),
         ('{"event":"binary","trackId":"t","timestamp":1,"data":[1,2,256]}',
          "binary: data[2]: expected byte 0-255, got integer 256", "data[2]"),

@@ -43,7 +43,7 @@ from .providers.espeak import espeak_factories
 from .providers.pocketsphinx import pocketsphinx_factories
 from .recording_paths import resolve_recording
 from .sip_calls import SipCalls
-from .sip_server import sip_endpoint_spec
+from .sip_server import GetSipEndpoint, SipServer, sip_endpoint_spec
 from .file_writer import FileWriter, WrittenSink
 from .wav_sink import open_recording, segment_path
 
@@ -144,13 +144,19 @@ async def start_gateway(config: Config) -> Gateway:
     ref = Supervisor.start(children, strategy=Strategy.ONE_FOR_ONE, intensity=sup.gateway_restarts,
                            period=sup.gateway_period, name="gateway")
     try:
+        # Both answer once listening: a gateway that returns takes SIP and HTTP at once.
+        sip_server = await ref.ask(GetChild("sip"), timeout=10.0)
+        await sip_server.ask(GetSipEndpoint(), timeout=10.0)
         http = await ref.ask(GetChild("http"), timeout=10.0)
         address = await http.ask(GetAddress(), timeout=10.0)
-    except (ActorDeadError, TimeoutError) as exc:
+    except (ActorDeadError, TimeoutError, AttributeError) as exc:
         await ref.stop(timeout=5.0)
         await sip.close()
         await media.close()
         await asyncio.to_thread(writer.stop)
+        if SipServer.start_error is not None and sip.endpoint is None:
+            raise GatewayStartError(f"SIP endpoint did not start on {config.sip_addr}:{config.udp_port}: "
+                                    f"{SipServer.start_error!r}") from None
         raise GatewayStartError(f"HTTP server did not start on {config.http_addr}: "
                                 f"{HttpServer.start_error or exc!r}") from None
     return Gateway(config=config, ref=ref, clock=clock, http_address=address, engines=engines, media=media,

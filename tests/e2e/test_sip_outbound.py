@@ -16,7 +16,7 @@ def _ordered(client, *names: str) -> list[str]:
 
 
 async def test_answered_call_carries_media_both_ways_and_ends_with_bye(gateway, http, tmp_path):
-    async with sipp_uas(tmp_path, "uas_echo.xml") as (sipp, port):
+    async with sipp_uas(tmp_path, "uas_echo.xml", extra=("-trace_msg",)) as (sipp, port):
         client = await connect(http, gateway, "/call/sip", id="out-echo")
         await client.send({"command": "invite", "option": {
             "callee": f"sip:echo@127.0.0.1:{port}", "caller": "sip:bot@gateway.test",
@@ -41,6 +41,10 @@ async def test_answered_call_carries_media_both_ways_and_ends_with_bye(gateway, 
     hangup, = client.of("hangup")
     assert hangup["reason"] == "hangup_command" and hangup["to"]["source"].startswith("sip:echo@")
     assert client.events[-1]["event"] == "hangup" and client.events.index(rtp) < client.events.index(hangup)
+    # The hangup's headers rode on the BYE.
+    messages = "".join(p.read_text() for p in tmp_path.glob("*_messages.log"))
+    bye = messages[messages.index("BYE sip:"):]
+    assert "X-Reason: test done" in bye[:bye.index("\n\n")]
     samples, channels, rate = read_wav(tmp_path / "recorders" / "out-echo.wav")
     caller = samples.reshape(-1, channels)[:, 0]
     assert channels == 2 and rms(caller) > 200       # the echo of the speech, on the caller's channel

@@ -49,7 +49,7 @@ async def sipp_uas(tmp_path: Path, name: str, *, rtp_echo: bool = True, transpor
 
 
 def sipp_uac(tmp_path: Path, name: str, gateway_port: int, *, transport: str = "u1", keys: dict[str, Any] | None = None,
-             service: str = "gw", timeout: str = "20s") -> Sipp:
+             service: str = "gw", timeout: str = "20s", extra: tuple[str, ...] = ()) -> Sipp:
     """SIPp calling the gateway once with scenario ``name``; ``keys`` become [name] in the XML."""
     kind = socket.SOCK_STREAM if transport.startswith("t") else socket.SOCK_DGRAM
     args = [f"127.0.0.1:{gateway_port}", "-sf", scenario(name), "-i", "127.0.0.1", "-p", str(free_port(kind)),
@@ -57,7 +57,7 @@ def sipp_uac(tmp_path: Path, name: str, gateway_port: int, *, transport: str = "
             "-timeout", timeout, "-timeout_error"]
     for key, value in (keys or {}).items():
         args += ["-key", key, str(value)]
-    return Sipp(args, tmp_path)
+    return Sipp([*args, *extra], tmp_path)
 
 
 class RtpPeer(asyncio.DatagramProtocol):

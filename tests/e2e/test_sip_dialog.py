@@ -1,0 +1,126 @@
+"""What happens inside an established SIP call, through the real gateway against SIPp: DTMF as
+RFC 4733 (SIPp's own captures) and as SIP INFO, hold and resume by re-INVITE, a REFER the
+gateway sends (NOTIFY 200, or refused with 405) and one it receives, DTMF the application sends."""
+
+from __future__ import annotations
+
+from protocol.dtmf import TelephoneEvent
+from tests.conftest import connect
+from tests.e2e.conftest import incoming_call
+from tests.support.sip_tools import sipp_uac, sipp_uas, until
+
+
+async def test_rfc4733_digits_from_sipp_captures(sip_gateway, webhook, http, tmp_path):
+    gw = await sip_gateway()
+    async with sipp_uac(tmp_path, "dtmf_uac.xml", gw.sip_address[1]) as sipp:
+        client, _ = await incoming_call(http, gw, webhook)
+        await client.send({"command": "accept", "option": {}})
+        await client.wait_event("dtmf", count=3, timeout=10)
+        assert await sipp.wait(15) == 0, sipp.errors()
+    await client.wait_closed(10)
+    assert [e["digit"] for e in client.of("dtmf")] == ["1", "5", "#"]
+    rtp, = [e for e in client.of("metrics") if e["key"] == "rtp"]
+    assert rtp["data"]["dtmf_received"] == 3
+    assert client.of("hangup")[0]["reason"] == "byCaller"
+
+
+async def test_sip_info_digits(sip_gateway, webhook, peer, http, tmp_path):
+    gw = await sip_gateway()
+    async with sipp_uac(tmp_path, "uac_info_dtmf.xml", gw.sip_address[1], keys={"rtp_port": peer.port}) as sipp:
+        client, _ = await incoming_call(http, gw, webhook)
+        await client.send({"command": "accept", "option": {}})
+        await client.wait_event("dtmf", count=2, timeout=10)
+        assert await sipp.wait(15) == 0, sipp.errors()
+    assert [e["digit"] for e in client.of("dtmf")] == ["7", "9"]
+
+
+async def test_hold_and_resume_by_reinvite(sip_gateway, webhook, peer, http, tmp_path):
+    gw = await sip_gateway()
+    async with sipp_uac(tmp_path, "uac_hold.xml", gw.sip_address[1], keys={"rtp_port": peer.port}) as sipp:
+        client, _ = await incoming_call(http, gw, webhook)
+        await client.send({"command": "accept", "option": {}})
+        await client.wait_event("answer")
+        await until(lambda: len(peer.packets) > 10, 5, "media before the hold")
+        held, = await client.wait_event("hold", timeout=10)
+        assert held["onHold"] is True
+        # On hold the gateway stops sending (the caller said sendonly).
+        await until(lambda: len(peer.packets) > 0, 1)
+        count = len(peer.packets)
+        await client.wait_event("hold", count=2, timeout=10)
+        paused = len(peer.packets) - count
+        assert client.of("hold")[1]["onHold"] is False
+        await until(lambda: len(peer.packets) > count + paused + 10, 5, "media after the resume")
+        assert paused <= 3, f"{paused} packets sent while on hold"
+        assert await sipp.wait(15) == 0, sipp.errors()
+    await client.wait_closed(10)
+    assert client.of("hangup")[0]["reason"] == "byCaller"
+
+
+async def test_refer_received_is_a_transfer_request(sip_gateway, webhook, peer, http, tmp_path):
+    gw = await sip_gateway()
+    async with sipp_uac(tmp_path, "uac_refer.xml", gw.sip_address[1], keys={"rtp_port": peer.port}) as sipp:
+        client, _ = await incoming_call(http, gw, webhook)
+        await client.send({"command": "accept", "option": {}})
+        request, = await client.wait_event("transferRequest", timeout=10)
+        assert request["referTo"] == "sip:agent@127.0.0.1:5999"
+        assert request["referredBy"].startswith("<sip:caller@")
+        await client.send({"command": "hangup"})
+        await client.wait_closed(10)
+        assert await sipp.wait(15) == 0, sipp.errors()
+
+
+async def test_refer_succeeds_and_ends_the_leg(gateway, http, tmp_path):
+    async with sipp_uas(tmp_path, "uas_refer.xml") as (sipp, port):
+        client = await connect(http, gateway, "/call/sip", id="refer-ok")
+        await client.send({"command": "invite", "option": {"callee": f"sip:phone@127.0.0.1:{port}"}})
+        await client.wait_event("answer", timeout=10)
+        await client.send({"command": "refer", "caller": "sip:bot@gateway.test",
+                           "callee": "sip:transfer-target@127.0.0.1:5999", "options": {"timeout": 10}})
+        hangup, = await client.wait_event("hangup", timeout=10)
+        assert (hangup["reason"], hangup["initiator"]) == ("transferred", "system")
+        assert await sipp.wait(10) == 0, sipp.errors()
+    assert not client.of("error")
+
+
+async def test_refer_refused_with_405_is_an_error_and_the_call_goes_on(gateway, http, tmp_path):
+    async with sipp_uas(tmp_path, "uas_refer_405.xml") as (sipp, port):
+        client = await connect(http, gateway, "/call/sip", id="refer-405")
+        await client.send({"command": "invite", "option": {"callee": f"sip:phone@127.0.0.1:{port}"}})
+        await client.wait_event("answer", timeout=10)
+        await client.send({"command": "refer", "caller": "sip:bot@gateway.test",
+                           "callee": "sip:transfer-target@127.0.0.1:5999"})
+        error, = await client.wait_event("error", timeout=10)
+        assert error["sender"] == "refer" and error["code"] == 405
+        # The call is back to answered: media commands work, then it ends normally.
+        await client.send({"command": "tts", "text": "still here", "playId": "after"})
+        await client.wait_event("trackStart", count=2)
+        await client.send({"command": "hangup"})
+        await client.wait_closed(10)
+        assert await sipp.wait(10) == 0, sipp.errors()
+    assert client.of("hangup")[0]["reason"] == "hangup_command"
+
+
+async def test_send_dtmf_goes_out_as_rfc4733(sip_gateway, webhook, peer, http, tmp_path):
+    gw = await sip_gateway()
+    async with sipp_uac(tmp_path, "uac_call.xml", gw.sip_address[1], keys={"rtp_port": peer.port}) as sipp:
+        client, _ = await incoming_call(http, gw, webhook)
+        await client.send({"command": "accept", "option": {}})
+        await client.wait_event("answer")
+        await client.send({"command": "sendDtmf", "digits": "42#", "duration": 80})
+
+        def digits() -> list[str]:
+            seen: list[str] = []
+            for packet in peer.packets:
+                if packet.payload_type == 101:
+                    event = TelephoneEvent.parse(packet.payload)
+                    if event.end and (not seen or seen[-1][1] != packet.timestamp):
+                        seen.append((event.digit, packet.timestamp))
+            return [d for d, _ in seen]
+
+        await until(lambda: digits() == ["4", "2", "#"], 5, "three RFC 4733 digits at the caller")
+        await client.send({"command": "sendDtmf", "digits": "x"})
+        error, = await client.wait_event("error")
+        assert error["code"] == 400 and "x" in error["error"]
+        await client.send({"command": "hangup"})
+        await client.wait_closed(10)
+        assert await sipp.wait(10) == 0, sipp.errors()

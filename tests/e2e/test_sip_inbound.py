@@ -28,7 +28,7 @@ async def test_answered_call_speaks_tts_to_the_caller(sip_gateway, webhook, peer
         assert set(body) == {"dialogId", "createdAt", "caller", "callee", "event", "headers", "offer"}
         assert body["event"] == "invite" and body["caller"].startswith("sip:caller@127.0.0.1")
         assert body["callee"].startswith("sip:gw@127.0.0.1") and "X-Customer: 4711" in body["headers"]
-        assert f"m=audio {peer.port} RTP/AVP 0 8 101" in body["offer"]
+        assert f"m=audio {peer.port} RTP/AVP 0 101" in body["offer"]
         incoming, = client.of("incoming")
         assert (incoming["caller"], incoming["callee"], incoming["sdp"]) == (body["caller"], body["callee"],
                                                                             body["offer"])

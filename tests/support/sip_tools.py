@@ -55,7 +55,9 @@ def sipp_uac(tmp_path: Path, name: str, gateway_port: int, *, transport: str = "
     args = [f"127.0.0.1:{gateway_port}", "-sf", scenario(name), "-i", "127.0.0.1", "-p", str(free_port(kind)),
             "-mi", "127.0.0.1", "-mp", str(free_media_port()), "-t", transport, "-m", "1", "-s", service,
             "-timeout", timeout, "-timeout_error"]
-    for key, value in (keys or {}).items():
+    # uac_call.xml offers one codec: PCMU unless the test names another.
+    keys = {"pt": 0, "codec": "PCMU", **(keys or {})}
+    for key, value in keys.items():
         args += ["-key", key, str(value)]
     return Sipp([*args, *extra], tmp_path)
 

@@ -92,8 +92,8 @@ class SipConfig:
     refer_timeout: float = 30.0          # a `refer` without its outcome within this fails (408)
     register_retry_initial: float = 2.0  # a failed REGISTER is retried after this, doubling ...
     register_retry_max: float = 300.0    # ... up to this many seconds
-    bye_timeout: float = 5.0             # how long a hangup waits for the BYE's answer before the
-    #                                      call's resources are released (the transaction goes on)
+    bye_timeout: float = 2.0             # how long a hangup (or an un-REGISTER at shutdown) waits for
+    #                                      its answer before the call's resources are released
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +256,9 @@ def _validate_sip(sip: SipConfig) -> None:
         raise ConfigError(f"sip.trying_delay: must be 0 or more seconds, got {sip.trying_delay}")
     for name in ("ring_timeout", "refer_timeout", "register_retry_initial", "bye_timeout"):
         _positive(getattr(sip, name), f"sip.{name}")
+    if sip.bye_timeout >= 5.0:
+        raise ConfigError(f"sip.bye_timeout: must be below 5 s (a call's leg operations are bounded by 5 s), "
+                          f"got {sip.bye_timeout}")
     if sip.register_retry_max < sip.register_retry_initial:
         raise ConfigError(f"sip.register_retry_max: must be at least sip.register_retry_initial "
                           f"({sip.register_retry_initial}), got {sip.register_retry_max}")

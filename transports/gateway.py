@@ -5,6 +5,7 @@ gateway (one_for_one)
 ├── clock    MediaClockActor   the 20 ms ticker every track of the process runs on
 ├── engines  EngineHostActor   engine threads: espeak-ng, pocketsphinx, silero (batched VAD)
 ├── sip      SipServer         the SIP endpoint: UDP/TCP listeners, transactions, Call-ID routing
+├── register Registrar         keeps [[register_users]] registered (un-REGISTERs before sip stops)
 ├── calls    CallSupervisor    one temporary child per call, behind max_calls
 └── http     HttpServer        the API WebSockets and REST
 ```
@@ -32,7 +33,7 @@ from actors.call_supervisor import CallSupervisor
 from actors.clock import MediaClock, MediaClockActor
 from actors.engines import EngineHost, EngineHostActor
 from actors.services import CallServices
-from actors.supervisor import ChildSpec, Restart, Strategy, Supervisor
+from actors.supervisor import Backoff, ChildSpec, Restart, Strategy, Supervisor
 from actors.vad import SileroEngine, SileroModel
 
 from .config import Config
@@ -43,13 +44,14 @@ from .providers.espeak import espeak_factories
 from .providers.pocketsphinx import pocketsphinx_factories
 from .recording_paths import resolve_recording
 from .sip_calls import SipCalls
+from .sip_register import Registrar
 from .sip_server import GetSipEndpoint, SipServer, sip_endpoint_spec
 from .file_writer import FileWriter, WrittenSink
 from .wav_sink import open_recording, segment_path
 
 log = structlog.get_logger("gateway")
 
-TREE = ("clock", "engines", "sip", "calls", "http")
+TREE = ("clock", "engines", "sip", "register", "calls", "http")
 SILERO_ENGINE = "silero"
 
 
@@ -121,6 +123,9 @@ def gateway_children(config: Config, clock: MediaClock, engines: EngineHost, ser
                                                                                 name="engines"))),
         sip_endpoint_spec(config, on_new_call=sip.on_new_call, on_ready=sip.endpoint_ready, child_id="sip",
                           shutdown=sup.call_shutdown_timeout),
+        ChildSpec(id="register", restart=Restart.PERMANENT, shutdown=config.sip.bye_timeout + 1.0,
+                  backoff=Backoff(initial=sup.backoff_initial, factor=2.0, maximum=sup.backoff_max),
+                  start=lambda parent: Registrar.start(config, lambda: sip.endpoint, parent=parent, name="register")),
         ChildSpec(id="calls", restart=Restart.PERMANENT, shutdown=sup.call_shutdown_timeout + 1.0,
                   start=lambda parent: started("calls", CallSupervisor.start(config.max_calls, parent=parent,
                                                                              name="calls"))),

@@ -132,6 +132,7 @@ def gateway_children(config: Config, clock: MediaClock, engines: EngineHost, ser
         ChildSpec(id="http", restart=Restart.PERMANENT, shutdown=sup.call_shutdown_timeout + 2.0,
                   start=lambda parent: started("http", HttpServer.start(config, lambda: current["calls"], clock,
                                                                         services, legs={"sip": sip.legs},
+                                                                        health=lambda: {"sip": sip.stats()},
                                                                         parent=parent, name="http"))),
     ]
 

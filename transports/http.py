@@ -136,9 +136,11 @@ class CallRouter:
     """Routes and handlers; `calls` gives the current CallSupervisor ref."""
 
     def __init__(self, config: Config, calls: Callable[[], ActorRef], clock: MediaClock,
-                 services: CallServices, legs: Mapping[str, LegProvider] | None = None) -> None:
+                 services: CallServices, legs: Mapping[str, LegProvider] | None = None,
+                 health: Callable[[], Mapping[str, object]] | None = None) -> None:
         self.config = config
         self.calls = calls
+        self.health_extra = health     # the transports' own figures (SIP endpoint, RTP ports) for /health
         self.clock = clock
         self.services = services
         # Call types whose transport is not here answer invite/accept with 501 (UnavailableLeg).
@@ -237,7 +239,9 @@ class CallRouter:
 
     async def health(self, request: web.Request) -> web.Response:
         ids = await self.calls().ask(ListCalls(), timeout=2.0)
+        extra = dict(self.health_extra()) if self.health_extra is not None else {}
         return web.json_response({
+            **extra,
             "status": "ok",
             "calls": len(ids),
             "max_calls": self.config.max_calls,
@@ -393,9 +397,10 @@ class HttpServer(Actor):
     start_error: BaseException | None = None  # last bind failure, for a clear start-up message
 
     def __init__(self, config: Config, calls: Callable[[], ActorRef], clock: MediaClock,
-                 services: CallServices, legs: Mapping[str, LegProvider] | None = None) -> None:
+                 services: CallServices, legs: Mapping[str, LegProvider] | None = None,
+                 health: Callable[[], Mapping[str, object]] | None = None) -> None:
         self.config = config
-        self.router = CallRouter(config, calls, clock, services, legs)
+        self.router = CallRouter(config, calls, clock, services, legs, health)
         self.runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
 

@@ -42,7 +42,8 @@ async def serve(config: Config) -> int:
         log.error("gateway failed to start", error=str(exc))
         return 1
     host, port = gateway.http_address
-    log.info("gateway ready", http=f"{host}:{port}", max_calls=config.max_calls)
+    sip_host, sip_port = gateway.sip_address
+    log.info("gateway ready", http=f"{host}:{port}", sip=f"{sip_host}:{sip_port}", max_calls=config.max_calls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -13,7 +13,7 @@ buffers what happens until its Call binds it) and returns the leg's handler, the
 
 Refused at once, without a call: 503 when no `[handler] url` is configured or the gateway is
 draining (the endpoint answers when ``on_new_call`` returns None), 488 (or 400) for an offer
-with nothing the gateway can answer. A call that cannot be started (max_calls) or whose webhook
+with nothing the gateway can answer, 420 for a Require the gateway does not support. A call that cannot be started (max_calls) or whose webhook
 fails is answered 503 and ends (hangup reason ``webhook_failed``).
 """
 
@@ -125,12 +125,12 @@ class SipCalls:
         leg = SipLeg.incoming(self.env, event, endpoint)
         problem = leg.check_offer()
         if problem is not None:
-            status, reason = problem
+            status, reason, headers = problem
             self._count_refused(status, reason)
 
             def refuse(ev: object) -> None:
                 if isinstance(ev, RequestReceived) and ev.request is event.request:
-                    leg.refuse_incoming(status, reason)
+                    leg.refuse_incoming(status, reason, headers)
                 else:
                     leg.on_sip_event(ev)  # type: ignore[arg-type]
 

@@ -361,21 +361,27 @@ class SipLeg:
         return LegOffer(caller=str(request.from_.uri), callee=str(request.to.uri), sdp=self._offer_text,
                         headers=headers)
 
-    def check_offer(self) -> tuple[int, str] | None:
-        """Whether the INVITE's offer can be answered at all (done before a call is made for it):
-        None, or the status and reason to refuse it with."""
+    def check_offer(self) -> tuple[int, str, list[tuple[str, str]]] | None:
+        """Whether the INVITE can be answered at all (done before a call is made for it): None, or
+        the status, reason and headers to refuse it with. No extension is supported (RFC 3261
+        §8.2.2.3: a Require naming one, e.g. 100rel or timer, is answered 420 with Unsupported)."""
+        assert self._invite is not None
+        required = [token.strip() for value in self._invite.get_all("Require") for token in value.split(",")
+                    if token.strip()]
+        if required:
+            return 420, "Bad Extension", [("Unsupported", ", ".join(required))]
         if self._late_offer:
             return None
         try:
             offer = SessionDescription.parse(self._offer_text)
             answer(offer, self.config.rtp.codecs, "127.0.0.1", 9)
         except ProtocolError as exc:
-            return (488 if exc.status == 488 else 400), f"Not Acceptable Here ({exc.message})"[:200]
+            return (488 if exc.status == 488 else 400), f"Not Acceptable Here ({exc.message})"[:200], []
         return None
 
-    def refuse_incoming(self, status: int, reason: str) -> None:
+    def refuse_incoming(self, status: int, reason: str, headers: list[tuple[str, str]] | None = None) -> None:
         """Answer the INVITE with a final status before (or instead of) a call; the leg is done."""
-        self._respond_invite(status, reason)
+        self._respond_invite(status, reason, headers=headers)
         self.state = "ended"
         self._release()
 
@@ -418,8 +424,9 @@ class SipLeg:
         if self._local_sdp is None:
             self._sdp = SdpSession(host)
             if self._late_offer:
-                self._local_sdp = make_offer(self._sdp, self.config.rtp.codecs, host, self._rtp.port,
-                                             ptime=self.config.rtp.ptime)
+                # One audio codec only: the track starts on it before the caller's answer (in the ACK).
+                prefs = [self._first_codec(), "telephone-event"]
+                self._local_sdp = make_offer(self._sdp, prefs, host, self._rtp.port, ptime=self.config.rtp.ptime)
                 self._offer = self._local_sdp
             else:
                 try:
@@ -430,10 +437,12 @@ class SipLeg:
                 self._local_sdp = sdp
                 self._apply_media(media)
         if self._media is None:
-            # Late offer: media starts with the answer in the ACK; until then the codec is our first.
-            name = next(c for c in self.config.rtp.codecs if c.lower() != "telephone-event")
-            return LegMedia(codec_info(name.lower()), str(self._local_sdp))
+            # Late offer: RTP starts with the answer in the ACK, in the one codec we offered.
+            return LegMedia(codec_info(self._first_codec().lower()), str(self._local_sdp))
         return LegMedia(_codec_of(self._media), str(self._local_sdp))
+
+    def _first_codec(self) -> str:
+        return next(c for c in self.config.rtp.codecs if c.lower() != "telephone-event")
 
     def _respond_invite(self, status: int, reason: str | None = None, *, sdp: bool = False,
                         headers: list[tuple[str, str]] | None = None) -> None:
@@ -656,10 +665,13 @@ class SipLeg:
             self._dialog.receive_response(pending.request, response)
         if method == "REFER" and key == self._refer_key and response.status >= 300:
             self._refer_outcome(response.status, response.reason)
-        elif method == "BYE" or method == "CANCEL":
-            pass
-        elif response.status >= 300:
-            self.log.info("sip in-dialog request refused", method=method, status=response.status)
+        if method in ("BYE", "CANCEL") or response.status < 300:
+            return
+        self.log.info("sip in-dialog request refused", method=method, status=response.status)
+        if response.status in (408, 481) and self.state == "confirmed":
+            # The far party lost the dialog, or the request could not reach it (RFC 3261 §12.2.1.2).
+            self.state = "ended"
+            self._report(LegHangup("timeout" if response.status == 408 else "dialog_gone", "system"))
 
     def _resend_with_auth(self, pending: _Pending, response: Response) -> bool:
         request = pending.request

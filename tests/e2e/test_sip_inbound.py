@@ -53,6 +53,10 @@ async def test_answered_call_speaks_tts_to_the_caller(sip_gateway, webhook, peer
     assert {p.payload_type for p in peer.packets} == {0}
     hangup, = client.of("hangup")
     assert hangup["reason"] == "hangup_command" and hangup["from"]["username"] == "caller"
+    async with http.get(f"http://{gw.http_address[0]}:{gw.http_address[1]}/health") as response:
+        health = await response.json()
+    assert health["sip"]["incoming"] == 1 and health["sip"]["endpoint"]["new_calls"] == 1
+    await until(lambda: gw.sip.allocator.in_use == 0, 5, "the RTP ports given back")
 
 
 async def test_caller_hangs_up_with_bye(sip_gateway, webhook, peer, http, tmp_path):
@@ -94,10 +98,11 @@ async def test_early_media_plays_the_ringtone_and_the_ringing_recorder_wins(sip_
     assert channels == 2 and rms(samples.reshape(-1, 2)[:, 1]) > 1000     # the ringtone, on our channel
 
 
-@pytest.mark.parametrize("how", ["reject", "timeout", "leave", "no-handler", "webhook-fails", "bad-scheme"])
+@pytest.mark.parametrize("how", ["reject", "timeout", "leave", "no-handler", "webhook-fails", "bad-scheme",
+                                 "require"])
 async def test_calls_turned_down(sip_gateway, webhook, peer, http, tmp_path, how):
     expected = {"reject": "486", "timeout": "408", "leave": "603", "no-handler": "503", "webhook-fails": "503",
-                "bad-scheme": "416"}[how]
+                "bad-scheme": "416", "require": "420"}[how]
     overrides: dict[str, Any] = {}
     if how == "timeout":
         overrides["accept_timeout"] = 1.0
@@ -107,6 +112,8 @@ async def test_calls_turned_down(sip_gateway, webhook, peer, http, tmp_path, how
         webhook.status = 500
     gw = await sip_gateway(**overrides)
     keys = {"rtp_port": peer.port, "scheme": "mailto" if how == "bad-scheme" else "sip"}
+    if how == "require":
+        keys["extra_header"] = "Require: 100rel"
     async with sipp_uac(tmp_path, "uac_refused.xml", gw.sip_address[1], keys=keys, extra=("-trace_logs",)) as sipp:
         if how in ("reject", "timeout", "leave"):
             client, _ = await incoming_call(http, gw, webhook)
@@ -121,7 +128,7 @@ async def test_calls_turned_down(sip_gateway, webhook, peer, http, tmp_path, how
     assert final_status(tmp_path) == [expected]
     if how == "webhook-fails":
         assert gw.sip.webhooks_failed == 1 and len(webhook.bodies) == 1
-    if how in ("no-handler", "bad-scheme"):
+    if how in ("no-handler", "bad-scheme", "require"):
         assert not webhook.bodies
 
 
@@ -133,3 +140,19 @@ async def test_caller_cancels_while_it_rings(sip_gateway, webhook, peer, http, t
         hangup, = await client.wait_event("hangup", timeout=10)
         assert (hangup["reason"], hangup["initiator"]) == ("canceled", "caller") and "ringingTime" in hangup
         assert await sipp.wait(10) == 0, sipp.errors()
+
+
+async def test_late_offer_is_answered_in_the_ack(sip_gateway, webhook, peer, http, tmp_path):
+    gw = await sip_gateway()
+    async with sipp_uac(tmp_path, "uac_late_offer.xml", gw.sip_address[1], keys={"rtp_port": peer.port}) as sipp:
+        client, body = await incoming_call(http, gw, webhook)
+        assert body["offer"] == "" and client.of("incoming")[0]["sdp"] == ""
+        await client.send({"command": "accept", "option": {}})
+        answer, = await client.wait_event("answer")
+        assert "m=audio" in answer["sdp"]                 # our offer; the caller answers in its ACK
+        await client.send({"command": "tts", "text": "late offers work too", "playId": "late"})
+        await until(lambda: len(peer.packets) > 25, 5, "media after the answer in the ACK")
+        await client.send({"command": "hangup"})
+        await client.wait_closed(10)
+        assert await sipp.wait(10) == 0, sipp.errors()
+    assert {p.payload_type for p in peer.packets} == {0}

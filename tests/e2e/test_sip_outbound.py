@@ -5,6 +5,7 @@ rejection, CANCEL before the answer, early media reaching VAD and the recorder."
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.conftest import connect
 from tests.support.audio import rms
@@ -15,11 +16,14 @@ def _ordered(client, *names: str) -> list[str]:
     return [e["event"] for e in client.events if e["event"] in names]
 
 
-async def test_answered_call_carries_media_both_ways_and_ends_with_bye(gateway, http, tmp_path):
-    async with sipp_uas(tmp_path, "uas_echo.xml", extra=("-trace_msg",)) as (sipp, port):
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_answered_call_carries_media_both_ways_and_ends_with_bye(gateway, http, tmp_path, transport):
+    sipp_transport = "t1" if transport == "tcp" else "u1"
+    async with sipp_uas(tmp_path, "uas_echo.xml", transport=sipp_transport, extra=("-trace_msg",)) as (sipp, port):
         client = await connect(http, gateway, "/call/sip", id="out-echo")
+        callee = f"sip:echo@127.0.0.1:{port}" + (";transport=tcp" if transport == "tcp" else "")
         await client.send({"command": "invite", "option": {
-            "callee": f"sip:echo@127.0.0.1:{port}", "caller": "sip:bot@gateway.test",
+            "callee": callee, "caller": "sip:bot@gateway.test",
             "vad": {"type": "webrtc"}, "recorder": {"recorderFile": "out-echo.wav"}}})
         ringing, = await client.wait_event("ringing")
         assert ringing["earlyMedia"] is False
@@ -48,6 +52,9 @@ async def test_answered_call_carries_media_both_ways_and_ends_with_bye(gateway, 
     samples, channels, rate = read_wav(tmp_path / "recorders" / "out-echo.wav")
     caller = samples.reshape(-1, channels)[:, 0]
     assert channels == 2 and rms(caller) > 200       # the echo of the speech, on the caller's channel
+    stats = gateway.sip.endpoint.stats()
+    assert stats.transport_errors == 0 and (stats.tcp_opened == 1) == (transport == "tcp")
+    await until(lambda: gateway.sip.allocator.in_use == 0, 5, "the RTP ports given back")
 
 
 async def test_digest_challenge_is_answered(gateway, http, tmp_path):

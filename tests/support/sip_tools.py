@@ -56,7 +56,7 @@ def sipp_uac(tmp_path: Path, name: str, gateway_port: int, *, transport: str = "
             "-mi", "127.0.0.1", "-mp", str(free_media_port()), "-t", transport, "-m", "1", "-s", service,
             "-timeout", timeout, "-timeout_error"]
     # uac_call.xml offers one codec: PCMU unless the test names another.
-    keys = {"pt": 0, "codec": "PCMU", **(keys or {})}
+    keys = {"pt": 0, "codec": "PCMU", "extra_header": "X-Test: 1", **(keys or {})}
     for key, value in keys.items():
         args += ["-key", key, str(value)]
     return Sipp([*args, *extra], tmp_path)

@@ -26,6 +26,7 @@ they name in `handles`; the Call routes those to them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from collections import deque
@@ -160,6 +161,7 @@ class Call(Supervisor):
         self._leg_done = False
         self._hangup_headers: Mapping[str, str] | None = None
         self._ringtone = False          # a `ringing` ringtone plays (early media) until the answer
+        self._ringing_recorder: api.RecorderOption | None = None
         self._moh = False               # a `refer` music on hold plays until the transfer's outcome
         self._pending_input: CallInput | None = None
         self._silenced = False          # set once the hangup event is out
@@ -425,6 +427,7 @@ class Call(Supervisor):
             media = await self._leg_op("ringing", leg.ring(cmd))
             self._advance()
             self.ringing_at = self.ringing_at or time.time()
+            self._ringing_recorder = self._ringing_recorder or cmd.recorder
             # Early media: the track starts with the ringing's recorder (which the accept's does not
             # replace) and its ringtone; what the accept asks for starts at the answer.
             if media is not None and await self._start_media(media, api.CallOption(recorder=cmd.recorder)):
@@ -526,6 +529,8 @@ class Call(Supervisor):
         self.answer_at = time.time()
         self.emit(api.AnswerEvent(track_id=self.session_id, timestamp=now_ms(), sdp=media.sdp))
         option = self.option or api.CallOption()
+        if self._ringing_recorder is not None:      # a `ringing` recorder is not replaced by accept's
+            option = dataclasses.replace(option, recorder=self._ringing_recorder)
         if not await self._start_media(media, option) and self.machine.direction is Direction.INBOUND:
             # The track runs since early media, started with the ringing's options: the ringtone
             # stops, and the accept's recorder (unless ringing had one) and listening start now.

@@ -16,6 +16,10 @@ What happens on the leg by itself (the remote party answers, rings, hangs up, pr
 the call on hold, asks for a transfer) comes up as one of the ``Leg*`` events below, through the
 ``report`` callable the factory was given. ``report`` only posts to the Call's mailbox; it may be
 called from any callback on the Call's event loop.
+
+A leg may also offer ``metrics(timestamp) -> list[api.MetricsEvent]``: its own figures (an RTP
+leg's loss, jitter and RTCP view), which the Call asks for, synchronously, just before it emits
+its hangup event. A leg without it has none.
 """
 
 from __future__ import annotations

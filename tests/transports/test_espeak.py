@@ -171,7 +171,9 @@ async def test_the_loop_stays_responsive_during_a_long_synthesis(espeak):
     assert await job > 120 * RATE
     print(f"\n5 ms ticker during synthesis: {len(lateness)} ticks, max lateness {max(lateness) * 1e3:.2f} ms")
     assert len(lateness) >= 10
-    assert max(lateness) < 0.020
+    # A loop blocked by the synthesis would be late by the synthesis' whole length (hundreds of ms);
+    # the scheduling noise of a busy machine stays well below this bound.
+    assert max(lateness) < 0.1
 
 
 async def test_cancelling_mid_text_stops_promptly_and_the_next_synthesis_works(host, espeak):

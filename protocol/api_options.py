@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.api_codec import fields_set_field, opt_field, req_field
+from protocol.api_codec import DAY_MS, DAY_S, fields_set_field, opt_field, quantity, whole
 
 CODEC_SAMPLERATES: dict[str, int] = {"pcmu": 8000, "pcma": 8000, "g722": 16000, "pcm": 16000}
 """Codecs of the WebSocket audio leg and the sample rate of their audio when none is given.
@@ -33,8 +33,8 @@ class SipOption:
 @dataclass(frozen=True, slots=True)
 class RecorderOption:
     recorder_file: str
-    samplerate: int = opt_field(16000, lo=1)
-    ptime: int = opt_field(200, lo=1)
+    samplerate: int = whole(16000, lo=1, unit="Hz")
+    ptime: int = whole(200, lo=1, unit="ms")
     fields_set: frozenset[str] = fields_set_field()
 
 
@@ -43,13 +43,13 @@ class VADOption:
     # Free text, as in the original: the spec's own example uses "webrtc", outside its list;
     # which engines exist is the media side's decision, not the codec's.
     type: str = "silero"
-    samplerate: int = opt_field(16000, lo=1)
-    speech_padding: int = 250
-    silence_padding: int = 100
+    samplerate: int = whole(16000, lo=1, unit="Hz")
+    speech_padding: float = quantity(250, lo=0, hi=DAY_MS, unit="ms")
+    silence_padding: float = quantity(100, lo=0, hi=DAY_MS, unit="ms")
     ratio: float = 0.5
     voice_threshold: float = 0.5
-    max_buffer_duration_secs: int = 50
-    silence_timeout: int | None = None
+    max_buffer_duration_secs: float = quantity(50, lo=0, hi=DAY_S, unit="s")
+    silence_timeout: float | None = quantity(None, lo=0, hi=DAY_MS, unit="ms")
     endpoint: str | None = None
     secret_key: str | None = None
     secret_id: str | None = None
@@ -64,8 +64,8 @@ class TranscriptionOption:
     secret_id: str | None = None
     secret_key: str | None = None
     model_type: str | None = None
-    buffer_size: int | None = None
-    samplerate: int = opt_field(16000, lo=1)
+    buffer_size: int | None = whole(None, lo=0, unit="bytes")
+    samplerate: int = whole(16000, lo=1, unit="Hz")
     endpoint: str | None = None
     extra: dict[str, Any] | None = None
     start_when_answer: bool = False
@@ -79,9 +79,9 @@ class SynthesisOption:
 
     provider: str | None = None
     speaker: str | None = None
-    volume: int = opt_field(5, lo=-(2**31), hi=2**31 - 1)
+    volume: float = quantity(5, lo=-(2**31), hi=2**31 - 1)
     speed: float = 1.0
-    samplerate: int = opt_field(16000, lo=1)
+    samplerate: int = whole(16000, lo=1, unit="Hz")
     app_id: str | None = None
     secret_id: str | None = None
     secret_key: str | None = None
@@ -89,7 +89,7 @@ class SynthesisOption:
     subtitle: bool = False
     endpoint: str | None = None
     extra: dict[str, Any] | None = None
-    max_concurrent_tasks: int | None = opt_field(None, lo=1)
+    max_concurrent_tasks: int | None = whole(None, lo=1)
     emotion: str | None = None
     fields_set: frozenset[str] = fields_set_field()
 
@@ -97,16 +97,16 @@ class SynthesisOption:
 @dataclass(frozen=True, slots=True)
 class MediaPassOption:
     url: str
-    input_sample_rate: int = req_field(lo=1)
-    output_sample_rate: int = req_field(lo=1)
-    packet_size: int = opt_field(2560, lo=1)
+    input_sample_rate: int = whole(lo=1, unit="Hz", required=True)
+    output_sample_rate: int = whole(lo=1, unit="Hz", required=True)
+    packet_size: int = whole(2560, lo=1, unit="bytes")
     fields_set: frozenset[str] = fields_set_field()
 
 
 @dataclass(frozen=True, slots=True)
 class ReferOption:
     denoise: bool = False
-    timeout: int | None = None
+    timeout: float | None = quantity(None, lo=0, hi=DAY_S, unit="s")
     moh: str | None = None
     asr: TranscriptionOption | None = None
     auto_hangup: bool = False
@@ -137,8 +137,8 @@ class CallOption:
     enable_ipv6: bool = False
     sip: SipOption | None = None
     extra: dict[str, Any] | None = None
-    inactivity_timeout: int | None = None
-    samplerate: int | None = opt_field(None, lo=1)
+    inactivity_timeout: float | None = quantity(None, lo=0, hi=DAY_S, unit="s")
+    samplerate: int | None = whole(None, lo=1, unit="Hz")
     fields_set: frozenset[str] = fields_set_field()
 
     @property

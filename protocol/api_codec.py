@@ -39,9 +39,10 @@ INT_MAX = 2**63 - 1
 
 DAY_S = 86_400
 DAY_MS = DAY_S * 1000
-RATE_HZ = (8000, 48000)
-"""Bounds shared by many fields: a duration is at most a day, an audio sample rate is what the
-codecs and resamplers of the gateway handle."""
+SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+"""Bounds shared by many fields: a duration is at most a day; an audio sample rate is one of the
+standard rates, each of which the gateway's resampler converts to and from its 16 kHz media rate
+(an arbitrary rate such as 44101 Hz is a ratio it cannot build)."""
 
 
 def opt_field(default: Any = None, *, lo: int | None = 0, hi: int | None = INT_MAX, **meta: Any) -> Any:
@@ -56,11 +57,11 @@ def quantity(default: Any = None, *, lo: float, hi: float | None, unit: str | No
 
 
 def whole(default: Any = None, *, lo: int, hi: int | None = INT_MAX, unit: str | None = None,
-          multiple: int | None = None, required: bool = False) -> Any:
+          multiple: int | None = None, choices: tuple[int, ...] | None = None, required: bool = False) -> Any:
     """An ``int`` field counted in a unit that has no fractions (Hz, bytes, whole milliseconds of a
     packet, tasks): any JSON number is accepted and rounded to the nearest integer, halves away
-    from zero, before the bounds (and ``multiple``) are checked."""
-    meta = {"lo": lo, "hi": hi, "unit": unit, "rounded": True, "multiple": multiple}
+    from zero, before the bounds (and ``multiple``, ``choices``) are checked."""
+    meta = {"lo": lo, "hi": hi, "unit": unit, "rounded": True, "multiple": multiple, "choices": choices}
     return field(metadata=meta) if required else field(default=default, metadata=meta)
 
 
@@ -98,7 +99,7 @@ class FieldSpec:
     nested: type | None
     lo: float | None
     hi: float | None
-    choices: tuple[str, ...] | None
+    choices: tuple[Any, ...] | None
     casefold: bool
     unit: str | None = None
     lo_open: bool = False
@@ -291,9 +292,15 @@ def _decode_int(spec: FieldSpec, value: Any, path: Path) -> int:
             value = round_half_away(value)
         else:
             value = int(value)
+    unit = f" ({spec.unit})" if spec.unit else ""
+    if spec.choices is not None:
+        # The list is the range, and says more than its two ends.
+        if value not in spec.choices:
+            known = ", ".join(str(c) for c in spec.choices)
+            raise Invalid(path, f"expected one of {known}{unit}, got {shown}")
+        return value
     _check_range(spec, value, shown, noun, path)
     if spec.multiple is not None and value % spec.multiple:
-        unit = f" ({spec.unit})" if spec.unit else ""
         raise Invalid(path, f"expected a multiple of {spec.multiple}{unit}, got {shown}")
     return value
 

@@ -66,3 +66,41 @@ async def test_fractional_listening_and_recording_options_take_effect(gateway, h
     with wave.open(str(tmp_path / "recorders" / "frac-opts.wav")) as w:
         assert (w.getnchannels(), w.getframerate()) == (2, 8000)
         assert w.getnframes() >= 8000
+
+
+async def test_values_out_of_range_are_refused_with_the_field_and_the_range(gateway, http):
+    client = await connect(http, gateway, id="ranges")
+    # A recorder rate the resampler cannot serve used to end the call with an internal error once
+    # answered; now the invite is refused, and a corrected one is answered.
+    await client.send({"command": "invite", "option": {"codec": "pcm", "recorder": {
+        "recorderFile": "{id}", "samplerate": 44101}}})
+    err, = await client.wait_event("error")
+    assert err["sender"] == "command" and err["code"] == 400
+    assert err["error"] == ("invite: option.recorder.samplerate: expected one of 8000, 11025, 12000, 16000, "
+                            "22050, 24000, 32000, 44100, 48000 (Hz), got 44101")
+    assert client.of("answer") == []
+    await client.send({"command": "invite", "option": {"codec": "pcm", "handshakeTimeout": 30,
+                                                       "tts": {"volume": 11}}})
+    err = (await client.wait_event("error", count=2))[1]
+    assert err["error"] == "invite: option.tts.volume: expected number from 1 to 10, got 11"
+    await client.send({"command": "invite", "option": {"codec": "pcm", "handshakeTimeout": "abc"}})
+    err = (await client.wait_event("error", count=3))[2]
+    assert err["error"].startswith("invite: option.handshakeTimeout: expected a duration such as \"30s\"")
+    await client.send({"command": "invite", "option": {"codec": "pcm", "handshakeTimeout": 30}})
+    await client.wait_event("answer")
+
+    # A tts that asks for what cannot be done plays nothing; the call goes on and the next one plays.
+    for bad in ({"speed": 0}, {"speed": -1}, {"volume": 0}):
+        await client.send({"command": "tts", "text": "never", "playId": "bad", "option": bad})
+    errors = await client.wait_event("error", count=6)
+    assert [e["error"] for e in errors[3:]] == [
+        "tts: option.speed: expected number from 0.5 to 2, got 0",
+        "tts: option.speed: expected number from 0.5 to 2, got -1",
+        "tts: option.volume: expected number from 1 to 10, got 0",
+    ]
+    await client.send({"command": "tts", "text": "Hello.", "playId": "good", "option": {"speed": 2}})
+    end, = await client.wait_event("trackEnd", timeout=10)
+    assert end["playId"] == "good"
+    assert [e for e in client.events if e.get("playId") == "bad"] == []
+    await client.send({"command": "hangup"})
+    await client.wait_closed()

@@ -266,4 +266,4 @@ class Playback:
         elif record.wait_input_timeout and not ev.interrupted and not call.ended:
             ended = int(ev.at * 1000)
             call.arm("wait_input", record.wait_input_timeout,
-                     WaitInputExpired(ended, int(record.wait_input_timeout * 1000)))
+                     WaitInputExpired(ended, round(record.wait_input_timeout * 1000)))

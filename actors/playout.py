@@ -21,6 +21,7 @@ both sides are synchronous methods, so neither sees the other half-way through a
 from __future__ import annotations
 
 import time
+import unicodedata
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -89,10 +90,18 @@ class PlayFeed:
         self.words.append(WordMark(index, sample))
 
     def append_text(self, text: str) -> None:
-        """A further piece of a streamed text; pieces are joined with one space."""
-        text = text.strip()
-        if text:
-            self.text = f"{self.text} {text}" if self.text else text
+        """A further piece of a streamed text. Each piece is spoken on its own, so it is trimmed and
+        starts a new word: one space before it. A piece that begins with punctuation and no space
+        (a language model's ``","``, ``"?"``, ``"'s"``) attaches to the word before it instead."""
+        piece = text.strip()
+        if not piece:
+            return
+        if not self.text:
+            self.text = piece
+        elif not text[0].isspace() and unicodedata.category(piece[0]).startswith("P"):
+            self.text += piece
+        else:
+            self.text += " " + piece
 
     def finish(self, error: str | None = None) -> None:
         if not self.finished:

@@ -30,7 +30,7 @@ class SynthRequest:
     text: str
     speaker: str | None = None
     speed: float = 1.0          # 1.0 = the provider's normal rate
-    volume: int = 5             # the API's 1..10 scale; 5 = the provider's normal volume
+    volume: float = 5.0         # the API's 1..10 scale; 5 = the provider's normal volume
     sample_rate: int = 16000    # preferred output rate; a provider may return its own
     options: Mapping[str, Any] = field(default_factory=dict)  # provider-specific (SynthesisOption.extra etc.)
 

@@ -111,6 +111,7 @@ class Config:
     accept_timeout: float = 50.0       # seconds an incoming call waits for `accept`/`reject` (then 408)
     playback_buffer_seconds: float = 300.0  # synthesised audio one tts may hold ahead of playback
     recorder_pending_bytes: int = 64 << 20  # recording audio waiting for the disk, whole process
+    event_queue_bytes: int = 16 << 20  # events queued for one client that does not read them
     log_level: str = "info"
     log_format: str = "console"
     handler: HandlerConfig = field(default_factory=HandlerConfig)

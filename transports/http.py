@@ -266,7 +266,15 @@ class CallRouter:
         await ws.prepare(request)
         sid = params.session_id
         clog = log.bind(session_id=sid, call_type=call_type)
-        outbox = Outbox(ws)
+        current: list[ActorRef] = []
+
+        def too_slow(reason: str) -> None:
+            # The client stopped reading its events: the call cannot be served; it hangs up.
+            for ref in current:
+                if ref.is_alive():
+                    ref.tell(Kill(reason="client_too_slow", initiator="system"))
+
+        outbox = Outbox(ws, event_budget=self.config.event_queue_bytes, on_too_slow=too_slow)
         dump = EventDump(self.config.dump_root, sid) if params.dump else None
 
         def emit(event: object) -> None:
@@ -312,6 +320,9 @@ class CallRouter:
                 outbox.close(code=close_code)
                 await outbox.wait_closed(5.0)
                 return ws
+            current.append(call)
+            if outbox.too_slow:
+                too_slow("")
             # Whatever ends the call (even a crash before its hangup), the client connection closes.
             call.add_watcher(lambda _exit: outbox.close())
             if params.ping_interval > 0:

@@ -25,7 +25,16 @@ log = structlog.get_logger("ws")
 
 
 class Outbox:
-    def __init__(self, ws: web.WebSocketResponse, audio_capacity: int = 50) -> None:
+    """``event_budget`` bounds the bytes of events queued for a client that does not read them.
+    Events are never dropped one by one: past the budget the client is too slow to be served, its
+    connection is closed (1008, "client too slow: ...") and ``on_too_slow`` is called once, so that
+    the call hangs up (reason ``client_too_slow``). A send that the client's full TCP window holds
+    up is not waited for: the transport is aborted after ``CLOSE_WAIT`` seconds."""
+
+    CLOSE_WAIT = 1.0
+
+    def __init__(self, ws: web.WebSocketResponse, audio_capacity: int = 50, *, event_budget: int = 16 << 20,
+                 on_too_slow: Callable[[str], None] | None = None) -> None:
         self.ws = ws
         self._events: deque[tuple[int, str]] = deque()
         self._audio: deque[tuple[int, bytes]] = deque(maxlen=audio_capacity)
@@ -33,14 +42,46 @@ class Outbox:
         self._wake = asyncio.Event()
         self._closing = False
         self._close_code = 1000
+        self._close_reason = ""
         self.audio_dropped = 0
+        self.event_budget = event_budget
+        self.queued_bytes = 0
+        self.too_slow = False
+        self.on_too_slow = on_too_slow
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ws-outbox")
 
     def event(self, text: str) -> None:
-        if not self._closing:
-            self._seq += 1
-            self._events.append((self._seq, text))
-            self._wake.set()
+        if self._closing:
+            return
+        self._seq += 1
+        self._events.append((self._seq, text))
+        self.queued_bytes += len(text)
+        if self.queued_bytes > self.event_budget:
+            self._overflow()
+            return
+        self._wake.set()
+
+    def _overflow(self) -> None:
+        reason = f"client too slow: more than {self.event_budget} bytes of events unread"
+        log.warning("client too slow; closing", queued_bytes=self.queued_bytes, budget=self.event_budget)
+        self.too_slow = True
+        self._closing = True
+        self._events.clear()
+        self._audio.clear()
+        self.queued_bytes = 0
+        self._task.cancel()
+        self._task = asyncio.get_running_loop().create_task(self._close_now(1008, reason), name="ws-outbox-close")
+        if self.on_too_slow is not None:
+            self.on_too_slow(reason)
+
+    async def _close_now(self, code: int, reason: str) -> None:
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()[:120]), self.CLOSE_WAIT)
+        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            # The client's window is full and a send is stuck behind it: drop the connection.
+            transport = self.ws._req.transport if self.ws._req is not None else None  # noqa: SLF001
+            if transport is not None:
+                transport.abort()
 
     def audio(self, payload: bytes) -> None:
         if self._closing:
@@ -72,7 +113,9 @@ class Outbox:
                     if ws.closed:
                         return
                     if self._events and (not self._audio or self._events[0][0] < self._audio[0][0]):
-                        await ws.send_str(self._events.popleft()[1])
+                        text = self._events.popleft()[1]
+                        await ws.send_str(text)
+                        self.queued_bytes -= len(text)
                     else:
                         await ws.send_bytes(self._audio.popleft()[1])
                 if self._closing:

@@ -111,6 +111,10 @@ class Config:
     accept_timeout: float = 50.0       # seconds an incoming call waits for `accept`/`reject` (then 408)
     playback_buffer_seconds: float = 300.0  # synthesised audio one tts may hold ahead of playback
     recorder_pending_bytes: int = 64 << 20  # recording audio waiting for the disk, whole process
+    # Access control (docs/security.md). With no tokens every route is open to whoever can connect.
+    api_tokens: tuple[str, ...] = ()
+    admin_tokens: tuple[str, ...] = ()     # reach every call; the only tokens /metrics accepts
+    allowed_origins: tuple[str, ...] = ()  # browsers' Origin header; empty: not checked
     log_level: str = "info"
     log_format: str = "console"
     handler: HandlerConfig = field(default_factory=HandlerConfig)
@@ -123,6 +127,7 @@ class Config:
         return split_host_port(self.http_addr, "http_addr")
 
 
+MIN_TOKEN_LENGTH = 16  # shorter tokens can be guessed by anyone who can connect
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
 
@@ -181,6 +186,17 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"log_level: expected one of {', '.join(LOG_LEVELS)}, got {cfg.log_level!r}")
     if cfg.log_format not in LOG_FORMATS:
         raise ConfigError(f"log_format: expected one of {', '.join(LOG_FORMATS)}, got {cfg.log_format!r}")
+    tokens = cfg.api_tokens + cfg.admin_tokens
+    for name, values in (("api_tokens", cfg.api_tokens), ("admin_tokens", cfg.admin_tokens)):
+        for token in values:
+            if len(token) < MIN_TOKEN_LENGTH or not token.isprintable() or " " in token:
+                raise ConfigError(f"{name}: every token must be at least {MIN_TOKEN_LENGTH} printable characters "
+                                  "without spaces")
+    if len(set(tokens)) != len(tokens):
+        raise ConfigError("api_tokens/admin_tokens: a token is listed twice")
+    for origin in cfg.allowed_origins:
+        if origin != origin.rstrip("/") or "://" not in origin:
+            raise ConfigError(f"allowed_origins: expected scheme://host[:port] without a path, got {origin!r}")
     if cfg.max_calls < 1:
         raise ConfigError(f"max_calls: must be at least 1, got {cfg.max_calls}")
     if not 0 < cfg.rtp_start_port < cfg.rtp_end_port <= 65535:

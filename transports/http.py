@@ -9,6 +9,7 @@ bounded pipe, events come back through the session's Outbox.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 import uuid
@@ -27,6 +28,7 @@ from actors.call_supervisor import (
     DuplicateSession,
     GetCall,
     ListCalls,
+    NotYourCall,
     StartCall,
 )
 from actors.clock import MediaClock
@@ -41,6 +43,7 @@ from actors.messages import (
     Describe,
     Detach,
     Kill,
+    Owner,
     UrgentCommand,
 )
 from actors.pipes import AudioPipe
@@ -48,6 +51,7 @@ from actors.services import CallServices
 from actors.supervisor import Backoff
 from protocol import api
 
+from .auth import OWNER_KEY, Access, access_middleware, exposure_warning
 from .config import Config
 from .ws_leg import UnavailableLeg, WebSocketLeg
 from .ws_session import EventDump, Outbox, session_id_ok
@@ -90,6 +94,7 @@ class CallParams:
     dump: bool
     ping_interval: float
     server_side_track: str
+    owner: Owner | None = None     # the API token that opens the call owns it
 
 
 def call_settings(config: Config, server_side_track: str) -> CallSettings:
@@ -147,7 +152,7 @@ class CallRouter:
         self.binary_dropped = 0
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[access_middleware(Access.from_config(self.config))])
         r = app.router
         for path, call_type in (("/call", "websocket"), ("/call/sip", "sip"), ("/call/webrtc", "webrtc")):
             handler = self._ws_handler(call_type)
@@ -164,15 +169,16 @@ class CallRouter:
 
     # --- REST ---------------------------------------------------------------------------------
 
-    async def _call_refs(self) -> list[ActorRef]:
-        """The live calls, in start order (a call that ended meanwhile is left out)."""
+    async def _call_refs(self, owner: Owner | None = None) -> list[ActorRef]:
+        """The live calls `owner` may see (None: all), in start order (a call that ended meanwhile
+        is left out)."""
         sup = self.calls()
-        ids = await sup.ask(ListCalls(), timeout=2.0)
+        ids = await sup.ask(ListCalls(owner), timeout=2.0)
         refs = await asyncio.gather(*(sup.ask(GetCall(i), timeout=2.0) for i in ids))
         return [ref for ref in refs if ref is not None]
 
-    async def _describe_all(self) -> list[CallInfo]:
-        refs = await self._call_refs()
+    async def _describe_all(self, owner: Owner | None) -> list[CallInfo]:
+        refs = await self._call_refs(owner)
 
         async def describe(ref: ActorRef) -> CallInfo | None:
             try:
@@ -186,7 +192,7 @@ class CallRouter:
     async def list_calls(self, request: web.Request) -> web.Response:
         calls = [
             {"id": i.id, "call_type": CALL_TYPE_WIRE.get(i.call_type, i.call_type), "created_at": i.created_at, "option": i.option}
-            for i in await self._describe_all()
+            for i in await self._describe_all(request[OWNER_KEY])
         ]
         return web.json_response({"calls": calls})
 
@@ -194,7 +200,7 @@ class CallRouter:
         calls = [
             {"id": i.id, "callType": CALL_TYPE_WIRE.get(i.call_type, i.call_type), "cs.option": i.option,
              "ringTime": None, "startTime": i.created_at}
-            for i in await self._describe_all()
+            for i in await self._describe_all(request[OWNER_KEY])
         ]
         return web.json_response({"active_calls": calls})
 
@@ -211,8 +217,9 @@ class CallRouter:
         await asyncio.gather(*(asyncio.wait_for(ref.wait_stopped(), self.config.supervision.call_shutdown_timeout)
                                for ref in refs), return_exceptions=True)
 
-    async def _kill(self, session_id: str) -> bool:
-        ref = await self.calls().ask(GetCall(session_id), timeout=2.0)
+    async def _kill(self, session_id: str, owner: Owner | None) -> bool:
+        """True if the call was told to end; raises NotYourCall for another token's call."""
+        ref = await self.calls().ask(GetCall(session_id, owner=owner), timeout=2.0)
         if ref is None:
             return False
         try:
@@ -223,13 +230,20 @@ class CallRouter:
 
     async def kill_call(self, request: web.Request) -> web.Response:
         session_id = request.match_info["id"]
-        if not await self._kill(session_id):
+        try:
+            killed = await self._kill(session_id, request[OWNER_KEY])
+        except NotYourCall as exc:
+            return web.json_response({"error": str(exc)}, status=403)
+        if not killed:
             return web.json_response({"error": f"no active call with id {session_id!r}"}, status=404)
         return web.json_response(True)
 
     async def kill_call_original(self, request: web.Request) -> web.Response:
         session_id = request.match_info["id"]
-        status = "killed" if await self._kill(session_id) else "not_found"
+        try:
+            status = "killed" if await self._kill(session_id, request[OWNER_KEY]) else "not_found"
+        except NotYourCall as exc:
+            return web.json_response({"status": "forbidden", "id": session_id, "error": str(exc)}, status=403)
         return web.json_response({"status": status, "id": session_id})
 
     async def ice_servers(self, request: web.Request) -> web.Response:
@@ -257,6 +271,7 @@ class CallRouter:
                 params = parse_call_params(dict(request.query))
             except BadParams as exc:
                 return web.json_response({"error": str(exc)}, status=400)
+            params = dataclasses.replace(params, owner=request[OWNER_KEY])
             return await self._serve_call(request, call_type, params)
 
         return handler
@@ -291,12 +306,14 @@ class CallRouter:
         ping_task: asyncio.Task[None] | None = None
         try:
             try:
-                call, created = await self._call_for(sid, call_type, start)
+                call, created = await self._call_for(sid, call_type, start, params.owner)
                 await call.ask(Attach(AppConnection(emit=emit, close=outbox.close)), timeout=5.0)
-            except (AdmissionRefused, DuplicateSession, CallStartFailed, AttachRefused, ActorDeadError,
+            except (AdmissionRefused, DuplicateSession, CallStartFailed, AttachRefused, NotYourCall, ActorDeadError,
                     TimeoutError) as exc:
                 if isinstance(exc, (DuplicateSession, AttachRefused)):
                     code, close_code, reason = 409, 1008, str(exc)
+                elif isinstance(exc, NotYourCall):
+                    code, close_code, reason = 403, 1008, str(exc)
                 elif isinstance(exc, AdmissionRefused):
                     code, close_code, reason = 503, 1013, str(exc)
                 elif isinstance(exc, CallStartFailed):
@@ -336,13 +353,15 @@ class CallRouter:
                 dump.close()
         return ws
 
-    async def _call_for(self, sid: str, call_type: str, start: Callable[[ActorRef], ActorRef]
-                        ) -> tuple[ActorRef, bool]:
+    async def _call_for(self, sid: str, call_type: str, start: Callable[[ActorRef], ActorRef],
+                        owner: Owner | None = None) -> tuple[ActorRef, bool]:
         """The call this connection is for, and whether it was made for it: an existing one waiting
-        for its application (an incoming call announced by webhook, `?id=<dialogId>`), else a new one."""
-        existing = await self.calls().ask(GetCall(sid), timeout=2.0)
+        for its application (an incoming call announced by webhook, `?id=<dialogId>`), else a new one.
+        An existing call of another API token is refused (NotYourCall); one the gateway made itself
+        (no owner yet) becomes the attaching token's."""
+        existing = await self.calls().ask(GetCall(sid, owner=owner, claim=True), timeout=2.0)
         if existing is None:
-            return await self.calls().ask(StartCall(sid, start), timeout=5.0), True
+            return await self.calls().ask(StartCall(sid, start, owner=owner), timeout=5.0), True
         info = await existing.ask(Describe(), timeout=2.0)
         if info.call_type != call_type:
             raise AttachRefused(f"session {sid!r} is a {CALL_TYPE_WIRE.get(info.call_type, info.call_type)} call, "
@@ -414,6 +433,9 @@ class HttpServer(Actor):
         sockets = site._server.sockets if site._server is not None else []  # noqa: SLF001 - bound port for :0
         self.address = sockets[0].getsockname()[:2] if sockets else (host, port)
         log.info("http listening", address=f"{self.address[0]}:{self.address[1]}")
+        warning = exposure_warning(self.config)
+        if warning is not None:
+            log.warning(warning)
 
     async def on_stop(self) -> None:
         if self.runner is None:

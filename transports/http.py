@@ -50,6 +50,7 @@ from actors.pipes import AudioPipe
 from actors.services import CallServices
 from actors.supervisor import Backoff
 from protocol import api
+from protocol.redact import redact
 
 from .auth import OWNER_KEY, Access, access_middleware, exposure_warning
 from .config import Config
@@ -191,14 +192,15 @@ class CallRouter:
 
     async def list_calls(self, request: web.Request) -> web.Response:
         calls = [
-            {"id": i.id, "call_type": CALL_TYPE_WIRE.get(i.call_type, i.call_type), "created_at": i.created_at, "option": i.option}
+            {"id": i.id, "call_type": CALL_TYPE_WIRE.get(i.call_type, i.call_type), "created_at": i.created_at,
+             "option": redact(i.option)}
             for i in await self._describe_all(request[OWNER_KEY])
         ]
         return web.json_response({"calls": calls})
 
     async def list_calls_original(self, request: web.Request) -> web.Response:
         calls = [
-            {"id": i.id, "callType": CALL_TYPE_WIRE.get(i.call_type, i.call_type), "cs.option": i.option,
+            {"id": i.id, "callType": CALL_TYPE_WIRE.get(i.call_type, i.call_type), "cs.option": redact(i.option),
              "ringTime": None, "startTime": i.created_at}
             for i in await self._describe_all(request[OWNER_KEY])
         ]

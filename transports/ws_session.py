@@ -19,6 +19,8 @@ from typing import IO
 import structlog
 from aiohttp import web
 
+from protocol.redact import redact_json_text
+
 from .recording_paths import safe_session_id
 
 log = structlog.get_logger("ws")
@@ -112,6 +114,8 @@ class EventDump:
 
     def _write(self, kind: str, text: str) -> None:
         if self._fh is not None:
+            # Commands carry provider keys and SIP passwords; a dump is read by more people than the API.
+            text = redact_json_text(text)
             self._fh.write(json.dumps({"type": kind, "timestamp": int(time.time() * 1000), "content": text},
                                       ensure_ascii=False) + "\n")
 

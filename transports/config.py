@@ -16,6 +16,8 @@ from typing import Any
 
 import tomli
 
+from .fetch_policy import FetchPolicy
+
 
 # The codecs an RTP leg can carry (by lowercase name), as the gateway's codec layer decodes them.
 RTP_CODECS = {"pcmu": "PCMU", "pcma": "PCMA", "g722": "G722"}
@@ -95,6 +97,18 @@ class RtpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FetchConfig:
+    """What `play` and `mediaPass` may fetch, and how much (docs/security.md)."""
+
+    allow_hosts: tuple[str, ...] = ()  # internal hosts/addresses/networks[:port] that may be fetched
+    max_redirects: int = 5
+    timeout: float = 10.0              # a whole `play` download
+    connect_timeout: float = 5.0       # reaching the server (play and mediaPass)
+    max_bytes: int = 50 * 1024 * 1024  # one `play` body
+    max_seconds: float = 1800.0        # decoded length of one `play` clip
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     http_addr: str = "0.0.0.0:8080"
     sip_addr: str = "0.0.0.0"
@@ -121,6 +135,7 @@ class Config:
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
     sip: SipConfig = field(default_factory=SipConfig)
     rtp: RtpConfig = field(default_factory=RtpConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
 
     @property
     def http_host_port(self) -> tuple[str, int]:
@@ -197,6 +212,14 @@ def _validate(cfg: Config) -> None:
     for origin in cfg.allowed_origins:
         if origin != origin.rstrip("/") or "://" not in origin:
             raise ConfigError(f"allowed_origins: expected scheme://host[:port] without a path, got {origin!r}")
+    try:
+        FetchPolicy(cfg.fetch.allow_hosts)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    f = cfg.fetch
+    if f.max_redirects < 0 or f.timeout <= 0 or f.connect_timeout <= 0 or f.max_bytes < 1 or f.max_seconds <= 0:
+        raise ConfigError("fetch: max_redirects must be >= 0; timeout, connect_timeout, max_bytes and "
+                          "max_seconds must be positive")
     if cfg.max_calls < 1:
         raise ConfigError(f"max_calls: must be at least 1, got {cfg.max_calls}")
     if not 0 < cfg.rtp_start_port < cfg.rtp_end_port <= 65535:

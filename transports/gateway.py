@@ -33,6 +33,7 @@ from actors.supervisor import ChildSpec, Restart, Strategy, Supervisor
 from actors.vad import SileroEngine, SileroModel
 
 from .config import Config
+from .fetch_policy import FetchPolicy
 from .http import GetAddress, HttpServer
 from .media_loader import MediaLoader
 from .media_pass import MediaPassLink
@@ -81,7 +82,8 @@ def build_services(config: Config, engines: EngineHost, media: MediaLoader, writ
         resolve_recording=lambda path, session_id: resolve_recording(path, session_id, config.recorder_root),
         media_pass=lambda option, tap, item, on_error: MediaPassLink(
             option, tap, item, on_error,
-            backoff_initial=config.supervision.backoff_initial, backoff_max=config.supervision.backoff_max),
+            backoff_initial=config.supervision.backoff_initial, backoff_max=config.supervision.backoff_max,
+            connect_timeout=config.fetch.connect_timeout, policy=FetchPolicy(config.fetch.allow_hosts)),
         asr=pocketsphinx_factories(engines),
         default_asr="pocketsphinx",
         silero=silero,
@@ -116,7 +118,10 @@ async def start_gateway(config: Config) -> Gateway:
     sup = config.supervision
     clock = MediaClock(ptime_ms=20)
     engines = EngineHost(restart_intensity=sup.engine_restarts, restart_period=sup.engine_period)
-    media = MediaLoader(config.media_root)
+    fetch = config.fetch
+    media = MediaLoader(config.media_root, policy=FetchPolicy(fetch.allow_hosts), max_redirects=fetch.max_redirects,
+                        timeout=fetch.timeout, connect_timeout=fetch.connect_timeout, max_bytes=fetch.max_bytes,
+                        max_duration=fetch.max_seconds)
     writer = FileWriter(config.recorder_pending_bytes)
     services = build_services(config, engines, media, writer)
     current: dict[str, ActorRef] = {}

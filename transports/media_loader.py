@@ -18,12 +18,15 @@ from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import av
+from yarl import URL
 import av.error
 import numpy as np
 from av.audio.stream import AudioStream
 from av.container import InputContainer
 
 from actors.services import MediaClip, MediaLoadError
+
+from .fetch_policy import FetchPolicy, FetchRefused
 
 MiB = 1024 * 1024
 OUTPUT_RATE = 16000
@@ -36,6 +39,10 @@ AUDIO_DEMUXERS = ",".join((
 ))
 
 _CHUNK = 64 * 1024
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# One text for every way a server cannot be reached (refused, reset, unreachable, unknown name,
+# no answer to the connect): which of them it was would tell a port scanner what it wants to know.
+UNREACHABLE = "the media server could not be reached or did not answer"
 
 # (st_dev, st_ino, st_size, st_mtime_ns): a cached local clip is reused only while this holds.
 FileSignature = tuple[int, int, int, int]
@@ -61,9 +68,11 @@ class MediaLoader:
     """Loads, decodes and caches `play` sources.
 
     `source` is an http(s) URL, a `file:` URL, or a path; paths and file URLs are taken relative
-    to `media_root` and must resolve (symlinks included) inside it. Downloads are limited to
-    `max_bytes` and `timeout` seconds; decoded audio to `max_duration` seconds. Decoded clips are
-    kept in an LRU of `cache_bytes`; concurrent loads of one uncached source share one fetch.
+    to `media_root` and must resolve (symlinks included) inside it. URLs go through `policy` (no
+    internal addresses unless allow-listed, checked again at each of at most `max_redirects`
+    redirects, no userinfo). Downloads are limited to `max_bytes` and `timeout` seconds; decoded
+    audio to `max_duration` seconds. Decoded clips are kept in an LRU of `cache_bytes`;
+    concurrent loads of one uncached source share one fetch.
     """
 
     def __init__(
@@ -74,14 +83,20 @@ class MediaLoader:
         timeout: float = 10.0,
         cache_bytes: int = 64 * MiB,
         max_duration: float = 1800.0,
-        session_factory: Callable[[], aiohttp.ClientSession] = aiohttp.ClientSession,
+        policy: FetchPolicy | None = None,
+        max_redirects: int = 5,
+        connect_timeout: float = 5.0,
+        session_factory: Callable[[], aiohttp.ClientSession] | None = None,
     ) -> None:
         self.media_root = os.path.realpath(media_root)
+        self.policy = policy if policy is not None else FetchPolicy()
+        self.max_redirects = max_redirects
+        self.connect_timeout = connect_timeout
         self.max_bytes = max_bytes
         self.timeout = timeout
         self.cache_bytes = cache_bytes
         self.max_samples = int(max_duration * OUTPUT_RATE)
-        self._session_factory = session_factory
+        self._session_factory = session_factory or self._policy_session
         self._session: aiohttp.ClientSession | None = None
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._cached_bytes = 0
@@ -186,37 +201,68 @@ class MediaLoader:
             self._remember(source, _Entry(clip, signature))
         return clip
 
+    def _policy_session(self) -> aiohttp.ClientSession:
+        # The policy's resolver checks the very addresses connected to; proxies from the
+        # environment would connect elsewhere, so none are used.
+        connector = aiohttp.TCPConnector(resolver=self.policy.resolver())
+        return aiohttp.ClientSession(connector=connector, trust_env=False,
+                                     timeout=aiohttp.ClientTimeout(sock_connect=self.connect_timeout))
+
     async def _download(self, url: str) -> bytes:
         if self._session is None:
             self._session = self._session_factory()
         session = self._session
+        answered: list[int] = []     # the status of each response whose headers arrived
         try:
             async with asyncio.timeout(self.timeout):
-                async with session.get(url) as resp:
-                    if not 200 <= resp.status < 300:
-                        raise MediaLoadError(f"{url}: server answered HTTP {resp.status}", 502)
-                    length = resp.content_length
-                    if length is not None and length > self.max_bytes:
-                        raise MediaLoadError(
-                            f"{url}: {length} bytes is more than the {self.max_bytes}-byte limit", 413)
-                    chunks: list[bytes] = []
-                    received = 0
-                    async for chunk in resp.content.iter_chunked(_CHUNK):
-                        received += len(chunk)
-                        if received > self.max_bytes:
-                            raise MediaLoadError(
-                                f"{url}: body exceeds the {self.max_bytes}-byte limit", 413)
-                        chunks.append(chunk)
-                    return b"".join(chunks)
+                return await self._follow(session, url, answered)
         except MediaLoadError:
             raise
+        except FetchRefused as exc:
+            raise MediaLoadError(f"{url}: {exc}", 403) from None
         except TimeoutError:
-            # Before ClientError: aiohttp's own timeouts are both.
+            # Before ClientError: aiohttp's own timeouts are both. No answer at all reads like a
+            # closed port: an open port that keeps silent must not look different.
+            if not answered:
+                raise MediaLoadError(f"{url}: {UNREACHABLE}", 502) from None
             raise MediaLoadError(f"{url}: no complete answer within {self.timeout:g} s", 504) from None
         except (aiohttp.InvalidURL, ValueError) as exc:
             raise MediaLoadError(f"{url}: invalid URL ({exc})", 400) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise MediaLoadError(f"{url}: fetch failed ({exc.__class__.__name__}: {exc})", 502) from None
+        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, OSError):
+            raise MediaLoadError(f"{url}: {UNREACHABLE}", 502) from None
+        except aiohttp.ClientError as exc:
+            raise MediaLoadError(f"{url}: fetch failed ({exc.__class__.__name__})", 502) from None
+
+    async def _follow(self, session: aiohttp.ClientSession, url: str, answered: list[int]) -> bytes:
+        """GET `url`, following redirects by hand so that every hop passes the policy."""
+        target = URL(url)
+        for _hop in range(self.max_redirects + 1):
+            await self.policy.check(target, ("http", "https"))
+            async with session.get(target, allow_redirects=False) as resp:
+                answered.append(resp.status)
+                if resp.status in _REDIRECTS:
+                    location = resp.headers.get("Location")
+                    if not location:
+                        raise MediaLoadError(f"{url}: HTTP {resp.status} redirect without a Location", 502)
+                    target = target.join(URL(location))
+                    continue
+                return await self._body(url, resp)
+        raise MediaLoadError(f"{url}: more than {self.max_redirects} redirects", 502)
+
+    async def _body(self, url: str, resp: aiohttp.ClientResponse) -> bytes:
+        if not 200 <= resp.status < 300:
+            raise MediaLoadError(f"{url}: server answered HTTP {resp.status}", 502)
+        length = resp.content_length
+        if length is not None and length > self.max_bytes:
+            raise MediaLoadError(f"{url}: {length} bytes is more than the {self.max_bytes}-byte limit", 413)
+        chunks: list[bytes] = []
+        received = 0
+        async for chunk in resp.content.iter_chunked(_CHUNK):
+            received += len(chunk)
+            if received > self.max_bytes:
+                raise MediaLoadError(f"{url}: body exceeds the {self.max_bytes}-byte limit", 413)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     # --- cache -----------------------------------------------------------------------------------
 

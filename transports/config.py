@@ -106,6 +106,15 @@ class FetchConfig:
     connect_timeout: float = 5.0       # reaching the server (play and mediaPass)
     max_bytes: int = 50 * 1024 * 1024  # one `play` body
     max_seconds: float = 1800.0        # decoded length of one `play` clip
+    decode_memory: int = 256 * 1024 * 1024  # PCM all `play` decodes in progress may hold together
+
+
+@dataclass(frozen=True, slots=True)
+class DumpConfig:
+    """The event dumps (`<dump_root>/<id>.events.jsonl`)."""
+
+    max_bytes: int = 64 * 1024 * 1024     # per dump; then a last line says it stopped
+    queue_bytes: int = 16 * 1024 * 1024   # lines waiting for the writer thread, all dumps together
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +145,7 @@ class Config:
     sip: SipConfig = field(default_factory=SipConfig)
     rtp: RtpConfig = field(default_factory=RtpConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
+    dump: DumpConfig = field(default_factory=DumpConfig)
 
     @property
     def http_host_port(self) -> tuple[str, int]:
@@ -217,9 +227,12 @@ def _validate(cfg: Config) -> None:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     f = cfg.fetch
-    if f.max_redirects < 0 or f.timeout <= 0 or f.connect_timeout <= 0 or f.max_bytes < 1 or f.max_seconds <= 0:
-        raise ConfigError("fetch: max_redirects must be >= 0; timeout, connect_timeout, max_bytes and "
-                          "max_seconds must be positive")
+    if (f.max_redirects < 0 or f.timeout <= 0 or f.connect_timeout <= 0 or f.max_bytes < 1 or f.max_seconds <= 0
+            or f.decode_memory < 1):
+        raise ConfigError("fetch: max_redirects must be >= 0; timeout, connect_timeout, max_bytes, "
+                          "max_seconds and decode_memory must be positive")
+    if cfg.dump.max_bytes < 1024 or cfg.dump.queue_bytes < 1024:
+        raise ConfigError("dump: max_bytes and queue_bytes must be at least 1024")
     if cfg.max_calls < 1:
         raise ConfigError(f"max_calls: must be at least 1, got {cfg.max_calls}")
     if not 0 < cfg.rtp_start_port < cfg.rtp_end_port <= 65535:

@@ -54,8 +54,9 @@ from protocol.redact import redact
 
 from .auth import OWNER_KEY, Access, access_middleware, exposure_warning
 from .config import Config
+from .event_dump import DumpWriter, EventDump
 from .ws_leg import UnavailableLeg, WebSocketLeg
-from .ws_session import EventDump, Outbox, session_id_ok
+from .ws_session import Outbox, session_id_ok
 
 log = structlog.get_logger("http")
 
@@ -151,6 +152,10 @@ class CallRouter:
         self.legs: Mapping[str, LegProvider] = {"websocket": websocket_legs, **(legs or {})}
         self.started_at = time.time()
         self.binary_dropped = 0
+        self.dump_writer = DumpWriter(config.dump.queue_bytes)
+
+    def open_dump(self, session_id: str) -> EventDump:
+        return EventDump(self.config.dump_root, session_id, self.dump_writer, self.config.dump.max_bytes)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[access_middleware(Access.from_config(self.config))])
@@ -284,7 +289,7 @@ class CallRouter:
         sid = params.session_id
         clog = log.bind(session_id=sid, call_type=call_type)
         outbox = Outbox(ws)
-        dump = EventDump(self.config.dump_root, sid) if params.dump else None
+        dump = self.open_dump(sid) if params.dump else None
 
         def emit(event: object) -> None:
             text = api.dumps_event(event)
@@ -425,12 +430,14 @@ class HttpServer(Actor):
         self.runner = web.AppRunner(self.router.app(), handle_signals=False, access_log=None,
                                     shutdown_timeout=self.config.supervision.call_shutdown_timeout)
         await self.runner.setup()
+        self.router.dump_writer.start()
         site = web.TCPSite(self.runner, host, port, reuse_address=True)
         try:
             await site.start()
         except OSError as exc:
             HttpServer.start_error = exc
             await self.runner.cleanup()
+            await self.router.dump_writer.stop()
             raise
         sockets = site._server.sockets if site._server is not None else []  # noqa: SLF001 - bound port for :0
         self.address = sockets[0].getsockname()[:2] if sockets else (host, port)
@@ -450,6 +457,7 @@ class HttpServer(Actor):
         await self.router.end_all_calls(reason="shutdown")
         await self.runner.cleanup()
         self.runner = None
+        await self.router.dump_writer.stop()  # after the handlers: their last lines are queued
 
     async def on_receive(self, message: object) -> object:
         if isinstance(message, GetAddress):

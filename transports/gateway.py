@@ -39,7 +39,7 @@ from .media_loader import MediaLoader
 from .media_pass import MediaPassLink
 from .providers.espeak import espeak_factories
 from .providers.pocketsphinx import pocketsphinx_factories
-from .recording_paths import resolve_recording
+from .recording_paths import RecordingClaims, resolve_recording
 from .file_writer import FileWriter, WrittenSink
 from .wav_sink import open_recording, segment_path
 
@@ -66,7 +66,8 @@ class Gateway:
         return stopped
 
 
-def build_services(config: Config, engines: EngineHost, media: MediaLoader, writer: FileWriter) -> CallServices:
+def build_services(config: Config, engines: EngineHost, media: MediaLoader, writer: FileWriter,
+                   claims: RecordingClaims) -> CallServices:
     """The real providers, loaders and sinks every call uses, from the configuration."""
 
     def open_written(path: str, samplerate: int, segment: int) -> WrittenSink:
@@ -79,7 +80,9 @@ def build_services(config: Config, engines: EngineHost, media: MediaLoader, writ
         default_tts="espeak",
         load_media=media.load,
         open_recording=open_written,
-        resolve_recording=lambda path, session_id: resolve_recording(path, session_id, config.recorder_root),
+        # One live writer per recording path: the claim is freed when its call ends.
+        resolve_recording=lambda path, session_id: claims.claim(
+            resolve_recording(path, session_id, config.recorder_root), session_id),
         media_pass=lambda option, tap, item, on_error: MediaPassLink(
             option, tap, item, on_error,
             backoff_initial=config.supervision.backoff_initial, backoff_max=config.supervision.backoff_max,
@@ -91,7 +94,7 @@ def build_services(config: Config, engines: EngineHost, media: MediaLoader, writ
 
 
 def gateway_children(config: Config, clock: MediaClock, engines: EngineHost, services: CallServices,
-                     current: dict[str, ActorRef]) -> list[ChildSpec]:
+                     current: dict[str, ActorRef], claims: RecordingClaims | None = None) -> list[ChildSpec]:
     """The gateway's children, in start order (TREE)."""
     sup = config.supervision
 
@@ -106,8 +109,10 @@ def gateway_children(config: Config, clock: MediaClock, engines: EngineHost, ser
                   start=lambda parent: started("engines", EngineHostActor.start(engines, parent=parent,
                                                                                 name="engines"))),
         ChildSpec(id="calls", restart=Restart.PERMANENT, shutdown=sup.call_shutdown_timeout + 1.0,
-                  start=lambda parent: started("calls", CallSupervisor.start(config.max_calls, parent=parent,
-                                                                             name="calls"))),
+                  # A call's end frees its recording paths.
+                  start=lambda parent: started("calls", CallSupervisor.start(
+                      config.max_calls, claims.release_session if claims is not None else None,
+                      parent=parent, name="calls"))),
         ChildSpec(id="http", restart=Restart.PERMANENT, shutdown=sup.call_shutdown_timeout + 2.0,
                   start=lambda parent: started("http", HttpServer.start(config, lambda: current["calls"], clock,
                                                                         services, parent=parent, name="http"))),
@@ -123,9 +128,10 @@ async def start_gateway(config: Config) -> Gateway:
                         timeout=fetch.timeout, connect_timeout=fetch.connect_timeout, max_bytes=fetch.max_bytes,
                         max_duration=fetch.max_seconds, decode_memory=fetch.decode_memory)
     writer = FileWriter(config.recorder_pending_bytes)
-    services = build_services(config, engines, media, writer)
+    claims = RecordingClaims()
+    services = build_services(config, engines, media, writer, claims)
     current: dict[str, ActorRef] = {}
-    children = gateway_children(config, clock, engines, services, current)
+    children = gateway_children(config, clock, engines, services, current, claims)
     ref = Supervisor.start(children, strategy=Strategy.ONE_FOR_ONE, intensity=sup.gateway_restarts,
                            period=sup.gateway_period, name="gateway")
     try:

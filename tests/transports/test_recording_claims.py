@@ -11,7 +11,7 @@ def test_a_path_is_held_by_its_call_until_released():
     claims = RecordingClaims()
     assert claims.claim("/r/a.wav", "s1") == "/r/a.wav"
     claims.claim("/r/a.wav", "s1")                         # the same call again: fine
-    for other in ("/r/a.wav", "/r/a.part3.wav", "/r/a.PART1.WAV"):
+    for other in ("/r/a.wav", "/r/a.part3.wav"):
         with pytest.raises(RecordingPathError, match="another call"):
             claims.claim(other, "s2")
     claims.claim("/r/b.wav", "s2")

@@ -37,6 +37,7 @@ from .fetch_policy import FetchPolicy
 from .http import GetAddress, HttpServer
 from .media_loader import MediaLoader
 from .media_pass import MediaPassLink
+from .metrics import Telemetry
 from .providers.espeak import espeak_factories
 from .providers.pocketsphinx import pocketsphinx_factories
 from .recording_paths import RecordingClaims, resolve_recording
@@ -94,9 +95,12 @@ def build_services(config: Config, engines: EngineHost, media: MediaLoader, writ
 
 
 def gateway_children(config: Config, clock: MediaClock, engines: EngineHost, services: CallServices,
-                     current: dict[str, ActorRef], claims: RecordingClaims | None = None) -> list[ChildSpec]:
+                     current: dict[str, ActorRef], claims: RecordingClaims | None = None,
+                     telemetry: Telemetry | None = None) -> list[ChildSpec]:
     """The gateway's children, in start order (TREE)."""
     sup = config.supervision
+    claims = claims if claims is not None else RecordingClaims()
+    telemetry = telemetry if telemetry is not None else Telemetry(engines=engines, media=None, claims=claims)
 
     def started(id: str, ref: ActorRef) -> ActorRef:
         current[id] = ref
@@ -111,11 +115,11 @@ def gateway_children(config: Config, clock: MediaClock, engines: EngineHost, ser
         ChildSpec(id="calls", restart=Restart.PERMANENT, shutdown=sup.call_shutdown_timeout + 1.0,
                   # A call's end frees its recording paths.
                   start=lambda parent: started("calls", CallSupervisor.start(
-                      config.max_calls, claims.release_session if claims is not None else None,
-                      parent=parent, name="calls"))),
+                      config.max_calls, claims.release_session, parent=parent, name="calls"))),
         ChildSpec(id="http", restart=Restart.PERMANENT, shutdown=sup.call_shutdown_timeout + 2.0,
                   start=lambda parent: started("http", HttpServer.start(config, lambda: current["calls"], clock,
-                                                                        services, parent=parent, name="http"))),
+                                                                        services, telemetry=telemetry,
+                                                                        parent=parent, name="http"))),
     ]
 
 
@@ -130,8 +134,9 @@ async def start_gateway(config: Config) -> Gateway:
     writer = FileWriter(config.recorder_pending_bytes)
     claims = RecordingClaims()
     services = build_services(config, engines, media, writer, claims)
+    telemetry = Telemetry(engines=engines, media=media, claims=claims)
     current: dict[str, ActorRef] = {}
-    children = gateway_children(config, clock, engines, services, current, claims)
+    children = gateway_children(config, clock, engines, services, current, claims, telemetry)
     ref = Supervisor.start(children, strategy=Strategy.ONE_FOR_ONE, intensity=sup.gateway_restarts,
                            period=sup.gateway_period, name="gateway")
     try:

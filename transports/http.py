@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 import time
 import uuid
@@ -26,6 +27,7 @@ from actors.call_supervisor import (
     AdmissionRefused,
     CallStartFailed,
     DuplicateSession,
+    GetAdmissions,
     GetCall,
     ListCalls,
     NotYourCall,
@@ -55,6 +57,7 @@ from protocol.redact import redact
 from .auth import OWNER_KEY, Access, access_middleware, exposure_warning
 from .config import Config
 from .event_dump import DumpWriter, EventDump
+from .metrics import CONTENT_TYPE, CountedPipe, Counters, Telemetry, render
 from .ws_leg import UnavailableLeg, WebSocketLeg
 from .ws_session import Outbox, session_id_ok
 
@@ -80,9 +83,11 @@ LegProvider = Callable[[str, Outbox], LegMaker]
 """(session id, the connection's outbox) -> the LegMaker for a new call of one call type."""
 
 
-def websocket_legs(session_id: str, outbox: Outbox) -> LegMaker:
-    """`/call`: the audio rides the application's own WebSocket."""
-    pipe: AudioPipe[bytes] = AudioPipe(50, name=f"{session_id}.ws-in")
+def websocket_legs(session_id: str, outbox: Outbox, counters: Counters | None = None) -> LegMaker:
+    """`/call`: the audio rides the application's own WebSocket. With `counters`, the frames its
+    inbound pipe drops are counted for /metrics."""
+    pipe: AudioPipe[bytes] = (AudioPipe(50, name=f"{session_id}.ws-in") if counters is None
+                              else CountedPipe(50, counters, name=f"{session_id}.ws-in"))
 
     def leg(context: LegContext) -> WebSocketLeg:
         return WebSocketLeg(context, pipe, outbox.audio)
@@ -143,13 +148,16 @@ class CallRouter:
     """Routes and handlers; `calls` gives the current CallSupervisor ref."""
 
     def __init__(self, config: Config, calls: Callable[[], ActorRef], clock: MediaClock,
-                 services: CallServices, legs: Mapping[str, LegProvider] | None = None) -> None:
+                 services: CallServices, legs: Mapping[str, LegProvider] | None = None,
+                 telemetry: Telemetry | None = None) -> None:
         self.config = config
         self.calls = calls
         self.clock = clock
         self.services = services
         # Call types whose transport is not here answer invite/accept with 501 (UnavailableLeg).
-        self.legs: Mapping[str, LegProvider] = {"websocket": websocket_legs, **(legs or {})}
+        self.telemetry = telemetry if telemetry is not None else Telemetry(engines=None, media=None, claims=None)
+        counted = functools.partial(websocket_legs, counters=self.telemetry.counters)
+        self.legs: Mapping[str, LegProvider] = {"websocket": counted, **(legs or {})}
         self.started_at = time.time()
         self.binary_dropped = 0
         self.dump_writer = DumpWriter(config.dump.queue_bytes)
@@ -168,6 +176,7 @@ class CallRouter:
         r.add_post("/call/kill/{id}", self.kill_call)
         r.add_get("/iceservers", self.ice_servers)
         r.add_get("/health", self.health)
+        r.add_get("/metrics", self.metrics)
         # The original active-call's forms, so its existing clients keep working.
         r.add_get("/list", self.list_calls_original)
         r.add_get("/kill/{id}", self.kill_call_original)
@@ -269,6 +278,38 @@ class CallRouter:
             "clocked_tracks": len(self.clock),
             "clock": self.clock.stats(),
         })
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        sup = self.calls()
+        admissions = await sup.ask(GetAdmissions(), timeout=2.0)
+        refs = await self._call_refs()
+
+        async def describe(ref: ActorRef) -> CallInfo | None:
+            try:
+                return await ref.ask(Describe(), timeout=1.0)
+            except (ActorDeadError, TimeoutError):
+                return None  # ended while we were looking
+
+        by_type = dict.fromkeys(CALL_TYPE_WIRE, 0)
+        for info in await asyncio.gather(*(describe(ref) for ref in refs)):
+            if info is not None:
+                by_type[info.call_type] = by_type.get(info.call_type, 0) + 1
+        t = self.telemetry
+        engines = [t.engines.stats(name) for name in t.engines.names()] if t.engines is not None else []
+        body = render({
+            "calls_by_type": by_type, "admissions": admissions,
+            "inbound_frames_dropped": t.counters.inbound_frames_dropped,
+            "clock": self.clock.stats(),
+            "loop_lag": t.loop_lag, "engines": engines,
+            "media": {"cache_bytes": t.media.cached_bytes if t.media else 0,
+                      "decode_bytes": t.media.budget.used if t.media else 0,
+                      "decode_refused": t.media.budget.refused if t.media else 0},
+            "dump": {"pending": self.dump_writer.pending, "lost_lines": self.dump_writer.lost_lines,
+                     "written_bytes": self.dump_writer.written_bytes},
+            "binary_frames_dropped": self.binary_dropped,
+            "recordings": len(t.claims) if t.claims is not None else 0, "open_fds": _open_fds(), "tasks": len(asyncio.all_tasks()),
+        })
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     # --- the API WebSocket --------------------------------------------------------------------
 
@@ -419,9 +460,10 @@ class HttpServer(Actor):
     start_error: BaseException | None = None  # last bind failure, for a clear start-up message
 
     def __init__(self, config: Config, calls: Callable[[], ActorRef], clock: MediaClock,
-                 services: CallServices, legs: Mapping[str, LegProvider] | None = None) -> None:
+                 services: CallServices, legs: Mapping[str, LegProvider] | None = None,
+                 telemetry: Telemetry | None = None) -> None:
         self.config = config
-        self.router = CallRouter(config, calls, clock, services, legs)
+        self.router = CallRouter(config, calls, clock, services, legs, telemetry)
         self.runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
 
@@ -431,6 +473,7 @@ class HttpServer(Actor):
                                     shutdown_timeout=self.config.supervision.call_shutdown_timeout)
         await self.runner.setup()
         self.router.dump_writer.start()
+        self.router.telemetry.loop_lag.start()
         site = web.TCPSite(self.runner, host, port, reuse_address=True)
         try:
             await site.start()
@@ -438,6 +481,7 @@ class HttpServer(Actor):
             HttpServer.start_error = exc
             await self.runner.cleanup()
             await self.router.dump_writer.stop()
+            await self.router.telemetry.loop_lag.stop()
             raise
         sockets = site._server.sockets if site._server is not None else []  # noqa: SLF001 - bound port for :0
         self.address = sockets[0].getsockname()[:2] if sockets else (host, port)
@@ -458,6 +502,7 @@ class HttpServer(Actor):
         await self.runner.cleanup()
         self.runner = None
         await self.router.dump_writer.stop()  # after the handlers: their last lines are queued
+        await self.router.telemetry.loop_lag.stop()
 
     async def on_receive(self, message: object) -> object:
         if isinstance(message, GetAddress):

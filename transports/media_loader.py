@@ -201,6 +201,12 @@ class MediaLoader:
             if parts.query or parts.fragment:
                 raise MediaLoadError(f"{source}: file URL with a query or fragment", 400)
             relative = unquote(parts.path)
+            # A file URL's path is absolute; the media root is its root: file:///a.wav and
+            # file://localhost/a.wav name media_root/a.wav, unless the path already points inside
+            # the media root (file:///srv/media/a.wav with media_root /srv/media).
+            if os.path.isabs(relative) and os.path.commonpath(
+                    (self.media_root, os.path.normpath(relative))) != self.media_root:
+                relative = relative.lstrip("/")
         elif scheme:
             raise MediaLoadError(f"{source}: unsupported scheme {scheme!r} (http, https, file or a path)", 400)
         else:

@@ -204,3 +204,20 @@ async def test_media_pass_to_an_internal_peer_is_refused_unless_allow_listed(gat
             await client.ws.close()
         finally:
             await gw.stop()
+
+
+async def test_a_failed_play_sends_no_track_start_and_file_localhost_plays(gateway_config, http, tmp_path):
+    gw = await gateway_with(gateway_config, allow_hosts=["127.0.0.1"])
+    (tmp_path / "media").mkdir(exist_ok=True)
+    (tmp_path / "media" / "x.wav").write_bytes(wav_body())
+    try:
+        for url, ok in (("http://127.0.0.1:9/missing.wav", False), ("nothing-here.wav", False),
+                        ("file://localhost/x.wav", True), ("file:///x.wav", True)):
+            result = await play_result(http, gw, f"t{abs(hash(url))}", url)
+            if ok:
+                assert result["error"] is None and result["started"] and abs(result["duration"] - 300) <= 20
+            else:
+                # trackStart means audio: a play that never had any ends with trackEnd alone.
+                assert result["error"] is not None and not result["started"] and result["duration"] == 0
+    finally:
+        await gw.stop()

@@ -341,10 +341,19 @@ async def test_paths_escaping_media_root_are_refused(loader, media_root, tmp_pat
     outside.write_bytes(wav_bytes([sine(1000, 0.5, 8000)], 8000))
     (media_root / "escape.wav").symlink_to(outside)
     (media_root / "dir").symlink_to(tmp_path)
-    for source in ("../x.wav", str(outside), "escape.wav", "dir/x.wav", f"file://{outside}",
-                   "file:../x.wav", "sub/../../x.wav", "../missing.wav"):
+    for source in ("../x.wav", str(outside), "escape.wav", "dir/x.wav",
+                   "file:../x.wav", "sub/../../x.wav", "../missing.wav", "file:///../x.wav"):
         err = await refused(loader, source, 400)
         assert source in str(err)
+    # A file URL's absolute path outside the media root is looked up under it: not found there.
+    err = await refused(loader, f"file://{outside}", 404)
+    assert "no such file" in str(err)
+
+
+async def test_file_urls_are_rooted_at_the_media_root(loader, media_root):
+    (media_root / "x.wav").write_bytes(wav_bytes([sine(1000, 0.5, 8000)], 8000))
+    for source in ("file://localhost/x.wav", "file:///x.wav", "file:/x.wav", f"file://{media_root}/x.wav"):
+        assert_tone(await loader.load(source), 1000, 0.5)
 
 
 async def test_missing_file_is_404_and_other_refusals(loader, media_root):

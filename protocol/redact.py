@@ -16,7 +16,7 @@ __all__ = ["REDACTED", "is_secret_key", "redact", "redact_json_text", "redact_te
 
 REDACTED = "[redacted]"
 
-_EXACT = frozenset({"pwd", "pass", "auth", "sig", "appkey", "accesskeyid", "sessionid", "bearer"})
+_EXACT = frozenset({"pwd", "pass", "auth", "sig", "appkey", "accesskeyid", "bearer"})
 _PARTS = ("secret", "password", "passwd", "token", "apikey", "credential", "privatekey", "accesskey",
           "authorization", "cookie", "signature")
 # Words that betray a credential somewhere in a text: only texts holding one are parsed.

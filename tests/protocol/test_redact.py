@@ -38,7 +38,8 @@ def test_secret_key_names():
     for key in ("secretKey", "secret_id", "password", "Authorization", "X-Api-Key", "accessToken", "credential",
                 "appKey", "client_secret", "Cookie"):
         assert is_secret_key(key), key
-    for key in ("appId", "key", "username", "provider", "url", "speaker", "trackId", "keyword"):
+    for key in ("appId", "key", "username", "provider", "url", "speaker", "trackId", "keyword", "session_id",
+                "sessionId", "targetSessionId"):
         assert not is_secret_key(key), key
 
 

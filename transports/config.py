@@ -107,6 +107,7 @@ class FetchConfig:
     max_bytes: int = 50 * 1024 * 1024  # one `play` body
     max_seconds: float = 1800.0        # decoded length of one `play` clip
     decode_memory: int = 256 * 1024 * 1024  # PCM all `play` decodes in progress may hold together
+    cache_bytes: int = 64 * 1024 * 1024     # decoded clips kept for the next `play` of the same source
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +229,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(str(exc)) from None
     f = cfg.fetch
     if (f.max_redirects < 0 or f.timeout <= 0 or f.connect_timeout <= 0 or f.max_bytes < 1 or f.max_seconds <= 0
-            or f.decode_memory < 1):
+            or f.decode_memory < 1 or f.cache_bytes < 0):
         raise ConfigError("fetch: max_redirects must be >= 0; timeout, connect_timeout, max_bytes, "
                           "max_seconds and decode_memory must be positive")
     if cfg.dump.max_bytes < 1024 or cfg.dump.queue_bytes < 1024:

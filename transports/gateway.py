@@ -130,7 +130,8 @@ async def start_gateway(config: Config) -> Gateway:
     fetch = config.fetch
     media = MediaLoader(config.media_root, policy=FetchPolicy(fetch.allow_hosts), max_redirects=fetch.max_redirects,
                         timeout=fetch.timeout, connect_timeout=fetch.connect_timeout, max_bytes=fetch.max_bytes,
-                        max_duration=fetch.max_seconds, decode_memory=fetch.decode_memory)
+                        max_duration=fetch.max_seconds, decode_memory=fetch.decode_memory,
+                        cache_bytes=fetch.cache_bytes)
     writer = FileWriter(config.recorder_pending_bytes)
     claims = RecordingClaims()
     services = build_services(config, engines, media, writer, claims)

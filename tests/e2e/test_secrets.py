@@ -56,5 +56,5 @@ async def test_listings_logs_and_dumps_hold_no_credentials(tmp_path):
     assert [json.loads(line["content"])["event"] for line in lines if line["type"] == "event"][-1] == "hangup"
     assert not [s for s in SECRETS if s in dump], dump
     log = gw.log_path.read_text()
-    assert "call answered" in log and "secretive" in log     # session ids are not credentials
+    assert "call started" in log and "secretive" in log      # session ids are not credentials
     assert not [s for s in SECRETS if s in log], [line for line in log.splitlines() if any(s in line for s in SECRETS)]

@@ -504,6 +504,14 @@ class HttpServer(Actor):
         await self.router.dump_writer.stop()  # after the handlers: their last lines are queued
         await self.router.telemetry.loop_lag.stop()
 
+    async def on_failure(self, error: BaseException) -> None:
+        # A restarted server starts its own writer thread and lag monitor: these must not linger.
+        if self.runner is not None:
+            runner, self.runner = self.runner, None
+            await runner.cleanup()
+        await self.router.dump_writer.stop()
+        await self.router.telemetry.loop_lag.stop()
+
     async def on_receive(self, message: object) -> object:
         if isinstance(message, GetAddress):
             return self.address

@@ -227,3 +227,15 @@ def test_the_cli_warns_loudly_when_open_beyond_loopback(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+async def test_another_tokens_call_cannot_be_joined_by_its_id(secured, http):
+    owner = await answered(http, secured, "joinable", ALICE)
+    intruder = await open_call(http, secured, "joinable", BOB)
+    await intruder.wait_closed()
+    err, = intruder.of("error")
+    assert err["code"] == 403 and "another API token" in err["error"]
+    assert intruder.ws.close_code == 1008
+    await asyncio.sleep(0.2)
+    assert owner.of("hangup") == [] and not owner.ws.closed
+    await owner.ws.close()

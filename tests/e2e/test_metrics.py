@@ -57,6 +57,7 @@ async def test_calls_refusals_drops_clock_loop_and_engines_are_counted(gateway_c
         assert figures[("activecall_calls_live", (("type", "sip"),))] == 0
         assert figures[("activecall_admissions_refused_total", ())] == 1
         assert 0 < figures[("activecall_inbound_frames_dropped_total", ())] < 200
+        assert figures[("activecall_binary_frames_dropped_total", ())] == 0
         assert figures[("activecall_clock_ticks_total", ())] > 10
         assert figures[("activecall_clock_tracks", ())] == 1
         assert 0 <= figures[("activecall_clock_lateness_seconds", (("quantile", "0.99"),))] < 1

@@ -186,6 +186,7 @@ class PlayItem:
         self.feed = feed
         self.played = 0                        # samples handed to the clock
         self.cut_unfinished = False            # interrupted before it had played everything
+        self.started = False                   # its first audio has been played (trackStart sent)
 
     @property
     def done(self) -> bool:
@@ -317,6 +318,7 @@ class Playlist:
         item = self.current
         assert item is not None
         out = item.read(samples)
+        self._started(item, out)
         if self._fade_left > 0:
             out = self._fade(out)
             if self._fade_left == 0:
@@ -328,8 +330,15 @@ class Playlist:
                 nxt = self.current
                 assert nxt is not None
                 more = nxt.read(samples - len(out))
+                self._started(nxt, more)
                 out = np.concatenate((out, more))
         return out
+
+    def _started(self, item: PlayItem, out: np.ndarray) -> None:
+        # trackStart means audio: an item still loading (or failing to) is current but silent.
+        if not item.started and len(out):
+            item.started = True
+            self.report(PlaybackEvent("started", item.report()))
 
     def _fade(self, out: np.ndarray) -> np.ndarray:
         n = min(len(out), self._fade_left)
@@ -349,7 +358,6 @@ class Playlist:
                 self.report(PlaybackEvent("finished", item.report(), interrupted=False))
                 continue
             self.current = item
-            self.report(PlaybackEvent("started", item.report()))
             return True
         return False
 

@@ -33,12 +33,14 @@ from actors.supervisor import ChildSpec, Restart, Strategy, Supervisor
 from actors.vad import SileroEngine, SileroModel
 
 from .config import Config
+from .fetch_policy import FetchPolicy
 from .http import GetAddress, HttpServer
 from .media_loader import MediaLoader
 from .media_pass import MediaPassLink
+from .metrics import Telemetry
 from .providers.espeak import espeak_factories
 from .providers.pocketsphinx import pocketsphinx_factories
-from .recording_paths import resolve_recording
+from .recording_paths import RecordingClaims, resolve_recording
 from .file_writer import FileWriter, WrittenSink
 from .wav_sink import open_recording, segment_path
 
@@ -65,7 +67,8 @@ class Gateway:
         return stopped
 
 
-def build_services(config: Config, engines: EngineHost, media: MediaLoader, writer: FileWriter) -> CallServices:
+def build_services(config: Config, engines: EngineHost, media: MediaLoader, writer: FileWriter,
+                   claims: RecordingClaims) -> CallServices:
     """The real providers, loaders and sinks every call uses, from the configuration."""
 
     def open_written(path: str, samplerate: int, segment: int) -> WrittenSink:
@@ -78,10 +81,13 @@ def build_services(config: Config, engines: EngineHost, media: MediaLoader, writ
         default_tts="espeak",
         load_media=media.load,
         open_recording=open_written,
-        resolve_recording=lambda path, session_id: resolve_recording(path, session_id, config.recorder_root),
+        # One live writer per recording path: the claim is freed when its call ends.
+        resolve_recording=lambda path, session_id: claims.claim(
+            resolve_recording(path, session_id, config.recorder_root), session_id),
         media_pass=lambda option, tap, item, on_error: MediaPassLink(
             option, tap, item, on_error,
-            backoff_initial=config.supervision.backoff_initial, backoff_max=config.supervision.backoff_max),
+            backoff_initial=config.supervision.backoff_initial, backoff_max=config.supervision.backoff_max,
+            connect_timeout=config.fetch.connect_timeout, policy=FetchPolicy(config.fetch.allow_hosts)),
         asr=pocketsphinx_factories(engines),
         default_asr="pocketsphinx",
         silero=silero,
@@ -89,9 +95,12 @@ def build_services(config: Config, engines: EngineHost, media: MediaLoader, writ
 
 
 def gateway_children(config: Config, clock: MediaClock, engines: EngineHost, services: CallServices,
-                     current: dict[str, ActorRef]) -> list[ChildSpec]:
+                     current: dict[str, ActorRef], claims: RecordingClaims | None = None,
+                     telemetry: Telemetry | None = None) -> list[ChildSpec]:
     """The gateway's children, in start order (TREE)."""
     sup = config.supervision
+    claims = claims if claims is not None else RecordingClaims()
+    telemetry = telemetry if telemetry is not None else Telemetry(engines=engines, media=None, claims=claims)
 
     def started(id: str, ref: ActorRef) -> ActorRef:
         current[id] = ref
@@ -104,11 +113,13 @@ def gateway_children(config: Config, clock: MediaClock, engines: EngineHost, ser
                   start=lambda parent: started("engines", EngineHostActor.start(engines, parent=parent,
                                                                                 name="engines"))),
         ChildSpec(id="calls", restart=Restart.PERMANENT, shutdown=sup.call_shutdown_timeout + 1.0,
-                  start=lambda parent: started("calls", CallSupervisor.start(config.max_calls, parent=parent,
-                                                                             name="calls"))),
+                  # A call's end frees its recording paths.
+                  start=lambda parent: started("calls", CallSupervisor.start(
+                      config.max_calls, claims.release_session, parent=parent, name="calls"))),
         ChildSpec(id="http", restart=Restart.PERMANENT, shutdown=sup.call_shutdown_timeout + 2.0,
                   start=lambda parent: started("http", HttpServer.start(config, lambda: current["calls"], clock,
-                                                                        services, parent=parent, name="http"))),
+                                                                        services, telemetry=telemetry,
+                                                                        parent=parent, name="http"))),
     ]
 
 
@@ -116,11 +127,17 @@ async def start_gateway(config: Config) -> Gateway:
     sup = config.supervision
     clock = MediaClock(ptime_ms=20)
     engines = EngineHost(restart_intensity=sup.engine_restarts, restart_period=sup.engine_period)
-    media = MediaLoader(config.media_root)
+    fetch = config.fetch
+    media = MediaLoader(config.media_root, policy=FetchPolicy(fetch.allow_hosts), max_redirects=fetch.max_redirects,
+                        timeout=fetch.timeout, connect_timeout=fetch.connect_timeout, max_bytes=fetch.max_bytes,
+                        max_duration=fetch.max_seconds, decode_memory=fetch.decode_memory,
+                        cache_bytes=fetch.cache_bytes)
     writer = FileWriter(config.recorder_pending_bytes)
-    services = build_services(config, engines, media, writer)
+    claims = RecordingClaims()
+    services = build_services(config, engines, media, writer, claims)
+    telemetry = Telemetry(engines=engines, media=media, claims=claims)
     current: dict[str, ActorRef] = {}
-    children = gateway_children(config, clock, engines, services, current)
+    children = gateway_children(config, clock, engines, services, current, claims, telemetry)
     ref = Supervisor.start(children, strategy=Strategy.ONE_FOR_ONE, intensity=sup.gateway_restarts,
                            period=sup.gateway_period, name="gateway")
     try:

@@ -12,7 +12,6 @@ peer sees after a reconnect is a new one, not the tail of the old.
 from __future__ import annotations
 
 import asyncio
-import os
 from http import HTTPStatus
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +27,8 @@ from protocol.api import MediaPassOption
 from protocol.codecs import MEDIA_RATE, Resampler
 from protocol.errors import ProtocolError
 
+from .fetch_policy import FetchPolicy, FetchRefused
+
 __all__ = ["MediaPassLink"]
 
 log = structlog.get_logger("media_pass")
@@ -41,6 +42,9 @@ CLOSE_TIMEOUT = 1.0
 # errors) may heal and is retried with backoff.
 PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 426})
 SCHEMES = ("ws", "wss", "http", "https")
+# One text for refused, reset, unreachable, unknown name and connect timeout alike: telling them
+# apart would make mediaPass a port scanner.
+UNREACHABLE = "connect failed: the server could not be reached"
 
 
 class _Connection:
@@ -67,10 +71,14 @@ class MediaPassLink:
 
     def __init__(self, option: MediaPassOption, caller_audio: AudioPipe[np.ndarray], playback: PlayFeed,
                  on_error: Callable[[str], None], *, media_rate: int = MEDIA_RATE,
-                 backoff_initial: float = 0.2, backoff_max: float = 5.0, connect_timeout: float = 5.0) -> None:
+                 backoff_initial: float = 0.2, backoff_max: float = 5.0, connect_timeout: float = 5.0,
+                 policy: FetchPolicy | None = None) -> None:
         url = URL(option.url)
         if url.scheme not in SCHEMES or not url.host:
             raise ProtocolError(f"mediaPass: url must be ws:// or wss:// with a host, got {option.url!r}")
+        if url.raw_user is not None or url.raw_password is not None:
+            raise ProtocolError("mediaPass: credentials in the url (user:password@) are not sent; refused")
+        self._policy = policy if policy is not None else FetchPolicy()
         if not 0 < backoff_initial <= backoff_max:
             raise ValueError(f"backoff must satisfy 0 < initial <= max, got {backoff_initial}, {backoff_max}")
         if connect_timeout <= 0:
@@ -176,20 +184,26 @@ class MediaPassLink:
                        ) -> tuple[aiohttp.ClientWebSocketResponse | None, str, bool]:
         """(socket, "", False) or (None, why it failed, whether retrying is pointless)."""
         try:
+            # Checked at every connect: the name may resolve elsewhere by the next reconnect.
+            await self._policy.check(self._url, SCHEMES)
+        except FetchRefused as exc:
+            return None, str(exc), True
+        except OSError:
+            return None, UNREACHABLE, False
+        try:
             async with asyncio.timeout(self._connect_timeout):
                 ws = await session.ws_connect(self._url, heartbeat=HEARTBEAT,
                                               timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT))
         except TimeoutError:
-            return None, f"connect timed out after {self._connect_timeout:g} s", False
+            return None, UNREACHABLE, False
         except aiohttp.WSServerHandshakeError as exc:
             return None, f"handshake refused: HTTP {_status_text(exc.status)}", exc.status in PERMANENT_STATUSES
         except aiohttp.InvalidURL as exc:
             return None, f"invalid url: {exc}", True
-        except aiohttp.ClientConnectorError as exc:
-            err = exc.os_error
-            return None, f"connect failed: {os.strerror(err.errno) if err.errno else err}", False
-        except (aiohttp.ClientError, OSError) as exc:
-            return None, f"connect failed: {exc!r}", False
+        except (aiohttp.ClientConnectorError, OSError):
+            return None, UNREACHABLE, False
+        except aiohttp.ClientError as exc:
+            return None, f"connect failed: {type(exc).__name__}", False
         return ws, "", False
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> str:

@@ -1,4 +1,4 @@
-"""Per-connection plumbing of an API WebSocket: the ordered outbox and the event dump.
+"""Per-connection plumbing of an API WebSocket: the ordered outbox (the dump: event_dump.py).
 
 The outbox keeps control events and audio apart but in order: events are never dropped, audio is a
 bounded ring that drops its oldest frame when the client reads too slowly, so a stalled client
@@ -9,17 +9,12 @@ the order they were produced in (a trackEnd never overtakes the last frame of it
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import time
 from collections import deque
-from pathlib import Path
-from typing import IO
 
 import structlog
 from aiohttp import web
 
-from .recording_paths import safe_session_id
 
 log = structlog.get_logger("ws")
 
@@ -130,38 +125,6 @@ class Outbox:
             log.info("client read audio too slowly; oldest frames dropped", frames=self.audio_dropped)
         if not ws.closed:
             await ws.close(code=self._close_code)
-
-
-class EventDump:
-    """`<dump_root>/<id>.events.jsonl`: every command and event of a session, one JSON line each,
-    `{"type": "command"|"event", "timestamp": ms, "content": "<the JSON text>"}` as the original
-    active-call writes them. Binary audio is not dumped."""
-
-    def __init__(self, root: str, session_id: str) -> None:
-        # A session id comes from a query string: never let it name a path outside dump_root.
-        self.path = Path(root) / f"{safe_session_id(session_id)}.events.jsonl"
-        self._fh: IO[str] | None = None
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", encoding="utf-8", buffering=1)  # line-buffered: a crash keeps lines
-        except OSError as exc:
-            log.warning("event dump disabled", path=str(self.path), error=str(exc))
-
-    def command(self, text: str) -> None:
-        self._write("command", text)
-
-    def event(self, text: str) -> None:
-        self._write("event", text)
-
-    def _write(self, kind: str, text: str) -> None:
-        if self._fh is not None:
-            self._fh.write(json.dumps({"type": kind, "timestamp": int(time.time() * 1000), "content": text},
-                                      ensure_ascii=False) + "\n")
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
 
 
 def session_id_ok(session_id: str) -> bool:

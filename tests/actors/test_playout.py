@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from actors.playout import PlaybackEvent, PlayFeed, PlayItem, Playlist, PlaySpec
+from protocol.codecs import MEDIA_RATE
 
 FRAME = 320
 
@@ -87,6 +88,7 @@ def test_closing_the_playlist_closes_every_feed_without_reports():
     events: list[PlaybackEvent] = []
     playlist = Playlist(events.append)
     feed = PlayFeed()
+    feed.push(np.ones(MEDIA_RATE, dtype=np.int16))   # audio to play: trackStart comes with audio
     playlist.enqueue(PlayItem(PlaySpec(1, None, "tts"), feed))
     run(playlist, 1)
     playlist.close()

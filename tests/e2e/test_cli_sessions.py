@@ -23,12 +23,19 @@ from transports.gateway import start_gateway
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def toml_value(value: object) -> str:
+    """JSON spells TOML's strings, numbers, booleans and arrays; tables become inline tables."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
 class GatewayProcess:
     def __init__(self, tmp_path: Path, **config: object) -> None:
         table = {"http_addr": "127.0.0.1:0", "log_format": "json", "log_level": "info",
                  "dump_root": str(tmp_path / "dumps"), **config}
         conf = tmp_path / "config.toml"
-        conf.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items()))
+        conf.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in table.items()))
         exe = Path(sys.executable).parent / "active-call"
         # Logs go to a file: a pipe nobody drains would fill up and stall the gateway.
         self.log_path = tmp_path / "gateway.log"

@@ -112,7 +112,8 @@ async def test_play_a_wav_from_media_root_arrives_as_1khz(gateway, http, tmp_pat
     await client.ws.close()
 
 
-async def test_play_failures_are_error_events(gateway, http, tmp_path):
+async def test_play_failures_are_error_events(local_fetch_gateway, http, tmp_path):
+    gateway = local_fetch_gateway
     (tmp_path / "secret.wav").write_bytes(b"RIFF")
     client = await answered(http, gateway, "playfail")
     await client.send({"command": "play", "url": "http://127.0.0.1:9/nothing.wav"})
@@ -127,7 +128,8 @@ async def test_play_failures_are_error_events(gateway, http, tmp_path):
     await client.ws.close()
 
 
-async def test_play_from_a_url(gateway, http):
+async def test_play_from_a_url(local_fetch_gateway, http):
+    gateway = local_fetch_gateway
     import io
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
@@ -197,7 +199,8 @@ async def test_recorder_path_outside_root_is_refused(gateway, http):
     await client.ws.close()
 
 
-async def test_media_pass_round_trip_with_an_echo_server(gateway, http):
+async def test_media_pass_round_trip_with_an_echo_server(local_fetch_gateway, http):
+    gateway = local_fetch_gateway
     connections = []
 
     async def echo(request):
@@ -226,7 +229,8 @@ async def test_media_pass_round_trip_with_an_echo_server(gateway, http):
         await client.ws.close()
 
 
-async def test_media_pass_unreachable_is_an_error_event(gateway, http):
+async def test_media_pass_unreachable_is_an_error_event(local_fetch_gateway, http):
+    gateway = local_fetch_gateway
     client = await answered(http, gateway, "passdown", mediaPass={
         "url": "ws://127.0.0.1:9/media", "inputSampleRate": 16000, "outputSampleRate": 16000})
     err, = await client.wait_event("error", timeout=5)

@@ -78,8 +78,9 @@ async def test_asr_socket_killed_three_times_loses_no_utterance(gateway, http, k
     audio, truth = call_audio(["digits_a.wav", "two_utterances.wav", "digits_b.wav", "digits_c.wav",
                                "two_utterances.wav"])
     assert 20 <= len(audio) / 16000 <= 26
-    # Frames each connection receives before its socket is cut (the replayed pre-roll counts).
-    server.faults.drop_after = (180, 260, 240)
+    # Seconds of audio each connection receives before its socket is cut (the replayed pre-roll
+    # counts): the cuts fall about 3.6, 8 and 12 s into the call.
+    server.faults.drop_after = tuple(int(s * 1000 / kit.asr_packet_ms) for s in (3.6, 5.2, 4.8))
     client = await connect(http, gateway, id=f"chaos-asr-{kit.name}")
     await client.send({"command": "invite", "option": {"codec": "pcm", "asr": kit.asr(server)}})
     await client.wait_event("answer")
@@ -98,6 +99,7 @@ async def test_asr_socket_killed_three_times_loses_no_utterance(gateway, http, k
     try:
         await stream_realtime(client, np.concatenate([audio, np.zeros(16000, np.int16)]))
         finals = await client.wait_event("asrFinal", count=len(truth), timeout=10)
+        await wait_until(lambda: len(figures) == 3, 5)
     finally:
         sampler.cancel()
     await asyncio.sleep(0.5)                     # nothing more may come

@@ -74,10 +74,11 @@ def envelope(pcm: np.ndarray, rate: int, frame_ms: int = 20) -> np.ndarray:
 
 
 def similar_speech(a: np.ndarray, b: np.ndarray, rate: int, *, length_tolerance: float = 0.03,
-                   min_correlation: float = 0.95) -> bool:
+                   min_correlation: float = 0.9) -> bool:
     """The same utterance: espeak-ng renders a text with a few samples of random variation each
     time, so two renderings are compared by length and by the correlation of their loudness
-    envelopes (20 ms frames), not sample by sample."""
+    envelopes (20 ms frames), not sample by sample. Measured: 0.93 to 1.0 between renderings of
+    one sentence, -0.3 to -0.1 between different sentences."""
     if not len(a) or not len(b) or abs(len(a) - len(b)) > length_tolerance * max(len(a), len(b)):
         return False
     ea, eb = envelope(a, rate), envelope(b, rate)

@@ -173,9 +173,9 @@ class DeepgramServer(LocalServer):
         refusal = self._speak_refusal(request)
         if refusal is not None:
             return refusal
-        index = self.accepted
         self.record(request, accepted=True)
         rate = int(request.query["sample_rate"])
+        index: int | None = None
         ws = web.WebSocketResponse(heartbeat=None)
         await ws.prepare(request)
         await ws.send_str(json.dumps({"type": "Metadata", "request_id": str(uuid.uuid4()),
@@ -195,6 +195,8 @@ class DeepgramServer(LocalServer):
                 text.append(str(message.get("text", "")))
             elif kind == "Flush":
                 whole, text = "".join(text), []
+                if index is None:
+                    index = self.speaking_index()
                 async for data in self.speaking.chunks(whole, rate, CHUNK_BYTES):
                     if self.faults.stall_after is not None and sent >= self.faults.stall_after:
                         break
@@ -223,8 +225,8 @@ class DeepgramServer(LocalServer):
         refusal = self._speak_refusal(request)
         if refusal is not None:
             return refusal
-        index = self.accepted
         self.record(request, accepted=True)
+        index = self.speaking_index()
         try:
             body = await request.json()
             text = body["text"]

@@ -8,6 +8,7 @@ from typing import Any
 
 from .deepgram_server import DeepgramServer
 from .support import Hearing, LocalServer, Speaking
+from .tencent_server import TencentServer
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,7 @@ class Kit:
     server: Callable[[Hearing, Speaking], LocalServer]
     asr: Callable[[LocalServer], dict[str, Any]]      # `asr` option of an invite
     tts: Callable[[LocalServer], dict[str, Any]]      # `tts` option of an invite
+    asr_packet_ms: int = 20                           # audio per message the client sends
 
 
 DEEPGRAM = Kit(
@@ -25,4 +27,15 @@ DEEPGRAM = Kit(
     tts=lambda srv: {"provider": "deepgram", "endpoint": srv.url, "secretKey": "dg-e2e", "samplerate": 16000},
 )
 
-KITS = [DEEPGRAM]
+TENCENT_CREDENTIALS = {"appId": "1250000009", "secretId": "AKIDe2e", "secretKey": "tencent-e2e"}
+
+TENCENT = Kit(
+    name="tencent",
+    server=lambda hearing, speaking: TencentServer(appid="1250000009", secret_id="AKIDe2e", secret_key="tencent-e2e",
+                                                   hearing=hearing, speaking=speaking),
+    asr=lambda srv: {"provider": "tencent", "endpoint": srv.url, "language": "en", **TENCENT_CREDENTIALS},
+    tts=lambda srv: {"provider": "tencent", "endpoint": srv.url, "samplerate": 16000, **TENCENT_CREDENTIALS},
+    asr_packet_ms=40,
+)
+
+KITS = [DEEPGRAM, TENCENT]

@@ -2,8 +2,10 @@
 real engines that make their answers real (pocketsphinx hears the audio actually received, espeak-ng
 speaks the text actually sent).
 
-Faults, per connection in the order connections arrive:
-- `drop_after[k]`: the k-th accepted connection has its TCP connection cut (no close frame) after
+Faults, per connection in the order connections carry audio (for recognition: as they are
+accepted; for synthesis: as they begin to speak, so that a connection opened ahead of need and
+never used does not count):
+- `drop_after[k]`: the k-th such connection has its TCP connection cut (no close frame) after
   that many frames (audio messages received for recognition, audio messages sent for synthesis);
 - `stall_after`: after that many frames the server goes on reading but answers nothing;
 - `garbage_after`: after that many frames the server sends a text frame that is not JSON;
@@ -71,6 +73,7 @@ class LocalServer:
         self.port = 0
         self.released = asyncio.Event()     # set at stop: a stalled handler lets go
         self.handshake_delay = 0.0          # seconds added before answering a handshake (a far provider)
+        self.speakers = 0                   # synthesis connections that have begun to send audio
 
     @property
     def url(self) -> str:
@@ -102,6 +105,11 @@ class LocalServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def speaking_index(self) -> int:
+        """Number this synthesis connection among those that have begun to speak (for faults)."""
+        self.speakers += 1
+        return self.speakers - 1
 
     async def admit(self) -> None:
         if self.handshake_delay:
@@ -201,15 +209,32 @@ class Speaking:
 
     def __init__(self, host: EngineHost, voice: str = "en-us") -> None:
         self._provider = EspeakProvider(host, voice=voice)
+        self._warm = False
 
     async def pcm(self, text: str, rate: int, speed: float = 1.0) -> np.ndarray:
+        return (await self.speech(text, rate, speed))[0]
+
+    async def speech(self, text: str, rate: int, speed: float = 1.0, volume: int = 5
+                     ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """The audio at `rate` and where each word starts in it: (word index, sample)."""
+        if not self._warm:
+            # espeak-ng's first synthesis after it starts comes out a little different from every
+            # later one of the same text: spend it on nothing, so renderings compare.
+            self._warm = True
+            async for _ in self._provider.synthesize(SynthRequest("warm up")):
+                pass
         parts = []
+        words: list[tuple[int, int]] = []
+        at = 0
         resampler: Resampler | None = None
-        async for chunk in self._provider.synthesize(SynthRequest(text, speed=speed)):
+        async for chunk in self._provider.synthesize(SynthRequest(text, speed=speed, volume=volume)):
             if resampler is None:
                 resampler = Resampler(chunk.sample_rate, rate) if chunk.sample_rate != rate else None
-            parts.append(resampler.process(chunk.pcm) if resampler is not None else chunk.pcm)
-        return np.concatenate(parts) if parts else np.zeros(0, np.int16)
+            words.extend((index, at + offset * rate // chunk.sample_rate) for index, offset in chunk.words)
+            pcm = resampler.process(chunk.pcm) if resampler is not None else chunk.pcm
+            parts.append(pcm)
+            at += len(pcm)
+        return (np.concatenate(parts) if parts else np.zeros(0, np.int16)), words
 
     async def chunks(self, text: str, rate: int, size_bytes: int, speed: float = 1.0) -> AsyncIterator[bytes]:
         data = (await self.pcm(text, rate, speed)).astype("<i2").tobytes()

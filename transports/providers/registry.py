@@ -16,6 +16,7 @@ from actors.engines import EngineHost
 from .deepgram import DeepgramAsr, DeepgramTts
 from .espeak import espeak_factories
 from .pocketsphinx import pocketsphinx_factories
+from .tencent import TencentAsr, TencentTts
 from .tts_cache import TtsCache
 from .wire import ProviderSettings
 
@@ -48,4 +49,6 @@ def provider_factories(config: Any, engines: EngineHost) -> Providers:
     asr: dict[str, Factory] = dict(pocketsphinx_factories(engines))
     tts["deepgram"] = lambda option: DeepgramTts(option, settings, cache)
     asr["deepgram"] = lambda option: DeepgramAsr(settings)
+    tts["tencent"] = lambda option: TencentTts(option, settings, cache)
+    asr["tencent"] = lambda option: TencentAsr(settings)
     return Providers(tts=tts, asr=asr, cache=cache)

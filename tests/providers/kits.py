@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .dashscope_server import DashScopeServer
 from .deepgram_server import DeepgramServer
 from .support import Hearing, LocalServer, Speaking
 from .tencent_server import TencentServer
@@ -38,4 +39,12 @@ TENCENT = Kit(
     asr_packet_ms=40,
 )
 
-KITS = [DEEPGRAM, TENCENT]
+ALIYUN = Kit(
+    name="aliyun",
+    server=lambda hearing, speaking: DashScopeServer(key="sk-e2e", hearing=hearing, speaking=speaking),
+    asr=lambda srv: {"provider": "aliyun", "endpoint": srv.url, "secretKey": "sk-e2e", "language": "en"},
+    tts=lambda srv: {"provider": "aliyun", "endpoint": srv.url, "secretKey": "sk-e2e", "samplerate": 16000},
+    asr_packet_ms=100,
+)
+
+KITS = [DEEPGRAM, TENCENT, ALIYUN]

@@ -21,7 +21,7 @@ from .deepgram_server import DeepgramServer
 from .support import asr_truth, load_pcm
 
 KEY = "dg-test-key"
-FAST = ProviderSettings(connect_timeout=2.0, stall_timeout=1.0, keepalive_interval=0.3, close_timeout=2.0)
+FAST = ProviderSettings(connect_timeout=2.0, stall_timeout=2.0, keepalive_interval=0.3, close_timeout=2.0)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from .support import asr_truth, load_pcm
 from .tencent_server import TencentServer
 
 APPID, SECRET_ID, SECRET_KEY = "1250000001", "AKIDtest", "tencent-test-key"
-FAST = ProviderSettings(connect_timeout=2.0, stall_timeout=1.0, keepalive_interval=0.3, close_timeout=2.0)
+FAST = ProviderSettings(connect_timeout=2.0, stall_timeout=2.0, keepalive_interval=0.3, close_timeout=2.0)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from typing import Any
 
 from actors.engines import EngineHost
 
+from .aliyun import AliyunAsr, AliyunTts
 from .deepgram import DeepgramAsr, DeepgramTts
 from .espeak import espeak_factories
 from .pocketsphinx import pocketsphinx_factories
@@ -51,4 +52,6 @@ def provider_factories(config: Any, engines: EngineHost) -> Providers:
     asr["deepgram"] = lambda option: DeepgramAsr(settings)
     tts["tencent"] = lambda option: TencentTts(option, settings, cache)
     asr["tencent"] = lambda option: TencentAsr(settings)
+    tts["aliyun"] = lambda option: AliyunTts(option, settings, cache)
+    asr["aliyun"] = lambda option: AliyunAsr(settings)
     return Providers(tts=tts, asr=asr, cache=cache)

@@ -10,6 +10,7 @@ from .dashscope_server import DashScopeServer
 from .deepgram_server import DeepgramServer
 from .support import Hearing, LocalServer, Speaking
 from .tencent_server import TencentServer
+from .voiceapi_server import VoiceApiServer
 
 
 @dataclass(frozen=True)
@@ -47,4 +48,13 @@ ALIYUN = Kit(
     asr_packet_ms=100,
 )
 
-KITS = [DEEPGRAM, TENCENT, ALIYUN]
+# VoiceAPI has no credentials of its own: the e2e server stands behind a proxy that wants a token,
+# which is what a 401 can come from.
+VOICEAPI = Kit(
+    name="voiceapi",
+    server=lambda hearing, speaking: VoiceApiServer(token="va-e2e", hearing=hearing, speaking=speaking),
+    asr=lambda srv: {"provider": "voiceapi", "endpoint": srv.url, "secretKey": "va-e2e"},
+    tts=lambda srv: {"provider": "voiceapi", "endpoint": srv.url, "secretKey": "va-e2e", "samplerate": 16000},
+)
+
+KITS = [DEEPGRAM, TENCENT, ALIYUN, VOICEAPI]

@@ -40,7 +40,7 @@ from actors.services import AsrResult, ProviderError, SynthChunk, SynthRequest
 from protocol.api import SynthesisOption, TranscriptionOption
 
 from .tts_cache import TtsCache, cache_key
-from .wire import ProviderSettings, closed_error, connect_ws, credential, http_error, join_url, json_message
+from .wire import ProviderSettings, closed_error, connect_ws, credential, gain, http_error, join_url, json_message
 from .ws_recognition import WsRecognition
 
 __all__ = ["DEEPGRAM_ENDPOINT", "DeepgramAsr", "DeepgramRecognition", "DeepgramTts", "gain"]
@@ -85,15 +85,6 @@ def _extra(extra: Any, what: str) -> dict[str, Any]:
     if not isinstance(extra, dict):
         raise ProviderError(f"{NAME}: {what}.extra must be an object", code=400, permanent=True)
     return dict(extra)
-
-
-def gain(pcm: np.ndarray, volume: int) -> np.ndarray:
-    """The API's 1..10 volume as a gain on int16 audio (5 = unchanged)."""
-    volume = max(0, min(10, int(volume)))
-    if volume == 5 or not len(pcm):
-        return pcm
-    scaled = pcm.astype(np.float32) * (volume / 5)
-    return np.clip(np.rint(scaled), -32768, 32767).astype(np.int16)
 
 
 # --- recognition -----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from .espeak import espeak_factories
 from .pocketsphinx import pocketsphinx_factories
 from .tencent import TencentAsr, TencentTts
 from .tts_cache import TtsCache
+from .voiceapi import VoiceApiAsr, VoiceApiTts
 from .wire import ProviderSettings
 
 __all__ = ["Providers", "provider_factories", "provider_settings"]
@@ -54,4 +55,6 @@ def provider_factories(config: Any, engines: EngineHost) -> Providers:
     asr["tencent"] = lambda option: TencentAsr(settings)
     tts["aliyun"] = lambda option: AliyunTts(option, settings, cache)
     asr["aliyun"] = lambda option: AliyunAsr(settings)
+    tts["voiceapi"] = lambda option: VoiceApiTts(option, settings, cache)
+    asr["voiceapi"] = lambda option: VoiceApiAsr(settings)
     return Providers(tts=tts, asr=asr, cache=cache)

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import numpy as np
 from yarl import URL
 
 from actors.services import ProviderError
@@ -26,6 +27,7 @@ __all__ = [
     "PERMANENT_STATUSES",
     "ProviderSettings",
     "closed_error",
+    "gain",
     "connect_ws",
     "credential",
     "http_error",
@@ -130,3 +132,12 @@ def json_message(provider: str, data: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ProviderError(f"{provider}: sent JSON that is not an object: {data[:80]!r}", code=502)
     return value
+
+
+def gain(pcm: np.ndarray, volume: int) -> np.ndarray:
+    """The API's 1..10 volume as a gain on int16 audio (5 = unchanged)."""
+    volume = max(0, min(10, int(volume)))
+    if volume == 5 or not len(pcm):
+        return pcm
+    scaled = pcm.astype(np.float32) * (volume / 5)
+    return np.clip(np.rint(scaled), -32768, 32767).astype(np.int16)

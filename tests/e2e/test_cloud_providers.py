@@ -213,3 +213,25 @@ async def test_tts_refused_credentials_are_one_401_and_play_still_works(gateway,
     await client.send({"command": "hangup"})
     await client.wait_closed()
     assert client.events[-1]["event"] == "hangup" and client.events[-1]["reason"] == "hangup_command"
+
+
+async def test_tts_connects_at_answer_and_streams_pieces_into_one_item(gateway, http, kit_server):
+    kit, server = kit_server
+    client = await connect(http, gateway, id=f"prepared-{kit.name}")
+    await client.send({"command": "invite", "option": {"codec": "pcm", "tts": kit.tts(server)}})
+    await client.wait_event("answer")
+    await wait_until(lambda: server.accepted >= 1, 5)        # no `tts` yet: connected while set up
+    assert server.speakers == 0
+    first = "Hello, and welcome to the example company."
+    await client.send({"command": "tts", "text": first, "playId": "s", "streaming": True})
+    await client.send({"command": "tts", "text": "How can we help you today?", "playId": "s", "streaming": True,
+                       "endOfStream": True})
+    end = next(e for e in await client.wait_event("trackEnd", timeout=20) if e.get("playId") == "s")
+    assert end["duration"] > 3000
+    assert server.spoken[:2] == [first, "How can we help you today?"]
+    assert len([e for e in client.of("trackStart") if e.get("playId") == "s"]) == 1
+    ttfb, = [m for m in client.of("metrics") if m["key"] == f"ttfb.tts.{kit.name}"]
+    completed, = [m for m in client.of("metrics") if m["key"] == f"completed.tts.{kit.name}"]
+    assert ttfb["data"]["playId"] == "s" and completed["data"]["cached"] is False
+    assert client.of("error") == []
+    await client.ws.close()

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from actors.engines import EngineHost
+from protocol.sentences import split_sentences
 from tests.conftest import connect
 from tests.providers.clients import similar_speech, wer
 from tests.providers.kits import KITS, Kit
@@ -173,7 +174,6 @@ async def test_tts_connection_killed_three_times_still_speaks_the_whole_text(gat
     assert server.accepted >= 4 and len(server.handshakes) >= connections_before
     assert len(completed) == 1 and completed[0]["data"]["resumed"] == 3
     # The whole text was heard once: the server's own rendering of each sentence, joined.
-    from protocol.sentences import split_sentences
     speaking = Speaking(gateway.engines)
     expected = np.concatenate([await speaking.pcm(s.text, 16000) for s in split_sentences(LONG_TEXT)])
     assert abs(end["duration"] - len(expected) / 16) < 0.03 * len(expected) / 16, (end["duration"], len(expected) / 16)
@@ -235,3 +235,25 @@ async def test_tts_connects_at_answer_and_streams_pieces_into_one_item(gateway, 
     assert ttfb["data"]["playId"] == "s" and completed["data"]["cached"] is False
     assert client.of("error") == []
     await client.ws.close()
+
+
+async def test_an_interruption_reports_the_sentence_being_spoken_for_a_provider_without_word_times(
+        gateway, http, hearing_host):
+    from tests.providers.kits import DEEPGRAM
+
+    server = DEEPGRAM.server(Hearing(hearing_host), Speaking(gateway.engines))
+    async with server:
+        client = await connect(http, gateway, id="interrupt-sentences")
+        await client.send({"command": "invite", "option": {"codec": "pcm", "tts": DEEPGRAM.tts(server)}})
+        await client.wait_event("answer")
+        text = ("The first sentence has six words. The second one follows it here. "
+                "And the third sentence ends the text.")
+        await client.send({"command": "tts", "text": text, "playId": "three"})
+        await client.wait_event("trackStart", count=2, timeout=10)
+        first = await Speaking(gateway.engines).pcm("The first sentence has six words.", 16000)
+        await asyncio.sleep(len(first) / 16000 + 0.6)               # into the second sentence
+        await client.send({"command": "interrupt"})
+        ev, = await client.wait_event("interruption", timeout=5)
+        assert ev["playId"] == "three" and ev["subtitle"] == text
+        assert ev["position"] == 6, ev                              # "The" of the second sentence
+        await client.ws.close()

@@ -241,7 +241,7 @@ class AliyunTts:
             "text_type": "PlainText", "voice": request.speaker or self.option.speaker or DEFAULT_VOICE,
             "format": "pcm", "sample_rate": request.sample_rate,
             "rate": round(max(0.5, min(2.0, request.speed or 1.0)), 2),
-            "volume": max(0, min(100, int(request.volume) * 10)),
+            "volume": max(0, min(100, round(float(request.volume) * 10))),
         }
         if self.option.subtitle:
             params["word_timestamp_enabled"] = True

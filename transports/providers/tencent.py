@@ -128,9 +128,9 @@ def tencent_speed(speed: float) -> float:
     return _SPEED_STEPS[-1][1]
 
 
-def tencent_volume(volume: int) -> int:
+def tencent_volume(volume: float) -> int:
     """The API's 1..10 volume (5 = normal) on Tencent's Volume scale (-10..10, 0 = normal)."""
-    return max(-10, min(10, (int(volume) - 5) * 2))
+    return max(-10, min(10, round((float(volume) - 5) * 2)))
 
 
 def _credentials(option: Any) -> tuple[str, str, str]:

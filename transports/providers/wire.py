@@ -134,9 +134,9 @@ def json_message(provider: str, data: str) -> dict[str, Any]:
     return value
 
 
-def gain(pcm: np.ndarray, volume: int) -> np.ndarray:
+def gain(pcm: np.ndarray, volume: float) -> np.ndarray:
     """The API's 1..10 volume as a gain on int16 audio (5 = unchanged)."""
-    volume = max(0, min(10, int(volume)))
+    volume = max(0.0, min(10.0, float(volume)))
     if volume == 5 or not len(pcm):
         return pcm
     scaled = pcm.astype(np.float32) * (volume / 5)

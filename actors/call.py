@@ -82,7 +82,7 @@ from .messages import (
 from .playout import PlayFeed, PlaySpec
 from .recorder import Recorder, segment_opener
 from .ref import ActorDeadError, ActorRef, ChildExited
-from .services import CallServices
+from .services import CallServices, ServiceMetric
 from .supervisor import Backoff, ChildSpec, Restart, Supervisor
 from .track import Mix, Subscribe, Track
 
@@ -320,6 +320,10 @@ class Call(Supervisor):
         if isinstance(message, ServiceError):
             self.emit_error(message.sender, message.error, message.code)
             return None
+        if isinstance(message, ServiceMetric):
+            self.emit(api.MetricsEvent(timestamp=now_ms(), key=message.key, duration=message.duration,
+                                       data=dict(message.data)))
+            return None
         if isinstance(message, GetTrackStats):
             return None if self.child("track") is None else await self.ask_child("track", message)
         return await super().on_receive(message)
@@ -535,6 +539,7 @@ class Call(Supervisor):
         if option.media_pass is not None:
             await self._start_media_pass(option.media_pass)
         await self.listening.start(option)
+        await self.playback.prepare()
         return True
 
     async def _mute(self, track_id: str | None, muted: bool) -> bool:

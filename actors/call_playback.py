@@ -29,7 +29,7 @@ from .playout import ItemReport, PlaybackEvent, PlayFeed, PlaySpec
 from .ref import ActorRef
 from .services import MediaLoadError, SynthRequest
 from .track import Enqueue, InterruptPlayback, SetPaused
-from .tts import CancelSynthesis, Synthesize, Tts, TtsFailed, TtsMetric
+from .tts import CancelSynthesis, PrepareSynthesis, Synthesize, Tts, TtsFailed, TtsMetric
 
 
 @dataclass(slots=True)
@@ -147,6 +147,13 @@ class Playback:
     async def pause(self, cmd: api.Pause | api.Resume) -> None:
         if self.call.need_track(cmd.command) is not None:
             await self.call.ask_child("track", SetPaused(isinstance(cmd, api.Pause)))
+
+    async def prepare(self) -> None:
+        """At answer, when the call names a tts option: start synthesis so it connects before the first `tts`."""
+        option = self.call.option.tts if self.call.option is not None else None
+        name = ((option.provider if option is not None else None) or self.call.services.default_tts or "").lower()
+        if option is not None and name in self.call.services.tts and (tts := await self._tts_actor()) is not None:
+            tts.tell(PrepareSynthesis(name))
 
     async def cancel_loads(self) -> None:
         for task in list(self._loads):

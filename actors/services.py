@@ -23,6 +23,7 @@ class SynthChunk:
     pcm: np.ndarray
     sample_rate: int
     words: tuple[tuple[int, int], ...] = ()
+    cached: bool = False        # replayed from a cache of earlier syntheses, no provider request made
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,9 +34,15 @@ class SynthRequest:
     volume: float = 5.0         # the API's 1..10 scale; 5 = the provider's normal volume
     sample_rate: int = 16000    # preferred output rate; a provider may return its own
     options: Mapping[str, Any] = field(default_factory=dict)  # provider-specific (SynthesisOption.extra etc.)
+    streaming: bool = False     # a piece of a streaming `tts`: not worth caching
 
 
 class TtsProvider(Protocol):
+    """Speech synthesis. Optionally also `async def prepare(self) -> None`: connect ahead of the
+    first request (called while the call is being set up; failures there are not reported, the
+    first request connects again). Optionally `reconnect: tuple[int, float, float]`: how many
+    times a synthesis cut by a lost connection is resumed, and the backoff (initial, maximum)."""
+
     name: str
 
     def synthesize(self, request: SynthRequest) -> AsyncIterator[SynthChunk]:
@@ -57,6 +64,16 @@ class ProviderError(Exception):
 
 
 TtsFactory = Callable[[Any], TtsProvider]          # SynthesisOption -> provider
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceMetric:
+    """A measurement a call's service (ASR, TTS) reports up; the call sends it as a `metrics`
+    event with this key, duration (ms) and data."""
+
+    key: str
+    duration: int
+    data: Mapping[str, Any] = field(default_factory=dict)
 
 
 # --- speech recognition ------------------------------------------------------------------------

@@ -119,6 +119,19 @@ class DumpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ProvidersConfig:
+    """Limits of the cloud ASR/TTS clients (docs/behaviour.md, "Cloud providers")."""
+
+    connect_timeout: float = 5.0        # seconds for a provider connection (and its start handshake)
+    stall_timeout: float = 5.0          # seconds a provider may owe an answer before it counts as stalled
+    keepalive_interval: float = 4.0     # seconds of an idle recognition stream before its keep-alive
+    heartbeat: float = 15.0             # WebSocket ping interval (a peer that stops answering is dropped)
+    close_timeout: float = 2.0          # seconds to wait for the last results when a stream ends
+    max_message_bytes: int = 4 * 1024 * 1024   # largest message accepted from a provider
+    tts_cache_bytes: int = 32 * 1024 * 1024    # synthesised speech kept for reuse (0: no cache)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     http_addr: str = "0.0.0.0:8080"
     sip_addr: str = "0.0.0.0"
@@ -148,6 +161,7 @@ class Config:
     rtp: RtpConfig = field(default_factory=RtpConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
     dump: DumpConfig = field(default_factory=DumpConfig)
+    providers: ProvidersConfig = field(default_factory=ProvidersConfig)
 
     @property
     def http_host_port(self) -> tuple[str, int]:
@@ -237,6 +251,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("dump: max_bytes and queue_bytes must be at least 1024")
     if cfg.max_calls < 1:
         raise ConfigError(f"max_calls: must be at least 1, got {cfg.max_calls}")
+    p = cfg.providers
+    for name in ("connect_timeout", "stall_timeout", "keepalive_interval", "heartbeat", "close_timeout"):
+        if getattr(p, name) <= 0:
+            raise ConfigError(f"providers.{name}: must be positive, got {getattr(p, name)}")
+    if p.max_message_bytes < 1024 or p.tts_cache_bytes < 0:
+        raise ConfigError("providers.max_message_bytes must be at least 1024 and providers.tts_cache_bytes "
+                          f"not negative, got {p.max_message_bytes} and {p.tts_cache_bytes}")
     if not 0 < cfg.rtp_start_port < cfg.rtp_end_port <= 65535:
         raise ConfigError(
             f"rtp_start_port/rtp_end_port: need 0 < start < end <= 65535, got {cfg.rtp_start_port}..{cfg.rtp_end_port}"

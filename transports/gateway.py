@@ -38,8 +38,7 @@ from .http import GetAddress, HttpServer
 from .media_loader import MediaLoader
 from .media_pass import MediaPassLink
 from .metrics import Telemetry
-from .providers.espeak import espeak_factories
-from .providers.pocketsphinx import pocketsphinx_factories
+from .providers.registry import provider_factories
 from .recording_paths import RecordingClaims, resolve_recording
 from .file_writer import FileWriter, WrittenSink
 from .wav_sink import open_recording, segment_path
@@ -76,8 +75,9 @@ def build_services(config: Config, engines: EngineHost, media: MediaLoader, writ
 
     engines.register(SILERO_ENGINE, SileroModel)
     silero = SileroEngine(runner=lambda batches: engines.submit(SILERO_ENGINE, "infer_all", batches))
+    providers = provider_factories(config, engines)
     return CallServices(
-        tts=espeak_factories(engines),
+        tts=providers.tts,
         default_tts="espeak",
         load_media=media.load,
         open_recording=open_written,
@@ -88,7 +88,7 @@ def build_services(config: Config, engines: EngineHost, media: MediaLoader, writ
             option, tap, item, on_error,
             backoff_initial=config.supervision.backoff_initial, backoff_max=config.supervision.backoff_max,
             connect_timeout=config.fetch.connect_timeout, policy=FetchPolicy(config.fetch.allow_hosts)),
-        asr=pocketsphinx_factories(engines),
+        asr=providers.asr,
         default_asr="pocketsphinx",
         silero=silero,
     )

@@ -39,10 +39,14 @@ async def test_tts_speaks_with_the_embedded_engine(gateway, http):
     client = await answered(http, gateway, "speak")
     mark = len(client.audio)
     await client.send({"command": "tts", "text": "Hello, this is a test of the gateway.", "playId": "hi"})
-    metric, = await client.wait_event("metrics", timeout=10)
+    metric = (await client.wait_event("metrics", timeout=10))[0]
     assert metric["key"] == "ttfb.tts.espeak" and metric["data"]["playId"] == "hi"
     assert 0 <= metric["duration"] < 2000
     end, = await client.wait_event("trackEnd", timeout=15)
+    done, = [m for m in client.of("metrics") if m["key"] == "completed.tts.espeak"]
+    assert done["data"]["playId"] == "hi" and done["data"]["cached"] is False
+    assert done["data"]["length"] == round(end["duration"] / 1000 * 16000) * 2 or \
+        abs(done["data"]["length"] / 32000 - end["duration"] / 1000) < 0.05
     assert end["playId"] == "hi"
     speech = pcm_of(client.audio[mark:])
     voiced = [f for f in frames(speech, 320) if rms(f) > 300]

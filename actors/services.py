@@ -159,16 +159,10 @@ OpenRecording = Callable[[str, int, int], RecordingSink]  # (resolved path, samp
 
 # --- media pass ----------------------------------------------------------------------------------
 
-class MediaPassHandle(Protocol):
-    def start(self) -> None:
-        ...
-
-    async def close(self) -> None:
-        ...
-
-
-# (option, caller audio tap, playback item to fill, on_error) -> a link not yet started
-OpenMediaPass = Callable[[Any, Any, Any, Callable[[str], None]], MediaPassHandle]
+# (option, caller audio tap, playback feed to fill, on_error) -> the start function of the call's
+# mediaPass child (given the call's ref as parent); raises ProtocolError/ValueError for an option
+# that can never work.
+OpenMediaPass = Callable[[Any, Any, Any, Callable[[str], None]], Callable[[Any], Any]]
 
 
 @dataclass(frozen=True, slots=True)

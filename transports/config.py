@@ -59,6 +59,8 @@ class SupervisionConfig:
     child_shutdown_timeout: float = 2.0  # per child of a call
     engine_restarts: int = 3            # an engine thread that dies is started again this often ...
     engine_period: float = 30.0         # ... within this many seconds, then the engine host restarts
+    media_pass_restarts: int = 10       # a call's mediaPass connection made again this often ...
+    media_pass_period: float = 60.0     # ... within this many seconds, then given up (error event)
     gateway_restarts: int = 3           # restarts of the gateway's own children within gateway_period,
     gateway_period: float = 60.0        # past which the process exits (status 1)
 

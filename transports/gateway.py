@@ -36,7 +36,7 @@ from .config import Config
 from .fetch_policy import FetchPolicy
 from .http import GetAddress, HttpServer
 from .media_loader import MediaLoader
-from .media_pass import MediaPassLink
+from .media_pass import media_pass_starter
 from .metrics import Telemetry
 from .providers.registry import provider_factories
 from .recording_paths import RecordingClaims, resolve_recording
@@ -84,9 +84,8 @@ def build_services(config: Config, engines: EngineHost, media: MediaLoader, writ
         # One live writer per recording path: the claim is freed when its call ends.
         resolve_recording=lambda path, session_id: claims.claim(
             resolve_recording(path, session_id, config.recorder_root), session_id),
-        media_pass=lambda option, tap, item, on_error: MediaPassLink(
-            option, tap, item, on_error,
-            backoff_initial=config.supervision.backoff_initial, backoff_max=config.supervision.backoff_max,
+        media_pass=lambda option, tap, feed, on_error: media_pass_starter(
+            option, tap, feed, on_error,
             connect_timeout=config.fetch.connect_timeout, policy=FetchPolicy(config.fetch.allow_hosts)),
         asr=providers.asr,
         default_asr="pocketsphinx",

@@ -110,6 +110,7 @@ def call_settings(config: Config, server_side_track: str) -> CallSettings:
                         provider_restarts=sup.provider_restarts, provider_period=sup.provider_period,
                         backoff=Backoff(initial=sup.backoff_initial, factor=2.0, maximum=sup.backoff_max),
                         accept_timeout=config.accept_timeout,
+                        media_pass_restarts=sup.media_pass_restarts, media_pass_period=sup.media_pass_period,
                         playback_buffer_seconds=config.playback_buffer_seconds)
 
 

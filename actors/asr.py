@@ -24,17 +24,23 @@ import structlog
 
 from .base import Actor
 from .pipes import AudioPipe, PipeClosed
-from .services import AsrProvider, AsrResult, ProviderError
+from .services import AsrProvider, AsrResult, ProviderError, ServiceMetric
 
 FRAME_MS = 20
 
 
 class PrerollRing:
     """The last `seconds` of audio sent to recognition, with capture times; cleared at each final
-    result, since audio before a final result has been recognised for good."""
+    result, since audio before a final result has been recognised for good.
+
+    It outlives each Asr instance, and so also carries what the next instance must know of the
+    last one's end: since when the stream has been down (`lost_at`, monotonic seconds) and how many
+    times it has been reconnected."""
 
     def __init__(self, seconds: float = 2.0) -> None:
         self._frames: deque[tuple[float, np.ndarray]] = deque(maxlen=max(1, int(seconds * 1000 / FRAME_MS)))
+        self.lost_at: float | None = None
+        self.reconnects = 0
 
     def append(self, at_ms: float, frame: np.ndarray) -> None:
         self._frames.append((at_ms, frame))
@@ -92,6 +98,7 @@ class Asr(Actor):
                 # Not retried: a normal stop of a transient child is not restarted.
                 self.stop()
                 return
+            self._lost()
             raise
         replay = self.ring.snapshot()
         for at_ms, frame in replay:
@@ -99,6 +106,13 @@ class Asr(Actor):
         if replay:
             self.log.info("asr replayed pre-roll", frames=len(replay))
         self._on_stream_failed = self.outside(self._stream_failed)
+        if self.ring.lost_at is not None:
+            self.ring.reconnects += 1
+            down_ms = int((time.monotonic() - self.ring.lost_at) * 1000)
+            self.ring.lost_at = None
+            self.report(ServiceMetric(f"reconnect.asr.{self.provider.name}", down_ms, {
+                "provider": self.provider.name, "attempt": self.ring.reconnects,
+                "replayedMs": len(replay) * FRAME_MS}))
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._pump(), name="asr-pump"),
                        loop.create_task(self._results(), name="asr-results")]
@@ -109,7 +123,12 @@ class Asr(Actor):
         await self._shutdown(flush=True)
 
     async def on_failure(self, error: BaseException) -> None:
+        self._lost()
         await self._shutdown(flush=False)
+
+    def _lost(self) -> None:
+        if self.ring.lost_at is None:
+            self.ring.lost_at = time.monotonic()
 
     def _stream_failed(self, error: BaseException) -> None:
         if isinstance(error, ProviderError):

@@ -83,9 +83,9 @@ from .messages import (
 from .playout import PlayFeed, PlaySpec
 from .recorder import Recorder, segment_opener
 from .ref import ActorDeadError, ActorRef, ChildExited
-from .services import CallServices
+from .services import CallServices, ServiceMetric
 from .supervisor import Backoff, ChildSpec, Restart, Supervisor
-from .track import Mix, Subscribe, Track
+from .track import Mix, Subscribe, Track, Unsubscribe
 
 __all__ = ["Call", "CallSettings", "iso8601", "now_ms"]
 
@@ -102,7 +102,10 @@ CHILDREN: dict[str, Restart] = {
     "recorder": Restart.TRANSIENT,      # a restart continues in the next segment file
     "asr": Restart.TRANSIENT,           # a permanent provider error stops it for good
     "tts": Restart.PERMANENT,
+    "mediaPass": Restart.TRANSIENT,     # a lost connection is made again; a refused one stays down
 }
+# Children with a restart budget of their own (settings attributes: restarts, period).
+OWN_LIMITS = {"mediaPass": ("media_pass_restarts", "media_pass_period")}
 LEG_EVENTS = (LegRinging, LegAnswered, LegRejected, LegHangup, LegFailed, LegDtmf, LegHold,
               LegTransferRequest, LegTransferred, LegTransferFailed)
 
@@ -122,6 +125,8 @@ class CallSettings:
     detached_backlog: int = 256         # events kept for an application that has not attached yet
     leg_timeout: float = 5.0            # how long one leg operation (dial, answer, BYE) may take
     playback_buffer_seconds: float = 300.0  # synthesised audio a tts may hold ahead of playback
+    media_pass_restarts: int = 10       # mediaPass connections made again within media_pass_period
+    media_pass_period: float = 60.0
 
 
 class Call(Supervisor):
@@ -149,7 +154,6 @@ class Call(Supervisor):
         self._app = app
         self._backlog: deque[Any] = deque(maxlen=max(1, settings.detached_backlog))
         self.backlog_dropped = 0
-        self._media_pass: Any = None
         self.log = structlog.get_logger("call").bind(session_id=session_id)
         self.option: api.CallOption | None = None
         self.created_at = time.time()
@@ -240,7 +244,6 @@ class Call(Supervisor):
     async def _release(self) -> None:
         """Stop what runs beside the children: media loads, the media pass, the VAD; hang the leg up."""
         await self.playback.cancel_loads()
-        await self._close_media_pass()
         self.listening.release()
         leg = self.leg
         if leg is not None and not self._leg_done:
@@ -323,6 +326,10 @@ class Call(Supervisor):
             return None
         if isinstance(message, ServiceError):
             self.emit_error(message.sender, message.error, message.code)
+            return None
+        if isinstance(message, ServiceMetric):
+            self.emit(api.MetricsEvent(timestamp=now_ms(), key=message.key, duration=message.duration,
+                                       data=dict(message.data)))
             return None
         if isinstance(message, GetTrackStats):
             return None if self.child("track") is None else await self.ask_child("track", message)
@@ -566,6 +573,7 @@ class Call(Supervisor):
         if option.media_pass is not None:
             await self._start_media_pass(option.media_pass)
         await self.listening.start(option)
+        await self.playback.prepare()
         return True
 
     async def _mute(self, track_id: str | None, muted: bool) -> bool:
@@ -609,34 +617,42 @@ class Call(Supervisor):
         if self.services.media_pass is None:
             self.refuse("mediaPass", "mediaPass: not configured on this gateway", 501)
             return
-        tap = await self.ask_child("track", Subscribe("mediaPass", "in", capacity=50))
-        # A live source: past a second ahead of playback its oldest audio goes (counted in the feed).
-        feed = PlayFeed(MEDIA_PASS_AHEAD, live=True)
         ref = self.actor_ref
 
         def on_error(text: str) -> None:
             if ref.is_alive():
                 ref.tell(ServiceError("mediaPass", text, 502))
 
+        tap = await self.ask_child("track", Subscribe("mediaPass", "in", capacity=50))
+        # A live source: past a second ahead of playback its oldest audio goes (counted in the feed).
+        feed = PlayFeed(MEDIA_PASS_AHEAD, live=True)
         try:
-            link = self.services.media_pass(option, tap, feed, on_error)
+            start = self.services.media_pass(option, tap, feed, on_error)
         except (ProtocolError, ValueError) as exc:
+            await self.ask_child("track", Unsubscribe("mediaPass", "in"))
             self.refuse("mediaPass", f"mediaPass: {exc}", 400)
             return
         await self.ask_child("track", Mix(PlaySpec(0, "mediaPass", "pass"), feed))
-        link.start()
-        self._media_pass = link
+        await self.start_service("mediaPass", start)
 
-    async def _close_media_pass(self) -> None:
-        link, self._media_pass = self._media_pass, None
-        if link is not None:
-            try:
-                await asyncio.wait_for(link.close(), self.settings.child_shutdown_timeout)
-            except Exception as exc:  # noqa: BLE001 - cleanup goes on whatever the link does
-                self.log.warning("media pass close failed", error=repr(exc))
+    async def on_child_exited(self, spec: ChildSpec, exit: ChildExited) -> None:
+        if spec.id == "mediaPass" and exit.reason == "normal":
+            await self._media_pass_over()       # stopped for good (refused, or the call's audio ended)
+
+    async def _media_pass_over(self) -> None:
+        """Nothing reads the caller's tap for mediaPass any more: the track stops feeding it."""
+        if self.ended or self.child("track") is None:
+            return
+        try:
+            await self.ask_child("track", Unsubscribe("mediaPass", "in"))
+            await self.ask_child("track", Mix(PlaySpec(0, "mediaPass", "pass"), None))
+        except ChildUnavailable:
+            pass  # the track is going too; it takes its taps with it
 
     async def on_child_gave_up(self, spec: ChildSpec, error: BaseException | None) -> None:
-        if spec.id in ("tts", "recorder", "asr"):
+        if spec.id == "mediaPass":
+            await self._media_pass_over()
+        if spec.id in ("tts", "recorder", "asr", "mediaPass"):
             self.emit_error(spec.id, f"{spec.id}: gave up after repeated failures: {error}", 503,
                             track_id=self.settings.server_side_track)
             return
@@ -652,8 +668,8 @@ class Call(Supervisor):
             shutdown=self.settings.child_shutdown_timeout,
             backoff=self.settings.backoff,
             escalate=False,
-            intensity=self.settings.provider_restarts,
-            period=self.settings.provider_period,
+            intensity=getattr(self.settings, OWN_LIMITS[id][0]) if id in OWN_LIMITS else self.settings.provider_restarts,
+            period=getattr(self.settings, OWN_LIMITS[id][1]) if id in OWN_LIMITS else self.settings.provider_period,
         ))
 
     async def ask_child(self, id: str, message: object, timeout: float = 1.0) -> Any:

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from .call_context import CallContext
 from .call_messages import BridgeFailed, BridgeGone, BridgeMade, BridgeOffer
-from .call_supervisor import GetCall
+from .call_supervisor import GetCall, NotYourCall
 from .playout import PlaySpec
 from .ref import ActorDeadError, ActorRef
 from .track import Mix, Subscribe, Unsubscribe
@@ -58,7 +58,10 @@ class Bridges:
             return
         parent = call.actor_ref.parent
         try:
-            peer = None if parent is None else await parent.ask(GetCall(target), timeout=1.0)
+            peer = None if parent is None else await parent.ask(GetCall(target, for_call=call.session_id), timeout=1.0)
+        except NotYourCall as exc:  # another API token's call: no eavesdropping by bridge
+            call.refuse("bridge", f"bridge: {exc}", 403)
+            return
         except (ActorDeadError, TimeoutError):
             # The call directory is stopping (a drain) or overloaded: this command fails, not the call.
             call.refuse("bridge", "bridge: the gateway's call directory is not answering; try again", 503)

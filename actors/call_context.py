@@ -33,6 +33,7 @@ class CallContext(Protocol):
     clock: MediaClock
     ssrc: int                          # the leg's synchronisation source, reported in trackEnd
     answer_at: float | None
+    log: Any
 
     @property
     def settings(self) -> Any: ...

@@ -74,10 +74,10 @@ class Listening:
                     listeners.append(lambda frame, at: detector.push(down.process(frame), at))
                 else:
                     listeners.append(detector.push)
-        detector = DtmfDetector(MEDIA_RATE)
+        tones = DtmfDetector(MEDIA_RATE)
 
         def inband_dtmf(frame: np.ndarray, at: float) -> None:
-            for digit in detector.feed(frame, int(at)):
+            for digit in tones.feed(frame, int(at)):
                 ref.tell(Dtmf(digit.digit, digit.start_ms, "inband"))
 
         denoiser = Denoiser(MEDIA_RATE, 320) if option.denoise else None

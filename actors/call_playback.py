@@ -29,7 +29,7 @@ from .playout import ItemReport, PlaybackEvent, PlayFeed, PlaySpec
 from .ref import ActorRef
 from .services import MediaLoadError, SynthRequest
 from .track import Enqueue, InterruptPlayback, SetPaused
-from .tts import CancelSynthesis, Synthesize, Tts, TtsFailed, TtsMetric
+from .tts import CancelSynthesis, PrepareSynthesis, Synthesize, Tts, TtsFailed, TtsMetric
 
 
 @dataclass(slots=True)
@@ -83,7 +83,7 @@ class Playback:
             try:
                 raw = base64.b64decode(cmd.text, validate=True)
             except (binascii.Error, ValueError) as exc:
-                call.refuse("tts", f"tts: text is not valid base64: {exc}", 400)
+                self._refuse("tts", f"tts: text is not valid base64: {exc}", 400)
                 provider = None
         if provider is None:
             # Refused: the playback still ends, so a bot waiting for its trackEnd is not left hanging.
@@ -123,7 +123,7 @@ class Playback:
         if call.need_track("play") is None:
             return
         if call.services.load_media is None:
-            call.refuse("play", "play: media loading is not configured", 501)
+            self._refuse("play", "play: media loading is not configured", 501)
             self._end_unplayed(cmd.url, "play")
             return
         # A clip is decoded whole by the loader, which bounds its size; the feed adds no bound.
@@ -148,6 +148,13 @@ class Playback:
         if self.call.need_track(cmd.command) is not None:
             await self.call.ask_child("track", SetPaused(isinstance(cmd, api.Pause)))
 
+    async def prepare(self) -> None:
+        """At answer, when the call names a tts option: start synthesis so it connects before the first `tts`."""
+        option = self.call.option.tts if self.call.option is not None else None
+        name = ((option.provider if option is not None else None) or self.call.services.default_tts or "").lower()
+        if option is not None and name in self.call.services.tts and (tts := await self._tts_actor()) is not None:
+            tts.tell(PrepareSynthesis(name))
+
     async def cancel_loads(self) -> None:
         for task in list(self._loads):
             task.cancel()
@@ -162,6 +169,12 @@ class Playback:
             self._emit_end(record, at, record.feed.taken * 1000 // MEDIA_RATE)
         self._records.clear()
         self._streams.clear()
+
+    def _refuse(self, sender: str, error: str, code: int) -> None:
+        """One rule for errors: what concerns a playback (provider, voice, text, source) names the
+        server-side track, as the provider's own failures do; the call and its leg name the session."""
+        self.call.log.info("command refused", sender=sender, error=error)
+        self.call.emit_error(sender, error, code, track_id=self.call.settings.server_side_track)
 
     # --- records ------------------------------------------------------------------------------
 
@@ -190,7 +203,7 @@ class Playback:
         name = (option.provider if option is not None else None) or services.default_tts
         if name is None or name.lower() not in services.tts:
             known = ", ".join(sorted(services.tts)) or "none"
-            self.call.refuse("tts", f"tts: unknown provider {name!r} (available: {known})", 400)
+            self._refuse("tts", f"tts: unknown provider {name!r} (available: {known})", 400)
             return None
         return name.lower()
 
@@ -201,7 +214,7 @@ class Playback:
             return tts
         if "tts" in call.child_ids():
             # Restarting after a crash, or given up: the command is refused, the call goes on.
-            call.refuse("tts", "tts: the synthesis service is restarting or unavailable", 503)
+            self._refuse("tts", "tts: the synthesis service is restarting or unavailable", 503)
             return None
         factories = call.services.tts
         option = call.option.tts if call.option is not None else None
@@ -266,4 +279,4 @@ class Playback:
         elif record.wait_input_timeout and not ev.interrupted and not call.ended:
             ended = int(ev.at * 1000)
             call.arm("wait_input", record.wait_input_timeout,
-                     WaitInputExpired(ended, int(record.wait_input_timeout * 1000)))
+                     WaitInputExpired(ended, round(record.wait_input_timeout * 1000)))

@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from actors.ref import ActorRef, ReplyError
+from actors.messages import Owner
+from actors.ref import ActorRef, ChildExited, ReplyError
 from actors.supervisor import (
     ChildSpec,
     ChildStartFailed,
@@ -21,8 +22,10 @@ __all__ = [
     "CallStartFailed",
     "CallSupervisor",
     "DuplicateSession",
+    "GetAdmissions",
     "GetCall",
     "ListCalls",
+    "NotYourCall",
     "StartCall",
 ]
 
@@ -39,6 +42,10 @@ class CallStartFailed(ChildStartFailed):
     """The call's start function raised; the supervisor itself goes on. The cause is chained."""
 
 
+class NotYourCall(ReplyError):
+    """The call exists but belongs to another API token, and the asker is not an admin."""
+
+
 @dataclass(frozen=True, slots=True)
 class StartCall:
     """Ask: start a call under this session id; answers its ``ActorRef``.
@@ -50,18 +57,32 @@ class StartCall:
     session_id: str
     start: Callable[[ActorRef], ActorRef]
     shutdown: float = 5.0
+    owner: Owner | None = None      # None: the gateway has no API tokens
 
 
 @dataclass(frozen=True, slots=True)
 class ListCalls:
-    """Ask: the session ids of the running calls, in start order (``list[str]``)."""
+    """Ask: the session ids of the running calls, in start order (``list[str]``); with an ``owner``
+    that is not an admin, only that owner's calls."""
+
+    owner: Owner | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GetAdmissions:
+    """Ask: ``{"running": n, "max_calls": n, "refused": n}`` (refused: since this supervisor started)."""
 
 
 @dataclass(frozen=True, slots=True)
 class GetCall:
-    """Ask: the ``ActorRef`` of a running call, or ``None``."""
+    """Ask: the ``ActorRef`` of a running call, or ``None``. Raises ``NotYourCall`` when the asker
+    (``owner``, or the owner of the call ``for_call``) may not reach it. With ``claim``, a call
+    nobody owns yet (made by the gateway, e.g. an incoming call) becomes ``owner``'s."""
 
     session_id: str
+    owner: Owner | None = None
+    for_call: str | None = None
+    claim: bool = False
 
 
 class CallSupervisor(Supervisor):
@@ -72,25 +93,51 @@ class CallSupervisor(Supervisor):
     stop its ref (from ``GetCall``) directly: that does not hold up this supervisor's mailbox.
     """
 
-    def __init__(self, max_calls: int) -> None:
+    def __init__(self, max_calls: int, on_exit: Callable[[str], None] | None = None) -> None:
         if max_calls < 0:
             raise ValueError("max_calls cannot be negative")
         super().__init__((), strategy=Strategy.ONE_FOR_ONE)
         self.max_calls = max_calls
+        self._owners: dict[str, Owner | None] = {}
+        self._on_exit = on_exit       # told each ended session id (its recording path is freed)
+        self.refused = 0              # admissions refused at max_calls
 
     async def on_receive(self, message: object) -> object:
         if isinstance(message, StartCall):
             return await self._start_call(message)
         if isinstance(message, ListCalls):
-            return self.child_ids()
+            owner = message.owner
+            if owner is None or owner.admin:
+                return self.child_ids()
+            return [id for id in self.child_ids() if owner.may_reach(self._owners.get(id))]
         if isinstance(message, GetCall):
-            return self.child(message.session_id)
+            return self._get_call(message)
+        if isinstance(message, GetAdmissions):
+            return {"running": self.child_count(), "max_calls": self.max_calls, "refused": self.refused}
         return await super().on_receive(message)
+
+    def _get_call(self, message: GetCall) -> ActorRef | None:
+        ref = self.child(message.session_id)
+        asker = message.owner if message.for_call is None else self._owners.get(message.for_call)
+        if ref is not None and message.claim and asker is not None and self._owners.get(message.session_id) is None:
+            self._owners[message.session_id] = asker
+        if ref is not None and asker is not None and not asker.may_reach(self._owners.get(message.session_id)):
+            raise NotYourCall(f"call {message.session_id!r} belongs to another API token")
+        return ref
+
+    async def on_child_exited(self, spec: ChildSpec, exit: ChildExited) -> None:
+        self._ended(spec.id)
+
+    def _ended(self, session_id: str) -> None:
+        self._owners.pop(session_id, None)
+        if self._on_exit is not None:
+            self._on_exit(session_id)
 
     async def _start_call(self, message: StartCall) -> ActorRef:
         if self.child(message.session_id) is not None:
             raise DuplicateSession(f"session {message.session_id!r} already exists")
         if self.child_count() >= self.max_calls:
+            self.refused += 1
             raise AdmissionRefused(f"max_calls ({self.max_calls}) reached")
         spec = ChildSpec(
             id=message.session_id,
@@ -99,11 +146,13 @@ class CallSupervisor(Supervisor):
             shutdown=message.shutdown,
         )
         try:
-            return await self.start_child(spec)
+            ref = await self.start_child(spec)
         except Exception as exc:
             raise CallStartFailed(
                 f"session {message.session_id!r} failed to start: {exc!r}"
             ) from exc
+        self._owners[message.session_id] = message.owner
+        return ref
 
     async def shutdown_children(self) -> None:
         """Stop every call at once, each within its own shutdown timeout: a drain of N calls takes
@@ -116,3 +165,5 @@ class CallSupervisor(Supervisor):
                 self._set_ref(id, None)
                 calls.append((self._specs[id], ref))
         await asyncio.gather(*(self._stop_child(spec, ref) for spec, ref in calls))
+        for spec, _ref in calls:
+            self._ended(spec.id)

@@ -405,6 +405,10 @@ class EngineHost:
         """The engine threads started so far that are still alive."""
         return [c.thread for c in self._counters.values() if c.thread is not None and c.thread.is_alive()]
 
+    def names(self) -> list[str]:
+        """The registered engines, in registration order."""
+        return list(self._factories)
+
     def stats(self, name: str) -> EngineStats:
         counters = self._counters[name]
         return EngineStats(

@@ -77,6 +77,18 @@ class Describe:
 
 
 @dataclass(frozen=True, slots=True)
+class Owner:
+    """Who started a call: the API token's id (never the token itself). An admin may reach every
+    call; any other owner only its own."""
+
+    id: str
+    admin: bool = False
+
+    def may_reach(self, owner: Owner | None) -> bool:
+        return self.admin or (owner is not None and owner.id == self.id)
+
+
+@dataclass(frozen=True, slots=True)
 class CallInfo:
     id: str
     call_type: str

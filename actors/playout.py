@@ -21,6 +21,7 @@ both sides are synchronous methods, so neither sees the other half-way through a
 from __future__ import annotations
 
 import time
+import unicodedata
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -89,10 +90,18 @@ class PlayFeed:
         self.words.append(WordMark(index, sample))
 
     def append_text(self, text: str) -> None:
-        """A further piece of a streamed text; pieces are joined with one space."""
-        text = text.strip()
-        if text:
-            self.text = f"{self.text} {text}" if self.text else text
+        """A further piece of a streamed text. Each piece is spoken on its own, so it is trimmed and
+        starts a new word: one space before it. A piece that begins with punctuation and no space
+        (a language model's ``","``, ``"?"``, ``"'s"``) attaches to the word before it instead."""
+        piece = text.strip()
+        if not piece:
+            return
+        if not self.text:
+            self.text = piece
+        elif not text[0].isspace() and unicodedata.category(piece[0]).startswith("P"):
+            self.text += piece
+        else:
+            self.text += " " + piece
 
     def finish(self, error: str | None = None) -> None:
         if not self.finished:
@@ -177,6 +186,7 @@ class PlayItem:
         self.feed = feed
         self.played = 0                        # samples handed to the clock
         self.cut_unfinished = False            # interrupted before it had played everything
+        self.started = False                   # its first audio has been played (trackStart sent)
 
     @property
     def done(self) -> bool:
@@ -308,6 +318,7 @@ class Playlist:
         item = self.current
         assert item is not None
         out = item.read(samples)
+        self._started(item, out)
         if self._fade_left > 0:
             out = self._fade(out)
             if self._fade_left == 0:
@@ -319,8 +330,15 @@ class Playlist:
                 nxt = self.current
                 assert nxt is not None
                 more = nxt.read(samples - len(out))
+                self._started(nxt, more)
                 out = np.concatenate((out, more))
         return out
+
+    def _started(self, item: PlayItem, out: np.ndarray) -> None:
+        # trackStart means audio: an item still loading (or failing to) is current but silent.
+        if not item.started and len(out):
+            item.started = True
+            self.report(PlaybackEvent("started", item.report()))
 
     def _fade(self, out: np.ndarray) -> np.ndarray:
         n = min(len(out), self._fade_left)
@@ -340,7 +358,6 @@ class Playlist:
                 self.report(PlaybackEvent("finished", item.report(), interrupted=False))
                 continue
             self.current = item
-            self.report(PlaybackEvent("started", item.report()))
             return True
         return False
 

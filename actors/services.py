@@ -23,6 +23,7 @@ class SynthChunk:
     pcm: np.ndarray
     sample_rate: int
     words: tuple[tuple[int, int], ...] = ()
+    cached: bool = False        # replayed from a cache of earlier syntheses, no provider request made
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,12 +31,18 @@ class SynthRequest:
     text: str
     speaker: str | None = None
     speed: float = 1.0          # 1.0 = the provider's normal rate
-    volume: int = 5             # the API's 1..10 scale; 5 = the provider's normal volume
+    volume: float = 5.0         # the API's 1..10 scale; 5 = the provider's normal volume
     sample_rate: int = 16000    # preferred output rate; a provider may return its own
     options: Mapping[str, Any] = field(default_factory=dict)  # provider-specific (SynthesisOption.extra etc.)
+    streaming: bool = False     # a piece of a streaming `tts`: not worth caching
 
 
 class TtsProvider(Protocol):
+    """Speech synthesis. Optionally also `async def prepare(self) -> None`: connect ahead of the
+    first request (called while the call is being set up; failures there are not reported, the
+    first request connects again). Optionally `reconnect: tuple[int, float, float]`: how many
+    times a synthesis cut by a lost connection is resumed, and the backoff (initial, maximum)."""
+
     name: str
 
     def synthesize(self, request: SynthRequest) -> AsyncIterator[SynthChunk]:
@@ -57,6 +64,16 @@ class ProviderError(Exception):
 
 
 TtsFactory = Callable[[Any], TtsProvider]          # SynthesisOption -> provider
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceMetric:
+    """A measurement a call's service (ASR, TTS) reports up; the call sends it as a `metrics`
+    event with this key, duration (ms) and data."""
+
+    key: str
+    duration: int
+    data: Mapping[str, Any] = field(default_factory=dict)
 
 
 # --- speech recognition ------------------------------------------------------------------------
@@ -142,16 +159,10 @@ OpenRecording = Callable[[str, int, int], RecordingSink]  # (resolved path, samp
 
 # --- media pass ----------------------------------------------------------------------------------
 
-class MediaPassHandle(Protocol):
-    def start(self) -> None:
-        ...
-
-    async def close(self) -> None:
-        ...
-
-
-# (option, caller audio tap, playback item to fill, on_error) -> a link not yet started
-OpenMediaPass = Callable[[Any, Any, Any, Callable[[str], None]], MediaPassHandle]
+# (option, caller audio tap, playback feed to fill, on_error) -> the start function of the call's
+# mediaPass child (given the call's ref as parent); raises ProtocolError/ValueError for an option
+# that can never work.
+OpenMediaPass = Callable[[Any, Any, Any, Callable[[str], None]], Callable[[Any], Any]]
 
 
 @dataclass(frozen=True, slots=True)

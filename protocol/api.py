@@ -11,15 +11,18 @@ Decoding rules (they are the contract with applications, so they are spelled out
   versions of the API keep working, and nothing unvalidated travels further into the gateway.
 - ``null`` for an optional field means "absent" (its default applies); for a required field it is
   a type error.
-- ``bool`` is never a number. An integer is accepted where a float is expected. A float with an
-  integral value (``16000.0``) is accepted for an integer field and stored as ``int``: it is
-  lossless, and JSON encoders in some languages write every number as a float. ``1.5`` for an
-  integer field is an error.
+- ``bool`` is never a number. Every field the contract types as ``number`` takes fractions:
+  a ``float`` field (seconds, milliseconds of padding or timeouts, volume, speed, ratios) keeps
+  the number as given; an ``int`` field declared with ``whole`` (Hz, bytes, the recorder's ptime,
+  a count of tasks) rounds it to the nearest integer, halves away from zero, before its range is
+  checked. Only identifiers (a rejection's SIP code) must be whole: ``486.5`` is an error. A float
+  with an integral value (``16000.0``) is the integer, as JSON encoders in some languages write
+  every number as a float.
 - Integers are non-negative and below 2**63 unless a field says otherwise (sample rates, ptime
-  and packet sizes are positive; a rejection's SIP code is 300-699; ``volume`` may be negative
-  because providers use signed scales). ``NaN``, ``Infinity`` and numbers beyond float range are
-  not JSON and are rejected, as are strings holding a lone UTF-16 surrogate (``"\\ud800"``),
-  which could not be echoed back in a UTF-8 text frame.
+  and packet sizes are positive; a rejection's SIP code is 300-699); durations are at most a day.
+  ``NaN``, ``Infinity`` and numbers beyond float range are not JSON and are rejected, as are
+  strings holding a lone UTF-16 surrogate (``"\\ud800"``), which could not be echoed back in a
+  UTF-8 text frame.
 - ``CallOption.codec`` is matched case-insensitively and stored lower-case.
 - Every error is an ``ApiError`` whose ``field`` is the dotted path of the offending value
   relative to the message (``option.vad.samplerate``, ``data[3]``) and whose message names the

@@ -37,14 +37,39 @@ class ApiError(ProtocolError):
 
 INT_MAX = 2**63 - 1
 
+DAY_S = 86_400
+DAY_MS = DAY_S * 1000
+SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+"""Bounds shared by many fields: a duration is at most a day; an audio sample rate is one of the
+standard rates, each of which the gateway's resampler converts to and from its 16 kHz media rate
+(an arbitrary rate such as 44101 Hz is a ratio it cannot build)."""
+
 
 def opt_field(default: Any = None, *, lo: int | None = 0, hi: int | None = INT_MAX, **meta: Any) -> Any:
     """An optional field with bounds (integers) or ``choices``/``casefold`` (strings)."""
     return field(default=default, metadata={"lo": lo, "hi": hi, **meta})
 
 
-def req_field(*, lo: int | None = 0, hi: int | None = INT_MAX, **meta: Any) -> Any:
-    return field(metadata={"lo": lo, "hi": hi, **meta})
+def quantity(default: Any = None, *, lo: float, hi: float | None, unit: str | None = None,
+             lo_open: bool = False) -> Any:
+    """A ``float`` field: any JSON number within ``lo``..``hi`` (``lo`` excluded if ``lo_open``)."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "unit": unit, "lo_open": lo_open})
+
+
+def whole(default: Any = None, *, lo: int, hi: int | None = INT_MAX, unit: str | None = None,
+          multiple: int | None = None, choices: tuple[int, ...] | None = None, required: bool = False) -> Any:
+    """An ``int`` field counted in a unit that has no fractions (Hz, bytes, whole milliseconds of a
+    packet, tasks): any JSON number is accepted and rounded to the nearest integer, halves away
+    from zero, before the bounds (and ``multiple``, ``choices``) are checked."""
+    meta = {"lo": lo, "hi": hi, "unit": unit, "rounded": True, "multiple": multiple, "choices": choices}
+    return field(metadata=meta) if required else field(default=default, metadata=meta)
+
+
+def duration(default: Any = None, *, hi: float = DAY_S) -> Any:
+    """A ``float`` field of seconds written either as a number of seconds or as a duration string
+    (``"30s"``, ``"1.5s"``, ``"500ms"``, ``"2m"``, ``"1h"``; a bare ``"30"`` is seconds). Greater
+    than 0 and at most ``hi`` seconds. Encoded as a string of seconds (``"30s"``)."""
+    return field(default=default, metadata={"lo": 0, "hi": hi, "unit": "s", "lo_open": True, "duration": True})
 
 
 def fields_set_field() -> Any:
@@ -56,11 +81,12 @@ def fields_set_field() -> Any:
 
 # --- schema ----------------------------------------------------------------------------------
 
-STR, INT, FLOAT, BOOL, OBJECT, STR_MAP, ANY, BYTES, NESTED = range(9)
+STR, INT, FLOAT, BOOL, OBJECT, STR_MAP, ANY, BYTES, NESTED, DURATION = range(10)
 
 _EXPECTED = {
     STR: "string", INT: "integer", FLOAT: "number", BOOL: "boolean", OBJECT: "object",
     STR_MAP: "object", ANY: "value", BYTES: "array", NESTED: "object",
+    DURATION: "duration",
 }
 
 
@@ -71,10 +97,14 @@ class FieldSpec:
     kind: int
     required: bool
     nested: type | None
-    lo: int | None
-    hi: int | None
-    choices: tuple[str, ...] | None
+    lo: float | None
+    hi: float | None
+    choices: tuple[Any, ...] | None
     casefold: bool
+    unit: str | None = None
+    lo_open: bool = False
+    rounded: bool = False
+    multiple: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +152,11 @@ def _compile(cls: type) -> Schema:
         if typing.get_origin(hint) in (Union, types.UnionType):
             (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
         kind, nested = _kind_of(hint)
+        if meta.get("duration"):
+            kind = DURATION
+        # A float has no implicit bounds; an integer is non-negative and fits 64 bits unless
+        # its declaration says otherwise.
+        implicit_lo, implicit_hi = (None, None) if kind in (FLOAT, DURATION) else (0, INT_MAX)
         specs.append(
             FieldSpec(
                 attr=f.name,
@@ -129,10 +164,14 @@ def _compile(cls: type) -> Schema:
                 kind=kind,
                 required=f.default is MISSING and f.default_factory is MISSING,
                 nested=nested,
-                lo=meta.get("lo", 0),
-                hi=meta.get("hi", INT_MAX),
+                lo=meta.get("lo", implicit_lo),
+                hi=meta.get("hi", implicit_hi),
                 choices=meta.get("choices"),
                 casefold=meta.get("casefold", False),
+                unit=meta.get("unit"),
+                lo_open=meta.get("lo_open", False),
+                rounded=meta.get("rounded", False),
+                multiple=meta.get("multiple"),
             )
         )
     return Schema(tuple(specs), presence)
@@ -199,18 +238,104 @@ def json_type(value: Any) -> str:
     return type(value).__name__
 
 
+def _number(value: float | int) -> str:
+    """A number as a user wrote it: 16000 and 16000.0 both read ``16000``."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return repr(value)
+
+
+def _range_text(spec: FieldSpec, noun: str) -> str:
+    """The accepted range, as an error states it: ``integer from 300 to 699``, ``number > 0 and
+    <= 86400 (s)``, ``integer >= 1``. INT_MAX as the upper bound is a limit of the wire, not of
+    the field, and is only named when it is the bound that was crossed."""
+    lo, hi = spec.lo, spec.hi
+    lo_text = None if lo is None else f"{'>' if spec.lo_open else '>='} {_number(lo)}"
+    if hi is None or hi == INT_MAX:
+        text = f"{noun} {lo_text}" if lo_text else noun
+    elif lo is None:
+        text = f"{noun} <= {_number(hi)}"
+    elif spec.lo_open:
+        text = f"{noun} {lo_text} and <= {_number(hi)}"
+    else:
+        text = f"{noun} from {_number(lo)} to {_number(hi)}"
+    return f"{text} ({spec.unit})" if spec.unit else text
+
+
+def _check_range(spec: FieldSpec, value: float | int, shown: str, noun: str, path: Path) -> None:
+    lo, hi = spec.lo, spec.hi
+    if lo is not None and (value <= lo if spec.lo_open else value < lo):
+        raise Invalid(path, f"expected {_range_text(spec, noun)}, got {shown}")
+    if hi is not None and value > hi:
+        if hi == INT_MAX and (lo is None or value > lo):
+            raise Invalid(path, f"expected {noun} <= {hi}, got {shown}")
+        raise Invalid(path, f"expected {_range_text(spec, noun)}, got {shown}")
+
+
+def round_half_away(value: float) -> int:
+    """The nearest integer, halves away from zero (2.5 -> 3, -2.5 -> -3), as people round; Python's
+    ``round`` goes to the even neighbour (2.5 -> 2)."""
+    magnitude = math.floor(abs(value) + 0.5)
+    return magnitude if value >= 0 else -magnitude
+
+
 def _decode_int(spec: FieldSpec, value: Any, path: Path) -> int:
+    noun = "number" if spec.rounded else "integer"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise Invalid(path, f"expected integer, got {json_type(value)}")
+        raise Invalid(path, f"expected {noun}, got {json_type(value)}")
+    shown = _number(value)
     if isinstance(value, float):
         if not value.is_integer():
-            raise Invalid(path, f"expected integer, got number {value!r}")
-        value = int(value)
-    if spec.lo is not None and value < spec.lo:
-        raise Invalid(path, f"expected integer >= {spec.lo}, got {value}")
-    if spec.hi is not None and value > spec.hi:
-        raise Invalid(path, f"expected integer <= {spec.hi}, got {value}")
+            if not spec.rounded:
+                raise Invalid(path, f"expected integer, got number {value!r}")
+            shown = f"{value!r} (rounds to {round_half_away(value)})"
+            value = round_half_away(value)
+        else:
+            value = int(value)
+    unit = f" ({spec.unit})" if spec.unit else ""
+    if spec.choices is not None:
+        # The list is the range, and says more than its two ends.
+        if value not in spec.choices:
+            known = ", ".join(str(c) for c in spec.choices)
+            raise Invalid(path, f"expected one of {known}{unit}, got {shown}")
+        return value
+    _check_range(spec, value, shown, noun, path)
+    if spec.multiple is not None and value % spec.multiple:
+        raise Invalid(path, f"expected a multiple of {spec.multiple}{unit}, got {shown}")
     return value
+
+
+def _decode_float(spec: FieldSpec, value: Any, path: Path) -> float:
+    # Kept as given (an int stays an int): it is a number either way, and it encodes back as the
+    # client wrote it.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Invalid(path, f"expected number, got {json_type(value)}")
+    _check_range(spec, value, _number(value), "number", path)
+    return value
+
+
+_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|h)?\s*", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _decode_duration(spec: FieldSpec, value: Any, path: Path) -> float:
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value)
+        if match is None:
+            raise Invalid(path, 'expected a duration such as "30s", "1.5s" or "500ms", or a number of '
+                                f"seconds, got {value!r}")
+        seconds = float(match.group(1)) * _DURATION_UNITS[(match.group(2) or "s").lower()]
+        _check_range(spec, seconds, f"{value!r}", "duration", path)
+        return seconds
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Invalid(path, f'expected a duration such as "30s" or a number of seconds, got {json_type(value)}')
+    _check_range(spec, value, _number(value), "duration", path)
+    return float(value)
+
+
+def encode_duration(seconds: float) -> str:
+    """Seconds as the contract writes a duration: ``"30s"``, ``"1.5s"``."""
+    return f"{_number(float(seconds))}s"
 
 
 def _decode_value(spec: FieldSpec, value: Any, path: Path) -> Any:
@@ -228,9 +353,9 @@ def _decode_value(spec: FieldSpec, value: Any, path: Path) -> Any:
     if kind == INT:
         return _decode_int(spec, value, path)
     if kind == FLOAT:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise Invalid(path, f"expected number, got {json_type(value)}")
-        return float(value)
+        return _decode_float(spec, value, path)
+    if kind == DURATION:
+        return _decode_duration(spec, value, path)
     if kind == BOOL:
         if not isinstance(value, bool):
             raise Invalid(path, f"expected boolean, got {json_type(value)}")
@@ -365,6 +490,8 @@ def encode_into(out: dict[str, Any], obj: Any) -> dict[str, Any]:
             value = encode_into({}, value)
         elif spec.kind == BYTES:
             value = list(value)
+        elif spec.kind == DURATION:
+            value = encode_duration(value)
         out[spec.wire] = value
     return out
 

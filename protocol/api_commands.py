@@ -6,7 +6,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
-from protocol.api_codec import opt_field
+from protocol.api_codec import DAY_S, opt_field, quantity
 from protocol.api_options import CallOption, RecorderOption, ReferOption, SynthesisOption
 
 
@@ -47,7 +47,7 @@ class Tts:
     auto_hangup: bool = False
     streaming: bool = False
     end_of_stream: bool = False
-    wait_input_timeout: int | None = None
+    wait_input_timeout: float | None = quantity(None, lo=0, hi=DAY_S, unit="s")
     option: SynthesisOption | None = None
     base64: bool = False
 
@@ -57,7 +57,7 @@ class Play:
     command: ClassVar[str] = "play"
     url: str
     auto_hangup: bool = False
-    wait_input_timeout: int | None = None
+    wait_input_timeout: float | None = quantity(None, lo=0, hi=DAY_S, unit="s")
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,17 @@ async def gateway(gateway_config) -> AsyncIterator[Gateway]:
         await gw.stop()
 
 
+@pytest.fixture
+async def local_fetch_gateway(gateway_config) -> AsyncIterator[Gateway]:
+    """A gateway whose fetch policy allows the local test servers (127.0.0.1 and ::1): internal
+    addresses are refused by default, as they should be on a real network."""
+    gw = await start_gateway(gateway_config(fetch={"allow_hosts": ["127.0.0.1", "::1"]}))
+    try:
+        yield gw
+    finally:
+        await gw.stop()
+
+
 def base_url(gw: Gateway) -> str:
     host, port = gw.http_address
     return f"http://{host}:{port}"

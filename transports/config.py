@@ -16,6 +16,8 @@ from typing import Any
 
 import tomli
 
+from .fetch_policy import FetchPolicy
+
 
 # The codecs an RTP leg can carry (by lowercase name), as the gateway's codec layer decodes them.
 RTP_CODECS = {"pcmu": "PCMU", "pcma": "PCMA", "g722": "G722"}
@@ -70,6 +72,8 @@ class SupervisionConfig:
     child_shutdown_timeout: float = 2.0  # per child of a call
     engine_restarts: int = 3            # an engine thread that dies is started again this often ...
     engine_period: float = 30.0         # ... within this many seconds, then the engine host restarts
+    media_pass_restarts: int = 10       # a call's mediaPass connection made again this often ...
+    media_pass_period: float = 60.0     # ... within this many seconds, then given up (error event)
     gateway_restarts: int = 3           # restarts of the gateway's own children within gateway_period,
     gateway_period: float = 60.0        # past which the process exits (status 1)
 
@@ -114,6 +118,41 @@ class RtpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FetchConfig:
+    """What `play` and `mediaPass` may fetch, and how much (docs/security.md)."""
+
+    allow_hosts: tuple[str, ...] = ()  # internal hosts/addresses/networks[:port] that may be fetched
+    max_redirects: int = 5
+    timeout: float = 10.0              # a whole `play` download
+    connect_timeout: float = 5.0       # reaching the server (play and mediaPass)
+    max_bytes: int = 50 * 1024 * 1024  # one `play` body
+    max_seconds: float = 1800.0        # decoded length of one `play` clip
+    decode_memory: int = 256 * 1024 * 1024  # PCM all `play` decodes in progress may hold together
+    cache_bytes: int = 64 * 1024 * 1024     # decoded clips kept for the next `play` of the same source
+
+
+@dataclass(frozen=True, slots=True)
+class DumpConfig:
+    """The event dumps (`<dump_root>/<id>.events.jsonl`)."""
+
+    max_bytes: int = 64 * 1024 * 1024     # per dump; then a last line says it stopped
+    queue_bytes: int = 16 * 1024 * 1024   # lines waiting for the writer thread, all dumps together
+
+
+@dataclass(frozen=True, slots=True)
+class ProvidersConfig:
+    """Limits of the cloud ASR/TTS clients (docs/behaviour.md, "Cloud providers")."""
+
+    connect_timeout: float = 5.0        # seconds for a provider connection (and its start handshake)
+    stall_timeout: float = 5.0          # seconds a provider may owe an answer before it counts as stalled
+    keepalive_interval: float = 4.0     # seconds of an idle recognition stream before its keep-alive
+    heartbeat: float = 15.0             # WebSocket ping interval (a peer that stops answering is dropped)
+    close_timeout: float = 2.0          # seconds to wait for the last results when a stream ends
+    max_message_bytes: int = 4 * 1024 * 1024   # largest message accepted from a provider
+    tts_cache_bytes: int = 32 * 1024 * 1024    # synthesised speech kept for reuse (0: no cache)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     http_addr: str = "0.0.0.0:8080"
     sip_addr: str = "0.0.0.0"
@@ -131,18 +170,27 @@ class Config:
     accept_timeout: float = 50.0       # seconds an incoming call waits for `accept`/`reject` (then 408)
     playback_buffer_seconds: float = 300.0  # synthesised audio one tts may hold ahead of playback
     recorder_pending_bytes: int = 64 << 20  # recording audio waiting for the disk, whole process
+    event_queue_bytes: int = 16 << 20  # events queued for one client that does not read them
+    # Access control (docs/security.md). With no tokens every route is open to whoever can connect.
+    api_tokens: tuple[str, ...] = ()
+    admin_tokens: tuple[str, ...] = ()     # reach every call; the only tokens /metrics accepts
+    allowed_origins: tuple[str, ...] = ()  # browsers' Origin header; empty: not checked
     log_level: str = "info"
     log_format: str = "console"
     handler: HandlerConfig = field(default_factory=HandlerConfig)
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
     sip: SipConfig = field(default_factory=SipConfig)
     rtp: RtpConfig = field(default_factory=RtpConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    dump: DumpConfig = field(default_factory=DumpConfig)
+    providers: ProvidersConfig = field(default_factory=ProvidersConfig)
 
     @property
     def http_host_port(self) -> tuple[str, int]:
         return split_host_port(self.http_addr, "http_addr")
 
 
+MIN_TOKEN_LENGTH = 16  # shorter tokens can be guessed by anyone who can connect
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
 
@@ -201,8 +249,37 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"log_level: expected one of {', '.join(LOG_LEVELS)}, got {cfg.log_level!r}")
     if cfg.log_format not in LOG_FORMATS:
         raise ConfigError(f"log_format: expected one of {', '.join(LOG_FORMATS)}, got {cfg.log_format!r}")
+    tokens = cfg.api_tokens + cfg.admin_tokens
+    for name, values in (("api_tokens", cfg.api_tokens), ("admin_tokens", cfg.admin_tokens)):
+        for token in values:
+            if len(token) < MIN_TOKEN_LENGTH or not token.isprintable() or " " in token:
+                raise ConfigError(f"{name}: every token must be at least {MIN_TOKEN_LENGTH} printable characters "
+                                  "without spaces")
+    if len(set(tokens)) != len(tokens):
+        raise ConfigError("api_tokens/admin_tokens: a token is listed twice")
+    for origin in cfg.allowed_origins:
+        if origin != origin.rstrip("/") or "://" not in origin:
+            raise ConfigError(f"allowed_origins: expected scheme://host[:port] without a path, got {origin!r}")
+    try:
+        FetchPolicy(cfg.fetch.allow_hosts)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    f = cfg.fetch
+    if (f.max_redirects < 0 or f.timeout <= 0 or f.connect_timeout <= 0 or f.max_bytes < 1 or f.max_seconds <= 0
+            or f.decode_memory < 1 or f.cache_bytes < 0):
+        raise ConfigError("fetch: max_redirects must be >= 0; timeout, connect_timeout, max_bytes, "
+                          "max_seconds and decode_memory must be positive")
+    if cfg.dump.max_bytes < 1024 or cfg.dump.queue_bytes < 1024:
+        raise ConfigError("dump: max_bytes and queue_bytes must be at least 1024")
     if cfg.max_calls < 1:
         raise ConfigError(f"max_calls: must be at least 1, got {cfg.max_calls}")
+    p = cfg.providers
+    for name in ("connect_timeout", "stall_timeout", "keepalive_interval", "heartbeat", "close_timeout"):
+        if getattr(p, name) <= 0:
+            raise ConfigError(f"providers.{name}: must be positive, got {getattr(p, name)}")
+    if p.max_message_bytes < 1024 or p.tts_cache_bytes < 0:
+        raise ConfigError("providers.max_message_bytes must be at least 1024 and providers.tts_cache_bytes "
+                          f"not negative, got {p.max_message_bytes} and {p.tts_cache_bytes}")
     if not 0 < cfg.rtp_start_port < cfg.rtp_end_port <= 65535:
         raise ConfigError(
             f"rtp_start_port/rtp_end_port: need 0 < start < end <= 65535, got {cfg.rtp_start_port}..{cfg.rtp_end_port}"

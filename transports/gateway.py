@@ -37,12 +37,13 @@ from actors.supervisor import Backoff, ChildSpec, Restart, Strategy, Supervisor
 from actors.vad import SileroEngine, SileroModel
 
 from .config import Config
+from .fetch_policy import FetchPolicy
 from .http import GetAddress, HttpServer
 from .media_loader import MediaLoader
-from .media_pass import MediaPassLink
-from .providers.espeak import espeak_factories
-from .providers.pocketsphinx import pocketsphinx_factories
-from .recording_paths import resolve_recording
+from .media_pass import media_pass_starter
+from .metrics import Telemetry
+from .providers.registry import provider_factories
+from .recording_paths import RecordingClaims, resolve_recording
 from .sip_calls import SipCalls
 from .sip_register import Registrar
 from .sip_server import GetSipEndpoint, SipServer, sip_endpoint_spec
@@ -83,7 +84,8 @@ class Gateway:
         return stopped
 
 
-def build_services(config: Config, engines: EngineHost, media: MediaLoader, writer: FileWriter) -> CallServices:
+def build_services(config: Config, engines: EngineHost, media: MediaLoader, writer: FileWriter,
+                   claims: RecordingClaims) -> CallServices:
     """The real providers, loaders and sinks every call uses, from the configuration."""
 
     def open_written(path: str, samplerate: int, segment: int) -> WrittenSink:
@@ -91,25 +93,33 @@ def build_services(config: Config, engines: EngineHost, media: MediaLoader, writ
 
     engines.register(SILERO_ENGINE, SileroModel)
     silero = SileroEngine(runner=lambda batches: engines.submit(SILERO_ENGINE, "infer_all", batches))
+    providers = provider_factories(config, engines)
     return CallServices(
-        tts=espeak_factories(engines),
+        tts=providers.tts,
         default_tts="espeak",
         load_media=media.load,
         open_recording=open_written,
-        resolve_recording=lambda path, session_id: resolve_recording(path, session_id, config.recorder_root),
-        media_pass=lambda option, tap, item, on_error: MediaPassLink(
-            option, tap, item, on_error,
-            backoff_initial=config.supervision.backoff_initial, backoff_max=config.supervision.backoff_max),
-        asr=pocketsphinx_factories(engines),
+        # One live writer per recording path: the claim is freed when its call ends.
+        resolve_recording=lambda path, session_id: claims.claim(
+            resolve_recording(path, session_id, config.recorder_root), session_id),
+        media_pass=lambda option, tap, feed, on_error: media_pass_starter(
+            option, tap, feed, on_error,
+            connect_timeout=config.fetch.connect_timeout, policy=FetchPolicy(config.fetch.allow_hosts)),
+        asr=providers.asr,
         default_asr="pocketsphinx",
         silero=silero,
     )
 
 
 def gateway_children(config: Config, clock: MediaClock, engines: EngineHost, services: CallServices,
-                     current: dict[str, ActorRef], sip: SipCalls) -> list[ChildSpec]:
+                     current: dict[str, ActorRef], claims: RecordingClaims | None = None,
+                     telemetry: Telemetry | None = None, sip: SipCalls | None = None) -> list[ChildSpec]:
     """The gateway's children, in start order (TREE)."""
     sup = config.supervision
+    claims = claims if claims is not None else RecordingClaims()
+    telemetry = telemetry if telemetry is not None else Telemetry(engines=engines, media=None, claims=claims)
+    sip = sip if sip is not None else SipCalls(config, calls=lambda: current.get("calls"), clock=clock,
+                                               services=services)
 
     def started(id: str, ref: ActorRef) -> ActorRef:
         current[id] = ref
@@ -127,11 +137,13 @@ def gateway_children(config: Config, clock: MediaClock, engines: EngineHost, ser
                   backoff=Backoff(initial=sup.backoff_initial, factor=2.0, maximum=sup.backoff_max),
                   start=lambda parent: Registrar.start(config, lambda: sip.endpoint, parent=parent, name="register")),
         ChildSpec(id="calls", restart=Restart.PERMANENT, shutdown=sup.call_shutdown_timeout + 1.0,
-                  start=lambda parent: started("calls", CallSupervisor.start(config.max_calls, parent=parent,
-                                                                             name="calls"))),
+                  # A call's end frees its recording paths.
+                  start=lambda parent: started("calls", CallSupervisor.start(
+                      config.max_calls, claims.release_session, parent=parent, name="calls"))),
         ChildSpec(id="http", restart=Restart.PERMANENT, shutdown=sup.call_shutdown_timeout + 2.0,
                   start=lambda parent: started("http", HttpServer.start(config, lambda: current["calls"], clock,
                                                                         services, legs={"sip": sip.legs},
+                                                                        telemetry=telemetry,
                                                                         health=lambda: {"sip": sip.stats()},
                                                                         parent=parent, name="http"))),
     ]
@@ -141,12 +153,18 @@ async def start_gateway(config: Config) -> Gateway:
     sup = config.supervision
     clock = MediaClock(ptime_ms=20)
     engines = EngineHost(restart_intensity=sup.engine_restarts, restart_period=sup.engine_period)
-    media = MediaLoader(config.media_root)
+    fetch = config.fetch
+    media = MediaLoader(config.media_root, policy=FetchPolicy(fetch.allow_hosts), max_redirects=fetch.max_redirects,
+                        timeout=fetch.timeout, connect_timeout=fetch.connect_timeout, max_bytes=fetch.max_bytes,
+                        max_duration=fetch.max_seconds, decode_memory=fetch.decode_memory,
+                        cache_bytes=fetch.cache_bytes)
     writer = FileWriter(config.recorder_pending_bytes)
-    services = build_services(config, engines, media, writer)
+    claims = RecordingClaims()
+    services = build_services(config, engines, media, writer, claims)
+    telemetry = Telemetry(engines=engines, media=media, claims=claims)
     current: dict[str, ActorRef] = {}
     sip = SipCalls(config, calls=lambda: current.get("calls"), clock=clock, services=services)
-    children = gateway_children(config, clock, engines, services, current, sip)
+    children = gateway_children(config, clock, engines, services, current, claims, telemetry, sip)
     ref = Supervisor.start(children, strategy=Strategy.ONE_FOR_ONE, intensity=sup.gateway_restarts,
                            period=sup.gateway_period, name="gateway")
     try:

@@ -9,6 +9,8 @@ bounded pipe, events come back through the session's Outbox.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import os
 import time
 import uuid
@@ -25,8 +27,10 @@ from actors.call_supervisor import (
     AdmissionRefused,
     CallStartFailed,
     DuplicateSession,
+    GetAdmissions,
     GetCall,
     ListCalls,
+    NotYourCall,
     StartCall,
 )
 from actors.clock import MediaClock
@@ -41,16 +45,21 @@ from actors.messages import (
     Describe,
     Detach,
     Kill,
+    Owner,
     UrgentCommand,
 )
 from actors.pipes import AudioPipe
 from actors.services import CallServices
 from actors.supervisor import Backoff
 from protocol import api
+from protocol.redact import redact
 
+from .auth import OWNER_KEY, Access, access_middleware, exposure_warning
 from .config import Config
+from .event_dump import DumpWriter, EventDump
+from .metrics import CONTENT_TYPE, CountedPipe, Counters, Telemetry, render
 from .ws_leg import UnavailableLeg, WebSocketLeg
-from .ws_session import EventDump, Outbox, session_id_ok
+from .ws_session import Outbox, session_id_ok
 
 log = structlog.get_logger("http")
 
@@ -74,9 +83,11 @@ LegProvider = Callable[[str, Outbox], LegMaker]
 """(session id, the connection's outbox) -> the LegMaker for a new call of one call type."""
 
 
-def websocket_legs(session_id: str, outbox: Outbox) -> LegMaker:
-    """`/call`: the audio rides the application's own WebSocket."""
-    pipe: AudioPipe[bytes] = AudioPipe(50, name=f"{session_id}.ws-in")
+def websocket_legs(session_id: str, outbox: Outbox, counters: Counters | None = None) -> LegMaker:
+    """`/call`: the audio rides the application's own WebSocket. With `counters`, the frames its
+    inbound pipe drops are counted for /metrics."""
+    pipe: AudioPipe[bytes] = (AudioPipe(50, name=f"{session_id}.ws-in") if counters is None
+                              else CountedPipe(50, counters, name=f"{session_id}.ws-in"))
 
     def leg(context: LegContext) -> WebSocketLeg:
         return WebSocketLeg(context, pipe, outbox.audio)
@@ -90,6 +101,7 @@ class CallParams:
     dump: bool
     ping_interval: float
     server_side_track: str
+    owner: Owner | None = None     # the API token that opens the call owns it
 
 
 def call_settings(config: Config, server_side_track: str) -> CallSettings:
@@ -98,6 +110,7 @@ def call_settings(config: Config, server_side_track: str) -> CallSettings:
                         provider_restarts=sup.provider_restarts, provider_period=sup.provider_period,
                         backoff=Backoff(initial=sup.backoff_initial, factor=2.0, maximum=sup.backoff_max),
                         accept_timeout=config.accept_timeout,
+                        media_pass_restarts=sup.media_pass_restarts, media_pass_period=sup.media_pass_period,
                         playback_buffer_seconds=config.playback_buffer_seconds)
 
 
@@ -137,6 +150,7 @@ class CallRouter:
 
     def __init__(self, config: Config, calls: Callable[[], ActorRef], clock: MediaClock,
                  services: CallServices, legs: Mapping[str, LegProvider] | None = None,
+                 telemetry: Telemetry | None = None,
                  health: Callable[[], Mapping[str, object]] | None = None) -> None:
         self.config = config
         self.calls = calls
@@ -144,12 +158,18 @@ class CallRouter:
         self.clock = clock
         self.services = services
         # Call types whose transport is not here answer invite/accept with 501 (UnavailableLeg).
-        self.legs: Mapping[str, LegProvider] = {"websocket": websocket_legs, **(legs or {})}
+        self.telemetry = telemetry if telemetry is not None else Telemetry(engines=None, media=None, claims=None)
+        counted = functools.partial(websocket_legs, counters=self.telemetry.counters)
+        self.legs: Mapping[str, LegProvider] = {"websocket": counted, **(legs or {})}
         self.started_at = time.time()
         self.binary_dropped = 0
+        self.dump_writer = DumpWriter(config.dump.queue_bytes)
+
+    def open_dump(self, session_id: str) -> EventDump:
+        return EventDump(self.config.dump_root, session_id, self.dump_writer, self.config.dump.max_bytes)
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[access_middleware(Access.from_config(self.config))])
         r = app.router
         for path, call_type in (("/call", "websocket"), ("/call/sip", "sip"), ("/call/webrtc", "webrtc")):
             handler = self._ws_handler(call_type)
@@ -159,6 +179,7 @@ class CallRouter:
         r.add_post("/call/kill/{id}", self.kill_call)
         r.add_get("/iceservers", self.ice_servers)
         r.add_get("/health", self.health)
+        r.add_get("/metrics", self.metrics)
         # The original active-call's forms, so its existing clients keep working.
         r.add_get("/list", self.list_calls_original)
         r.add_get("/kill/{id}", self.kill_call_original)
@@ -166,15 +187,16 @@ class CallRouter:
 
     # --- REST ---------------------------------------------------------------------------------
 
-    async def _call_refs(self) -> list[ActorRef]:
-        """The live calls, in start order (a call that ended meanwhile is left out)."""
+    async def _call_refs(self, owner: Owner | None = None) -> list[ActorRef]:
+        """The live calls `owner` may see (None: all), in start order (a call that ended meanwhile
+        is left out)."""
         sup = self.calls()
-        ids = await sup.ask(ListCalls(), timeout=2.0)
+        ids = await sup.ask(ListCalls(owner), timeout=2.0)
         refs = await asyncio.gather(*(sup.ask(GetCall(i), timeout=2.0) for i in ids))
         return [ref for ref in refs if ref is not None]
 
-    async def _describe_all(self) -> list[CallInfo]:
-        refs = await self._call_refs()
+    async def _describe_all(self, owner: Owner | None) -> list[CallInfo]:
+        refs = await self._call_refs(owner)
 
         async def describe(ref: ActorRef) -> CallInfo | None:
             try:
@@ -187,16 +209,17 @@ class CallRouter:
 
     async def list_calls(self, request: web.Request) -> web.Response:
         calls = [
-            {"id": i.id, "call_type": CALL_TYPE_WIRE.get(i.call_type, i.call_type), "created_at": i.created_at, "option": i.option}
-            for i in await self._describe_all()
+            {"id": i.id, "call_type": CALL_TYPE_WIRE.get(i.call_type, i.call_type), "created_at": i.created_at,
+             "option": redact(i.option)}
+            for i in await self._describe_all(request[OWNER_KEY])
         ]
         return web.json_response({"calls": calls})
 
     async def list_calls_original(self, request: web.Request) -> web.Response:
         calls = [
-            {"id": i.id, "callType": CALL_TYPE_WIRE.get(i.call_type, i.call_type), "cs.option": i.option,
+            {"id": i.id, "callType": CALL_TYPE_WIRE.get(i.call_type, i.call_type), "cs.option": redact(i.option),
              "ringTime": None, "startTime": i.created_at}
-            for i in await self._describe_all()
+            for i in await self._describe_all(request[OWNER_KEY])
         ]
         return web.json_response({"active_calls": calls})
 
@@ -213,8 +236,9 @@ class CallRouter:
         await asyncio.gather(*(asyncio.wait_for(ref.wait_stopped(), self.config.supervision.call_shutdown_timeout)
                                for ref in refs), return_exceptions=True)
 
-    async def _kill(self, session_id: str) -> bool:
-        ref = await self.calls().ask(GetCall(session_id), timeout=2.0)
+    async def _kill(self, session_id: str, owner: Owner | None) -> bool:
+        """True if the call was told to end; raises NotYourCall for another token's call."""
+        ref = await self.calls().ask(GetCall(session_id, owner=owner), timeout=2.0)
         if ref is None:
             return False
         try:
@@ -225,13 +249,20 @@ class CallRouter:
 
     async def kill_call(self, request: web.Request) -> web.Response:
         session_id = request.match_info["id"]
-        if not await self._kill(session_id):
+        try:
+            killed = await self._kill(session_id, request[OWNER_KEY])
+        except NotYourCall as exc:
+            return web.json_response({"error": str(exc)}, status=403)
+        if not killed:
             return web.json_response({"error": f"no active call with id {session_id!r}"}, status=404)
         return web.json_response(True)
 
     async def kill_call_original(self, request: web.Request) -> web.Response:
         session_id = request.match_info["id"]
-        status = "killed" if await self._kill(session_id) else "not_found"
+        try:
+            status = "killed" if await self._kill(session_id, request[OWNER_KEY]) else "not_found"
+        except NotYourCall as exc:
+            return web.json_response({"status": "forbidden", "id": session_id, "error": str(exc)}, status=403)
         return web.json_response({"status": status, "id": session_id})
 
     async def ice_servers(self, request: web.Request) -> web.Response:
@@ -253,6 +284,38 @@ class CallRouter:
             "clock": self.clock.stats(),
         })
 
+    async def metrics(self, request: web.Request) -> web.Response:
+        sup = self.calls()
+        admissions = await sup.ask(GetAdmissions(), timeout=2.0)
+        refs = await self._call_refs()
+
+        async def describe(ref: ActorRef) -> CallInfo | None:
+            try:
+                return await ref.ask(Describe(), timeout=1.0)
+            except (ActorDeadError, TimeoutError):
+                return None  # ended while we were looking
+
+        by_type = dict.fromkeys(CALL_TYPE_WIRE, 0)
+        for info in await asyncio.gather(*(describe(ref) for ref in refs)):
+            if info is not None:
+                by_type[info.call_type] = by_type.get(info.call_type, 0) + 1
+        t = self.telemetry
+        engines = [t.engines.stats(name) for name in t.engines.names()] if t.engines is not None else []
+        body = render({
+            "calls_by_type": by_type, "admissions": admissions,
+            "inbound_frames_dropped": t.counters.inbound_frames_dropped,
+            "clock": self.clock.stats(),
+            "loop_lag": t.loop_lag, "engines": engines,
+            "media": {"cache_bytes": t.media.cached_bytes if t.media else 0,
+                      "decode_bytes": t.media.budget.used if t.media else 0,
+                      "decode_refused": t.media.budget.refused if t.media else 0},
+            "dump": {"pending": self.dump_writer.pending, "lost_lines": self.dump_writer.lost_lines,
+                     "written_bytes": self.dump_writer.written_bytes},
+            "binary_frames_dropped": self.binary_dropped,
+            "recordings": len(t.claims) if t.claims is not None else 0, "open_fds": _open_fds(), "tasks": len(asyncio.all_tasks()),
+        })
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
     # --- the API WebSocket --------------------------------------------------------------------
 
     def _ws_handler(self, call_type: str) -> Callable[[web.Request], object]:
@@ -261,6 +324,7 @@ class CallRouter:
                 params = parse_call_params(dict(request.query))
             except BadParams as exc:
                 return web.json_response({"error": str(exc)}, status=400)
+            params = dataclasses.replace(params, owner=request[OWNER_KEY])
             return await self._serve_call(request, call_type, params)
 
         return handler
@@ -270,8 +334,16 @@ class CallRouter:
         await ws.prepare(request)
         sid = params.session_id
         clog = log.bind(session_id=sid, call_type=call_type)
-        outbox = Outbox(ws)
-        dump = EventDump(self.config.dump_root, sid) if params.dump else None
+        current: list[ActorRef] = []
+
+        def too_slow(reason: str) -> None:
+            # The client stopped reading its events: the call cannot be served; it hangs up.
+            for ref in current:
+                if ref.is_alive():
+                    ref.tell(Kill(reason="client_too_slow", initiator="system"))
+
+        outbox = Outbox(ws, event_budget=self.config.event_queue_bytes, on_too_slow=too_slow)
+        dump = self.open_dump(sid) if params.dump else None
 
         def emit(event: object) -> None:
             text = api.dumps_event(event)
@@ -295,12 +367,14 @@ class CallRouter:
         ping_task: asyncio.Task[None] | None = None
         try:
             try:
-                call, created = await self._call_for(sid, call_type, start)
+                call, created = await self._call_for(sid, call_type, start, params.owner)
                 await call.ask(Attach(AppConnection(emit=emit, close=outbox.close)), timeout=5.0)
-            except (AdmissionRefused, DuplicateSession, CallStartFailed, AttachRefused, ActorDeadError,
+            except (AdmissionRefused, DuplicateSession, CallStartFailed, AttachRefused, NotYourCall, ActorDeadError,
                     TimeoutError) as exc:
                 if isinstance(exc, (DuplicateSession, AttachRefused)):
                     code, close_code, reason = 409, 1008, str(exc)
+                elif isinstance(exc, NotYourCall):
+                    code, close_code, reason = 403, 1008, str(exc)
                 elif isinstance(exc, AdmissionRefused):
                     code, close_code, reason = 503, 1013, str(exc)
                 elif isinstance(exc, CallStartFailed):
@@ -316,6 +390,9 @@ class CallRouter:
                 outbox.close(code=close_code)
                 await outbox.wait_closed(5.0)
                 return ws
+            current.append(call)
+            if outbox.too_slow:
+                too_slow("")
             # Whatever ends the call (even a crash before its hangup), the client connection closes.
             call.add_watcher(lambda _exit: outbox.close())
             if params.ping_interval > 0:
@@ -340,13 +417,15 @@ class CallRouter:
                 dump.close()
         return ws
 
-    async def _call_for(self, sid: str, call_type: str, start: Callable[[ActorRef], ActorRef]
-                        ) -> tuple[ActorRef, bool]:
+    async def _call_for(self, sid: str, call_type: str, start: Callable[[ActorRef], ActorRef],
+                        owner: Owner | None = None) -> tuple[ActorRef, bool]:
         """The call this connection is for, and whether it was made for it: an existing one waiting
-        for its application (an incoming call announced by webhook, `?id=<dialogId>`), else a new one."""
-        existing = await self.calls().ask(GetCall(sid), timeout=2.0)
+        for its application (an incoming call announced by webhook, `?id=<dialogId>`), else a new one.
+        An existing call of another API token is refused (NotYourCall); one the gateway made itself
+        (no owner yet) becomes the attaching token's."""
+        existing = await self.calls().ask(GetCall(sid, owner=owner, claim=True), timeout=2.0)
         if existing is None:
-            return await self.calls().ask(StartCall(sid, start), timeout=5.0), True
+            return await self.calls().ask(StartCall(sid, start, owner=owner), timeout=5.0), True
         info = await existing.ask(Describe(), timeout=2.0)
         if info.call_type != call_type:
             raise AttachRefused(f"session {sid!r} is a {CALL_TYPE_WIRE.get(info.call_type, info.call_type)} call, "
@@ -398,9 +477,10 @@ class HttpServer(Actor):
 
     def __init__(self, config: Config, calls: Callable[[], ActorRef], clock: MediaClock,
                  services: CallServices, legs: Mapping[str, LegProvider] | None = None,
+                 telemetry: Telemetry | None = None,
                  health: Callable[[], Mapping[str, object]] | None = None) -> None:
         self.config = config
-        self.router = CallRouter(config, calls, clock, services, legs, health)
+        self.router = CallRouter(config, calls, clock, services, legs, telemetry, health)
         self.runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
 
@@ -409,16 +489,23 @@ class HttpServer(Actor):
         self.runner = web.AppRunner(self.router.app(), handle_signals=False, access_log=None,
                                     shutdown_timeout=self.config.supervision.call_shutdown_timeout)
         await self.runner.setup()
+        self.router.dump_writer.start()
+        self.router.telemetry.loop_lag.start()
         site = web.TCPSite(self.runner, host, port, reuse_address=True)
         try:
             await site.start()
         except OSError as exc:
             HttpServer.start_error = exc
             await self.runner.cleanup()
+            await self.router.dump_writer.stop()
+            await self.router.telemetry.loop_lag.stop()
             raise
         sockets = site._server.sockets if site._server is not None else []  # noqa: SLF001 - bound port for :0
         self.address = sockets[0].getsockname()[:2] if sockets else (host, port)
         log.info("http listening", address=f"{self.address[0]}:{self.address[1]}")
+        warning = exposure_warning(self.config)
+        if warning is not None:
+            log.warning(warning)
 
     async def on_stop(self) -> None:
         if self.runner is None:
@@ -431,6 +518,16 @@ class HttpServer(Actor):
         await self.router.end_all_calls(reason="shutdown")
         await self.runner.cleanup()
         self.runner = None
+        await self.router.dump_writer.stop()  # after the handlers: their last lines are queued
+        await self.router.telemetry.loop_lag.stop()
+
+    async def on_failure(self, error: BaseException) -> None:
+        # A restarted server starts its own writer thread and lag monitor: these must not linger.
+        if self.runner is not None:
+            runner, self.runner = self.runner, None
+            await runner.cleanup()
+        await self.router.dump_writer.stop()
+        await self.router.telemetry.loop_lag.stop()
 
     async def on_receive(self, message: object) -> object:
         if isinstance(message, GetAddress):

@@ -7,6 +7,13 @@ import sys
 
 import structlog
 
+from protocol.redact import redact
+
+
+def redact_secrets(_logger: object, _method: str, event_dict: dict) -> dict:
+    """Credentials never reach a log line: secret-named fields and URLs' userinfo are masked."""
+    return redact(event_dict)
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -23,6 +30,7 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            redact_secrets,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),

@@ -4,17 +4,27 @@
 session id (sanitised first, so an id cannot add path components), a relative path lands under the
 recorder root, ``.wav`` is appended when missing, and the result must resolve — symlinks and
 ``..`` included — to a file under the root. Absolute paths are accepted only when they already
-point under the root.
+point under the root. A path that cannot be written (a directory, a name too long, a parent that is
+a file or not writable) is refused here, before any recorder starts.
+
+One live writer per path: `RecordingClaims` gives a path to the first call that asks for it until
+that call ends; another call asking for it (or for one of its segment names, ``x.partN.wav``) is
+refused and records nothing. The application learns it from an `error` event and may pick another
+name, e.g. with ``{id}``.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 
-__all__ = ["RecordingPathError", "resolve_recording", "safe_session_id"]
+__all__ = ["RecordingClaims", "RecordingPathError", "resolve_recording", "safe_session_id"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_SEGMENT = re.compile(r"\.part\d+(\.wav)$", re.IGNORECASE)
+NAME_MAX = 255      # bytes in one path component (Linux filesystems)
+PATH_MAX = 4095     # bytes in a whole path
 
 
 class RecordingPathError(ValueError):
@@ -48,4 +58,71 @@ def resolve_recording(recorder_file: str, session_id: str, root: str) -> str:
         raise RecordingPathError(
             f"recorderFile {recorder_file!r} resolves to {real!r}, outside the recorder root {real_root!r}"
         )
+    _check_writable(recorder_file, real)
     return real
+
+
+def _check_writable(recorder_file: str, real: str) -> None:
+    """Refuse now what opening the file would refuse later, after the recorder's restarts."""
+    if len(os.fsencode(real)) > PATH_MAX:
+        raise RecordingPathError(f"recorderFile {recorder_file!r}: path is longer than {PATH_MAX} bytes")
+    for part in real.split(os.sep):
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise RecordingPathError(f"recorderFile {recorder_file!r}: a name in it is longer than {NAME_MAX} bytes")
+    try:
+        st = os.lstat(real)
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # the parents say why below
+    except OSError as exc:
+        raise RecordingPathError(f"recorderFile {recorder_file!r}: cannot be used ({exc.strerror})") from None
+    else:
+        if stat.S_ISDIR(st.st_mode):
+            raise RecordingPathError(f"recorderFile {recorder_file!r} names a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise RecordingPathError(f"recorderFile {recorder_file!r} names something that is not a regular file")
+    parent = os.path.dirname(real)
+    while True:
+        try:
+            st = os.stat(parent)
+        except (FileNotFoundError, NotADirectoryError):
+            parent = os.path.dirname(parent)
+            continue
+        except OSError as exc:
+            raise RecordingPathError(f"recorderFile {recorder_file!r}: cannot be used ({exc.strerror})") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise RecordingPathError(f"recorderFile {recorder_file!r}: {parent!r} is not a directory")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise RecordingPathError(f"recorderFile {recorder_file!r}: {parent!r} is not writable")
+        return
+
+
+class RecordingClaims:
+    """Which call writes which recording: one live writer per path, until its call ends."""
+
+    def __init__(self) -> None:
+        self._owner: dict[str, str] = {}            # claim key -> session id
+        self._keys: dict[str, set[str]] = {}        # session id -> its claim keys
+
+    @staticmethod
+    def key(path: str) -> str:
+        """Segment files (``x.part2.wav``) belong to their recording (``x.wav``)."""
+        return _SEGMENT.sub(r"\1", path)
+
+    def claim(self, path: str, session_id: str) -> str:
+        key = self.key(path)
+        owner = self._owner.get(key)
+        if owner is not None and owner != session_id:
+            raise RecordingPathError(
+                f"recorderFile {os.path.basename(path)!r} is being recorded by another call; "
+                "this call is not recorded (use another name, e.g. with {id})")
+        self._owner[key] = session_id
+        self._keys.setdefault(session_id, set()).add(key)
+        return path
+
+    def release_session(self, session_id: str) -> None:
+        for key in self._keys.pop(session_id, ()):
+            if self._owner.get(key) == session_id:
+                del self._owner[key]
+
+    def __len__(self) -> int:
+        return len(self._owner)

@@ -1,4 +1,4 @@
-"""Per-connection plumbing of an API WebSocket: the ordered outbox and the event dump.
+"""Per-connection plumbing of an API WebSocket: the ordered outbox (the dump: event_dump.py).
 
 The outbox keeps control events and audio apart but in order: events are never dropped, audio is a
 bounded ring that drops its oldest frame when the client reads too slowly, so a stalled client
@@ -9,23 +9,27 @@ the order they were produced in (a trackEnd never overtakes the last frame of it
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import time
 from collections import deque
-from pathlib import Path
-from typing import IO
 
 import structlog
 from aiohttp import web
 
-from .recording_paths import safe_session_id
 
 log = structlog.get_logger("ws")
 
 
 class Outbox:
-    def __init__(self, ws: web.WebSocketResponse, audio_capacity: int = 50) -> None:
+    """``event_budget`` bounds the bytes of events queued for a client that does not read them.
+    Events are never dropped one by one: past the budget the client is too slow to be served, its
+    connection is closed (1008, "client too slow: ...") and ``on_too_slow`` is called once, so that
+    the call hangs up (reason ``client_too_slow``). A send that the client's full TCP window holds
+    up is not waited for: the transport is aborted after ``CLOSE_WAIT`` seconds."""
+
+    CLOSE_WAIT = 1.0
+
+    def __init__(self, ws: web.WebSocketResponse, audio_capacity: int = 50, *, event_budget: int = 16 << 20,
+                 on_too_slow: Callable[[str], None] | None = None) -> None:
         self.ws = ws
         self._events: deque[tuple[int, str]] = deque()
         self._audio: deque[tuple[int, bytes]] = deque(maxlen=audio_capacity)
@@ -33,14 +37,46 @@ class Outbox:
         self._wake = asyncio.Event()
         self._closing = False
         self._close_code = 1000
+        self._close_reason = ""
         self.audio_dropped = 0
+        self.event_budget = event_budget
+        self.queued_bytes = 0
+        self.too_slow = False
+        self.on_too_slow = on_too_slow
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ws-outbox")
 
     def event(self, text: str) -> None:
-        if not self._closing:
-            self._seq += 1
-            self._events.append((self._seq, text))
-            self._wake.set()
+        if self._closing:
+            return
+        self._seq += 1
+        self._events.append((self._seq, text))
+        self.queued_bytes += len(text)
+        if self.queued_bytes > self.event_budget:
+            self._overflow()
+            return
+        self._wake.set()
+
+    def _overflow(self) -> None:
+        reason = f"client too slow: more than {self.event_budget} bytes of events unread"
+        log.warning("client too slow; closing", queued_bytes=self.queued_bytes, budget=self.event_budget)
+        self.too_slow = True
+        self._closing = True
+        self._events.clear()
+        self._audio.clear()
+        self.queued_bytes = 0
+        self._task.cancel()
+        self._task = asyncio.get_running_loop().create_task(self._close_now(1008, reason), name="ws-outbox-close")
+        if self.on_too_slow is not None:
+            self.on_too_slow(reason)
+
+    async def _close_now(self, code: int, reason: str) -> None:
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()[:120]), self.CLOSE_WAIT)
+        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            # The client's window is full and a send is stuck behind it: drop the connection.
+            transport = self.ws._req.transport if self.ws._req is not None else None  # noqa: SLF001
+            if transport is not None:
+                transport.abort()
 
     def audio(self, payload: bytes) -> None:
         if self._closing:
@@ -72,7 +108,9 @@ class Outbox:
                     if ws.closed:
                         return
                     if self._events and (not self._audio or self._events[0][0] < self._audio[0][0]):
-                        await ws.send_str(self._events.popleft()[1])
+                        text = self._events.popleft()[1]
+                        await ws.send_str(text)
+                        self.queued_bytes -= len(text)
                     else:
                         await ws.send_bytes(self._audio.popleft()[1])
                 if self._closing:
@@ -87,38 +125,6 @@ class Outbox:
             log.info("client read audio too slowly; oldest frames dropped", frames=self.audio_dropped)
         if not ws.closed:
             await ws.close(code=self._close_code)
-
-
-class EventDump:
-    """`<dump_root>/<id>.events.jsonl`: every command and event of a session, one JSON line each,
-    `{"type": "command"|"event", "timestamp": ms, "content": "<the JSON text>"}` as the original
-    active-call writes them. Binary audio is not dumped."""
-
-    def __init__(self, root: str, session_id: str) -> None:
-        # A session id comes from a query string: never let it name a path outside dump_root.
-        self.path = Path(root) / f"{safe_session_id(session_id)}.events.jsonl"
-        self._fh: IO[str] | None = None
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", encoding="utf-8", buffering=1)  # line-buffered: a crash keeps lines
-        except OSError as exc:
-            log.warning("event dump disabled", path=str(self.path), error=str(exc))
-
-    def command(self, text: str) -> None:
-        self._write("command", text)
-
-    def event(self, text: str) -> None:
-        self._write("event", text)
-
-    def _write(self, kind: str, text: str) -> None:
-        if self._fh is not None:
-            self._fh.write(json.dumps({"type": kind, "timestamp": int(time.time() * 1000), "content": text},
-                                      ensure_ascii=False) + "\n")
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
 
 
 def session_id_ok(session_id: str) -> bool:

@@ -103,3 +103,39 @@ async def test_drain_stops_calls_concurrently_each_within_its_timeout() -> None:
 def test_max_calls_cannot_be_negative() -> None:
     with pytest.raises(ValueError):
         CallSupervisor(-1)
+
+
+async def test_owners_listing_claims_and_the_exit_hook() -> None:
+    from dataclasses import replace
+
+    from actors.call_supervisor import GetAdmissions, NotYourCall
+    from actors.messages import Owner
+
+    log: list[str] = []
+    ended: list[str] = []
+    alice, bob, admin = Owner("a"), Owner("b"), Owner("root", admin=True)
+    sup = CallSupervisor.start(3, ended.append)
+    a1 = await sup.ask(replace(call("a1", log), owner=alice))
+    await sup.ask(replace(call("b1", log), owner=bob))
+    incoming = await sup.ask(call("in", log))            # made by the gateway: nobody's yet
+    assert await sup.ask(ListCalls(alice)) == ["a1"]
+    assert await sup.ask(ListCalls(admin)) == ["a1", "b1", "in"]
+    with pytest.raises(NotYourCall):
+        await sup.ask(GetCall("a1", owner=bob))
+    with pytest.raises(NotYourCall):
+        await sup.ask(GetCall("a1", for_call="b1"))       # bridge from bob's call
+    assert await sup.ask(GetCall("a1", owner=admin)) is a1
+    with pytest.raises(NotYourCall):
+        await sup.ask(GetCall("in", owner=bob))            # not claimed: only attaching claims it
+    assert await sup.ask(GetCall("in", owner=bob, claim=True)) is incoming
+    with pytest.raises(NotYourCall):
+        await sup.ask(GetCall("in", owner=alice, claim=True))
+    assert await sup.ask(ListCalls(bob)) == ["b1", "in"]
+    with pytest.raises(AdmissionRefused):
+        await sup.ask(call("x", log))
+    assert (await sup.ask(GetAdmissions()))["refused"] == 1
+    a1.tell("exit")  # type: ignore[attr-defined]
+    await a1.wait_stopped()  # type: ignore[attr-defined]
+    assert await sup.ask(ListCalls(alice)) == [] and ended == ["a1"]
+    await sup.stop()
+    assert sorted(ended) == ["a1", "b1", "in"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from actors.playout import PlaybackEvent, PlayFeed, PlayItem, Playlist, PlaySpec
+from protocol.codecs import MEDIA_RATE
 
 FRAME = 320
 
@@ -37,11 +38,26 @@ def test_a_closed_feed_tells_its_producer_to_stop():
     assert not feed.push(pcm(100)) and feed.buffered == 0
 
 
-def test_streamed_text_is_joined_with_one_space():
-    feed = PlayFeed(text="Hello")
-    for piece in ("  world. ", "", "How are you?"):
+def streamed(*pieces: str) -> str:
+    feed = PlayFeed(text=pieces[0].strip())
+    for piece in pieces[1:]:
         feed.append_text(piece)
-    assert feed.text == "Hello world. How are you?"
+    return feed.text
+
+
+def test_streamed_text_is_joined_with_one_space():
+    assert streamed("Hello", "  world. ", "", "How are you?") == "Hello world. How are you?"
+    # Pieces that carry their own spaces, as a language model streams them, are not doubled.
+    assert streamed("Hello,", " how", " are", " you?") == "Hello, how are you?"
+    assert streamed("Hello, ", " world.") == "Hello, world."
+
+
+def test_a_streamed_piece_starting_with_punctuation_attaches_to_the_word_before():
+    assert streamed("Hello", ",", " how", " is", " John", "'s", " day", "?") == "Hello, how is John's day?"
+    assert streamed("see", " (note)", ".") == "see (note)."
+    # Each piece is spoken on its own: a split word is two words, shown as such.
+    assert streamed("Hel", "lo") == "Hel lo"
+    assert streamed("", "First") == "First"
 
 
 def run(playlist: Playlist, frames: int) -> None:
@@ -72,6 +88,7 @@ def test_closing_the_playlist_closes_every_feed_without_reports():
     events: list[PlaybackEvent] = []
     playlist = Playlist(events.append)
     feed = PlayFeed()
+    feed.push(np.ones(MEDIA_RATE, dtype=np.int16))   # audio to play: trackStart comes with audio
     playlist.enqueue(PlayItem(PlaySpec(1, None, "tts"), feed))
     run(playlist, 1)
     playlist.close()

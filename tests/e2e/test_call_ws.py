@@ -255,7 +255,12 @@ async def test_dump_file_and_ping(gateway, http, tmp_path):
     await client.wait_event("ping", count=2, timeout=3)
     await client.send({"command": "hangup"})
     await client.wait_closed()
-    lines = [json.loads(line) for line in (tmp_path / "dumps" / "dumped.events.jsonl").read_text().splitlines()]
+    dump = tmp_path / "dumps" / "dumped.events.jsonl"
+    for _ in range(250):   # written by the dump's thread: wait for the last line, at most 5 s
+        if dump.exists() and '\\"event\\":\\"hangup\\"' in dump.read_text():
+            break
+        await asyncio.sleep(0.02)
+    lines = [json.loads(line) for line in dump.read_text().splitlines()]
     kinds = [(d["type"], json.loads(d["content"]).get("command") or json.loads(d["content"]).get("event"))
              for d in lines]
     assert kinds[0] == ("command", "invite")

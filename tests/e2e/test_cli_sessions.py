@@ -23,12 +23,19 @@ from transports.gateway import start_gateway
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def toml_value(value: object) -> str:
+    """JSON spells TOML's strings, numbers, booleans and arrays; tables become inline tables."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
 class GatewayProcess:
     def __init__(self, tmp_path: Path, **config: object) -> None:
         table = {"http_addr": "127.0.0.1:0", "log_format": "json", "log_level": "info",
                  "dump_root": str(tmp_path / "dumps"), **config}
         conf = tmp_path / "config.toml"
-        conf.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items()))
+        conf.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in table.items()))
         exe = Path(sys.executable).parent / "active-call"
         # Logs go to a file: a pipe nobody drains would fill up and stall the gateway.
         self.log_path = tmp_path / "gateway.log"
@@ -130,6 +137,23 @@ def process_figures() -> dict:
     }
 
 
+async def settled(http: aiohttp.ClientSession, url: str, timeout: float = 15.0) -> dict:
+    """The process figures once every call is gone and the fd and task counts hold still over two
+    readings (connections close after their calls have let go of everything)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        listed = await health(http, url)
+        figures = process_figures()
+        key = (figures["fds"], figures["tasks"])
+        if listed["calls"] == 0 and key == last:
+            return figures
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process did not settle within {timeout} s: {listed}, {figures}")
+        last = key
+        await asyncio.sleep(0.1)
+
+
 async def test_200_concurrent_sessions_open_and_close_without_a_leak(gateway_config):
     # Gateway and clients share this process, so a leak on either side shows in its figures.
     gw = await start_gateway(gateway_config(max_calls=400, dump_root="/proc/nonexistent"))
@@ -139,8 +163,7 @@ async def test_200_concurrent_sessions_open_and_close_without_a_leak(gateway_con
             # A full warm-up round: imports, caches and allocator arenas reach their high-water
             # mark for 200 calls before the baseline is taken.
             await asyncio.wait_for(asyncio.gather(*(one_session(http, url, f"w-{i}") for i in range(200))), 60)
-            await asyncio.sleep(0.3)
-            before = process_figures()
+            before = await settled(http, url)
             for round_ in range(2):
                 results = await asyncio.wait_for(
                     asyncio.gather(*(one_session(http, url, f"s{round_}-{i}") for i in range(200))), 60)
@@ -148,8 +171,7 @@ async def test_200_concurrent_sessions_open_and_close_without_a_leak(gateway_con
                     assert r["events"] == ["answer", "trackStart", "trackEnd", "hangup"], r
                     assert r["audio"] > 0
                 del results, r  # the figures below count live objects
-            await asyncio.sleep(0.3)
-            after = process_figures()
+            after = await settled(http, url)
             listed = await health(http, url)
     finally:
         await gw.stop()

@@ -39,10 +39,14 @@ async def test_tts_speaks_with_the_embedded_engine(gateway, http):
     client = await answered(http, gateway, "speak")
     mark = len(client.audio)
     await client.send({"command": "tts", "text": "Hello, this is a test of the gateway.", "playId": "hi"})
-    metric, = await client.wait_event("metrics", timeout=10)
+    metric = (await client.wait_event("metrics", timeout=10))[0]
     assert metric["key"] == "ttfb.tts.espeak" and metric["data"]["playId"] == "hi"
     assert 0 <= metric["duration"] < 2000
     end, = await client.wait_event("trackEnd", timeout=15)
+    done, = [m for m in client.of("metrics") if m["key"] == "completed.tts.espeak"]
+    assert done["data"]["playId"] == "hi" and done["data"]["cached"] is False
+    assert done["data"]["length"] == round(end["duration"] / 1000 * 16000) * 2 or \
+        abs(done["data"]["length"] / 32000 - end["duration"] / 1000) < 0.05
     assert end["playId"] == "hi"
     speech = pcm_of(client.audio[mark:])
     voiced = [f for f in frames(speech, 320) if rms(f) > 300]
@@ -112,7 +116,8 @@ async def test_play_a_wav_from_media_root_arrives_as_1khz(gateway, http, tmp_pat
     await client.ws.close()
 
 
-async def test_play_failures_are_error_events(gateway, http, tmp_path):
+async def test_play_failures_are_error_events(local_fetch_gateway, http, tmp_path):
+    gateway = local_fetch_gateway
     (tmp_path / "secret.wav").write_bytes(b"RIFF")
     client = await answered(http, gateway, "playfail")
     await client.send({"command": "play", "url": "http://127.0.0.1:9/nothing.wav"})
@@ -127,7 +132,8 @@ async def test_play_failures_are_error_events(gateway, http, tmp_path):
     await client.ws.close()
 
 
-async def test_play_from_a_url(gateway, http):
+async def test_play_from_a_url(local_fetch_gateway, http):
+    gateway = local_fetch_gateway
     import io
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
@@ -197,7 +203,8 @@ async def test_recorder_path_outside_root_is_refused(gateway, http):
     await client.ws.close()
 
 
-async def test_media_pass_round_trip_with_an_echo_server(gateway, http):
+async def test_media_pass_round_trip_with_an_echo_server(local_fetch_gateway, http):
+    gateway = local_fetch_gateway
     connections = []
 
     async def echo(request):
@@ -226,7 +233,8 @@ async def test_media_pass_round_trip_with_an_echo_server(gateway, http):
         await client.ws.close()
 
 
-async def test_media_pass_unreachable_is_an_error_event(gateway, http):
+async def test_media_pass_unreachable_is_an_error_event(local_fetch_gateway, http):
+    gateway = local_fetch_gateway
     client = await answered(http, gateway, "passdown", mediaPass={
         "url": "ws://127.0.0.1:9/media", "inputSampleRate": 16000, "outputSampleRate": 16000})
     err, = await client.wait_event("error", timeout=5)

@@ -30,6 +30,10 @@ async def test_a_tts_with_an_unknown_provider_gets_its_trackend_after_the_error(
     end, = await client.wait_event("trackEnd")
     assert end["playId"] == "u1" and end["duration"] == 0
     assert sequence(client) == [("error", None), ("trackEnd", "u1")]
+    # errors about a playback name the server-side track, as an unknown voice's does
+    await client.send({"command": "tts", "text": "hi", "playId": "v1", "speaker": "no-such-voice"})
+    await client.wait_event("error", count=2)
+    assert [e["trackId"] for e in client.of("error")] == ["serverSideTrack", "serverSideTrack"]
 
 
 async def test_a_tts_with_bad_base64_gets_its_trackend(gateway, http):

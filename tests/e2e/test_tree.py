@@ -9,7 +9,10 @@ from pathlib import Path
 
 from actors import GetChild, GetRestartCounts
 from actors.supervisor import GetChildren
+from aiohttp import WSMsgType, web
+
 from tests.e2e.test_call_ws import connect
+from tests.support.servers import local_server
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
 
@@ -34,17 +37,29 @@ async def children(ref):
     return await ref.ask(GetChildren(), timeout=2)
 
 
-async def test_the_tree_is_as_drawn(gateway, http):
+async def test_the_tree_is_as_drawn(local_fetch_gateway, http):
+    gateway = local_fetch_gateway
     drawn = drawn_tree()
     assert drawn[0] == (0, "gateway", "Supervisor")
     top = [(name, cls) for depth, name, cls in drawn if depth == 1]
     built = await children(gateway.ref)
     assert [(id, ref.actor_class.__name__) for id, ref in built] == top
 
-    # a call with every child: recorder, ASR (and the track) at answer, TTS on the first tts
+    # a call with every child: recorder, mediaPass, ASR (and the track) at answer, TTS on the first tts
+    async def echo(request):
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY:
+                await ws.send_bytes(msg.data)
+        return ws
+
+    peer = local_server("/media", echo)
+    port = await peer.__aenter__()
     client = await connect(http, gateway, id="tree")
     await client.send({"command": "invite", "option": {
-        "codec": "pcm", "recorder": {"recorderFile": "tree.wav"}, "asr": {"provider": "pocketsphinx"}}})
+        "codec": "pcm", "recorder": {"recorderFile": "tree.wav"}, "asr": {"provider": "pocketsphinx"},
+        "mediaPass": {"url": f"ws://127.0.0.1:{port}/media", "inputSampleRate": 16000, "outputSampleRate": 16000}}})
     await client.wait_event("answer")
     await client.send({"command": "tts", "text": "hello", "playId": "p1"})
     await client.wait_event("trackStart", count=2)
@@ -55,6 +70,7 @@ async def test_the_tree_is_as_drawn(gateway, http):
     assert [(id, ref.actor_class.__name__) for id, ref in await children(call)] == call_rows
     await client.send({"command": "hangup"})
     await client.wait_closed()
+    await peer.__aexit__(None, None, None)
 
 
 async def test_an_engine_host_that_gives_an_engine_up_is_restarted_by_the_gateway(gateway):

@@ -248,6 +248,10 @@ def test_fields_types_defaults_match_the_spec_table(label: str, cls: type, rows:
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         kind = python_kind(cls, f)
         expected_types = SPEC_TYPES.get(row["type"]) or {OPTION_CLASSES[row["type"]]}
+        if f.metadata.get("duration"):
+            # A duration string ("30s") on the wire, or a number of seconds; seconds inside.
+            assert row["type"] == "string" and kind is float, row
+            continue
         assert kind in expected_types, (row, kind)
         if row["required"] is not None:
             assert required == row["required"], row
@@ -438,14 +442,15 @@ def test_null_means_absent_for_optional_fields() -> None:
 
 
 def test_number_rules() -> None:
-    # An int where a float is expected, stored as float.
-    opt = parse_call_option({"vad": {"ratio": 1, "voiceThreshold": 0}, "tts": {"speed": 2}})
-    assert opt.vad.ratio == 1.0 and type(opt.vad.ratio) is float
-    assert type(opt.tts.speed) is float
-    # An integral float for an integer field, stored as int.
-    tts = parse_command('{"command":"tts","text":"a","waitInputTimeout":30.0}')
-    assert tts.wait_input_timeout == 30 and type(tts.wait_input_timeout) is int
-    assert parse_call_option({"tts": {"volume": -3}}).tts.volume == -3
+    # A number field keeps the number as given, and encodes back the same.
+    opt = parse_call_option({"vad": {"ratio": 1, "voiceThreshold": 0.25}, "tts": {"speed": 2}})
+    assert (opt.vad.ratio, opt.vad.voice_threshold, opt.tts.speed) == (1, 0.25, 2)
+    assert option_to_json(opt)["vad"]["voiceThreshold"] == 0.25
+    tts = parse_command('{"command":"tts","text":"a","waitInputTimeout":1.5}')
+    assert tts.wait_input_timeout == 1.5
+    # A whole-unit field (Hz) takes an integral float as int, and rounds a fraction.
+    assert parse_call_option({"vad": {"samplerate": 16000.0}}).vad.samplerate == 16000
+    assert type(parse_call_option({"vad": {"samplerate": 7999.5}}).vad.samplerate) is int
 
 
 def test_codec_is_case_insensitive_and_stored_lower_case() -> None:
@@ -493,33 +498,39 @@ ERROR_CASES: list[tuple[str | bytes, str, str | None, str]] = [
     ('{"command":"tts","text":null}', "tts: text: expected string, got null", "text", "expected string, got null"),
     ('{"command":"tts","text":5}', "tts: text: expected string, got integer", "text", "expected string, got integer"),
     ('{"command":"invite","option":{"vad":{"samplerate":"16000"}}}',
-     "invite: option.vad.samplerate: expected integer, got string", "option.vad.samplerate",
-     "expected integer, got string"),
+     "invite: option.vad.samplerate: expected number, got string", "option.vad.samplerate",
+     "expected number, got string"),
     ('{"command":"invite","option":{"vad":{"samplerate":true}}}',
-     "invite: option.vad.samplerate: expected integer, got boolean", "option.vad.samplerate",
-     "expected integer, got boolean"),
+     "invite: option.vad.samplerate: expected number, got boolean", "option.vad.samplerate",
+     "expected number, got boolean"),
     ('{"command":"invite","option":{"vad":{"ratio":false}}}',
      "invite: option.vad.ratio: expected number, got boolean", "option.vad.ratio", "expected number, got boolean"),
-    ('{"command":"tts","text":"a","waitInputTimeout":1.5}',
-     "tts: waitInputTimeout: expected integer, got number 1.5", "waitInputTimeout",
-     "expected integer, got number 1.5"),
+    ('{"command":"tts","text":"a","waitInputTimeout":"1.5"}',
+     "tts: waitInputTimeout: expected number, got string", "waitInputTimeout", "expected number, got string"),
     ('{"command":"tts","text":"a","waitInputTimeout":-1}',
-     "tts: waitInputTimeout: expected integer >= 0, got -1", "waitInputTimeout", "expected integer >= 0, got -1"),
-    ('{"command":"tts","text":"a","waitInputTimeout":1e19}',
-     "tts: waitInputTimeout: expected integer <= 9223372036854775807, got 10000000000000000000",
-     "waitInputTimeout", "expected integer <= 9223372036854775807, got 10000000000000000000"),
+     "tts: waitInputTimeout: expected number from 0 to 86400 (s), got -1", "waitInputTimeout",
+     "expected number from 0 to 86400 (s), got -1"),
+    ('{"command":"play","url":"a","waitInputTimeout":1e19}',
+     "play: waitInputTimeout: expected number from 0 to 86400 (s), got 1e+19",
+     "waitInputTimeout", "expected number from 0 to 86400 (s), got 1e+19"),
+    ('{"command":"reject","reason":"x","code":486.5}', "reject: code: expected integer, got number 486.5", "code",
+     "expected integer, got number 486.5"),
     ('{"command":"tts","text":"a","autoHangup":"yes"}', "tts: autoHangup: expected boolean, got string",
      "autoHangup", "expected boolean, got string"),
     ('{"command":"tts","text":"a","autoHangup":1}', "tts: autoHangup: expected boolean, got integer",
      "autoHangup", "expected boolean, got integer"),
     ('{"command":"tts","text":"a","option":[]}', "tts: option: expected object, got array", "option",
      "expected object, got array"),
-    ('{"command":"reject","reason":"ok","code":200}', "reject: code: expected integer >= 300, got 200", "code",
-     "expected integer >= 300, got 200"),
-    ('{"command":"reject","reason":"x","code":700}', "reject: code: expected integer <= 699, got 700", "code",
-     "expected integer <= 699, got 700"),
+    ('{"command":"reject","reason":"ok","code":200}', "reject: code: expected integer from 300 to 699, got 200",
+     "code", "expected integer from 300 to 699, got 200"),
+    ('{"command":"reject","reason":"x","code":700}', "reject: code: expected integer from 300 to 699, got 700",
+     "code", "expected integer from 300 to 699, got 700"),
     ('{"command":"ringing","recorder":{"recorderFile":"f","ptime":0}}',
-     "ringing: recorder.ptime: expected integer >= 1, got 0", "recorder.ptime", "expected integer >= 1, got 0"),
+     "ringing: recorder.ptime: expected number from 20 to 500 (ms), got 0", "recorder.ptime",
+     "expected number from 20 to 500 (ms), got 0"),
+    ('{"command":"ringing","recorder":{"recorderFile":"f","ptime":19.4}}',
+     "ringing: recorder.ptime: expected number from 20 to 500 (ms), got 19.4 (rounds to 19)", "recorder.ptime",
+     "expected number from 20 to 500 (ms), got 19.4 (rounds to 19)"),
     ('{"command":"invite","option":{"codec":"opus"}}',
      "invite: option.codec: expected one of 'pcmu', 'pcma', 'g722', 'pcm', got 'opus'", "option.codec",
      "expected one of 'pcmu', 'pcma', 'g722', 'pcm', got 'opus'"),
@@ -529,8 +540,8 @@ ERROR_CASES: list[tuple[str | bytes, str, str | None, str]] = [
     ('{"command":"invite","option":{"extra":"k=v"}}', "invite: option.extra: expected object, got string",
      "option.extra", "expected object, got string"),
     ('{"command":"refer","caller":"a","callee":"b","options":{"asr":{"bufferSize":"big"}}}',
-     "refer: options.asr.bufferSize: expected integer, got string", "options.asr.bufferSize",
-     "expected integer, got string"),
+     "refer: options.asr.bufferSize: expected number, got string", "options.asr.bufferSize",
+     "expected number, got string"),
     ('{"command":"bridge","targetSessionId":["s"]}', "bridge: targetSessionId: expected string, got array",
      "targetSessionId", "expected string, got array"),
 ]
@@ -571,7 +582,7 @@ def test_event_errors_are_precise() -> None:
 def test_option_errors_have_paths_relative_to_the_option() -> None:
     with pytest.raises(ApiError) as info:
         parse_call_option({"vad": {"samplerate": "x"}})
-    assert (str(info.value), info.value.field) == ("vad.samplerate: expected integer, got string", "vad.samplerate")
+    assert (str(info.value), info.value.field) == ("vad.samplerate: expected number, got string", "vad.samplerate")
     with pytest.raises(ApiError) as info:
         parse_option(RecorderOption, {})
     assert (str(info.value), info.value.field) == ("missing required field 'recorderFile'", "recorderFile")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import wave
 from pathlib import Path
 
@@ -144,16 +143,3 @@ def test_frames_of_the_wrong_size_or_type_are_refused():
     assert out.dtype == np.int16 and out.shape == (320,) and out.flags.writeable
 
 
-def test_per_frame_cost(capsys):
-    noisy = read_wav("noisy_white_10db_16k.wav")
-    frames = [noisy[i:i + FRAME] for i in range(0, len(noisy) - FRAME + 1, FRAME)]
-    best = float("inf")
-    for _ in range(5):
-        denoiser = Denoiser()
-        began = time.process_time()
-        for frame in frames:
-            denoiser.process(frame)
-        best = min(best, (time.process_time() - began) / len(frames))
-    with capsys.disabled():
-        print(f"\nspeexdsp denoiser, us per 20 ms frame at 16 kHz: {best * 1e6:.1f}")
-    assert best < 200e-6

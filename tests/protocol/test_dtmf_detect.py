@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import wave
 from pathlib import Path
 
@@ -272,29 +271,6 @@ def test_bad_input_is_refused():
         DtmfLimits(frequency_tolerance=0.06)
     with pytest.raises(ProtocolError):
         DtmfLimits(min_duration_ms=20)
-
-
-def test_per_frame_cost(capsys):
-    """Best-of-five mean CPU time of one 20 ms frame at 16 kHz, on speech, tones and silence (CPU
-    time, not wall time: the figure should not depend on what else shares the cores)."""
-    speech, _ = read_wav("speech_us_f.wav")
-    tones, _ = read_wav("dtmf_clean_16k.wav")
-    mixed, _ = read_wav("dtmf_speech_16k.wav")
-    figures = {}
-    for label, pcm in (("speech", speech), ("dtmf", tones), ("speech+dtmf", mixed),
-                       ("silence", np.zeros(RATE * 2, dtype=np.int16))):
-        frames = [pcm[i:i + FRAME] for i in range(0, len(pcm) - FRAME + 1, FRAME)]
-        best = float("inf")
-        for _ in range(5):
-            det = DtmfDetector()
-            began = time.process_time()
-            for i, frame in enumerate(frames):
-                det.feed(frame, i * 20)
-            best = min(best, (time.process_time() - began) / len(frames))
-        figures[label] = best * 1e6
-    with capsys.disabled():
-        print("\nDTMF detector, us per 20 ms frame: " + ", ".join(f"{k} {v:.1f}" for k, v in figures.items()))
-    assert max(figures.values()) < 30.0
 
 
 # --- De-duplication ----------------------------------------------------------------------------

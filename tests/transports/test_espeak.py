@@ -83,6 +83,7 @@ def test_speed_and_volume_map_onto_espeak_scales():
     assert [espeak_rate(s) for s in (1.0, 2.0, 0.5, 10.0, 0.1, 0.0, -1.0, float("nan"))] == \
         [175, 350, 88, 450, 80, 175, 175, 175]
     assert [espeak_volume(v) for v in (5, 1, 10, 0, 99, -3)] == [100, 20, 200, 0, 200, 0]
+    assert [espeak_volume(v) for v in (5.5, 7.25, 1.01)] == [110, 145, 20]
 
 
 async def test_hello_world_is_speech_and_a_faster_speed_makes_it_shorter(espeak):
@@ -102,6 +103,9 @@ async def test_volume_scales_the_amplitude(espeak):
     assert quiet.rms < normal.rms < loud.rms
     assert 1.6 < loud.rms / normal.rms < 2.4
     assert 0.3 < quiet.rms / normal.rms < 0.5
+    # A fraction of the 1..10 scale is a step of its own, not truncated to the integer below.
+    between = await speak(espeak, "hello world", volume=5.5)
+    assert 1.05 < between.rms / normal.rms < 1.15, between.rms / normal.rms
 
 
 async def test_word_marks_one_per_written_word_in_increasing_order(espeak):
@@ -171,7 +175,9 @@ async def test_the_loop_stays_responsive_during_a_long_synthesis(espeak):
     assert await job > 120 * RATE
     print(f"\n5 ms ticker during synthesis: {len(lateness)} ticks, max lateness {max(lateness) * 1e3:.2f} ms")
     assert len(lateness) >= 10
-    assert max(lateness) < 0.020
+    # A loop blocked by the synthesis would be late by the synthesis' whole length (hundreds of ms);
+    # the scheduling noise of a busy machine stays well below this bound.
+    assert max(lateness) < 0.1
 
 
 async def test_cancelling_mid_text_stops_promptly_and_the_next_synthesis_works(host, espeak):

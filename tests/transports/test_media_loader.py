@@ -18,7 +18,11 @@ from aiohttp import web
 
 from actors.services import MediaClip, MediaLoadError
 from tests.support.audio import dominant_frequency, rms
+from transports.fetch_policy import FetchPolicy
 from transports.media_loader import MediaLoader
+
+# The local test servers are internal addresses: allowed here, as an operator would allow theirs.
+LOCAL = FetchPolicy(("127.0.0.1", "::1"))
 
 RATE = 16000
 
@@ -90,7 +94,7 @@ def media_root(tmp_path):
 
 @pytest.fixture
 async def loader(media_root) -> AsyncIterator[MediaLoader]:
-    ml = MediaLoader(str(media_root), timeout=2.0)
+    ml = MediaLoader(str(media_root), policy=LOCAL, timeout=2.0)
     try:
         yield ml
     finally:
@@ -287,7 +291,7 @@ async def test_playlists_and_session_descriptions_are_not_opened(loader, media_r
 
 async def test_longer_than_max_duration_is_413(media_root):
     (media_root / "long.wav").write_bytes(wav_bytes([sine(1000, 3.0, 8000)], 8000))
-    ml = MediaLoader(str(media_root), max_duration=2.0)
+    ml = MediaLoader(str(media_root), policy=LOCAL, max_duration=2.0)
     try:
         err = await refused(ml, "long.wav", 413)
         assert "long.wav" in str(err)
@@ -337,10 +341,19 @@ async def test_paths_escaping_media_root_are_refused(loader, media_root, tmp_pat
     outside.write_bytes(wav_bytes([sine(1000, 0.5, 8000)], 8000))
     (media_root / "escape.wav").symlink_to(outside)
     (media_root / "dir").symlink_to(tmp_path)
-    for source in ("../x.wav", str(outside), "escape.wav", "dir/x.wav", f"file://{outside}",
-                   "file:../x.wav", "sub/../../x.wav", "../missing.wav"):
+    for source in ("../x.wav", str(outside), "escape.wav", "dir/x.wav",
+                   "file:../x.wav", "sub/../../x.wav", "../missing.wav", "file:///../x.wav"):
         err = await refused(loader, source, 400)
         assert source in str(err)
+    # A file URL's absolute path outside the media root is looked up under it: not found there.
+    err = await refused(loader, f"file://{outside}", 404)
+    assert "no such file" in str(err)
+
+
+async def test_file_urls_are_rooted_at_the_media_root(loader, media_root):
+    (media_root / "x.wav").write_bytes(wav_bytes([sine(1000, 0.5, 8000)], 8000))
+    for source in ("file://localhost/x.wav", "file:///x.wav", "file:/x.wav", f"file://{media_root}/x.wav"):
+        assert_tone(await loader.load(source), 1000, 0.5)
 
 
 async def test_missing_file_is_404_and_other_refusals(loader, media_root):
@@ -392,12 +405,14 @@ async def test_connection_refused_is_502(loader):
     await refused(loader, f"http://127.0.0.1:{port}/a.wav", 502)
 
 
-@pytest.mark.parametrize("path", ["/slow-headers", "/slow-body"])
-async def test_slow_server_is_504_within_the_timeout(media_root, server, path):
-    ml = MediaLoader(str(media_root), timeout=0.4)
+@pytest.mark.parametrize("path,code", [("/slow-headers", 502), ("/slow-body", 504)])
+async def test_slow_server_is_refused_within_the_timeout(media_root, server, path, code):
+    # No headers at all reads like an unreachable server (502): an open port that keeps silent
+    # must not look different from a closed one. Headers then a stalled body: 504.
+    ml = MediaLoader(str(media_root), policy=LOCAL, timeout=0.4)
     try:
         started = time.perf_counter()
-        await refused(ml, server.url(path), 504)
+        await refused(ml, server.url(path), code)
         elapsed = time.perf_counter() - started
         assert 0.35 < elapsed < 0.9, elapsed
     finally:
@@ -405,7 +420,7 @@ async def test_slow_server_is_504_within_the_timeout(media_root, server, path):
 
 
 async def test_oversize_by_content_length_is_413_before_download(media_root, server):
-    ml = MediaLoader(str(media_root), max_bytes=100_000, timeout=3.0)
+    ml = MediaLoader(str(media_root), policy=LOCAL, max_bytes=100_000, timeout=3.0)
     try:
         started = time.perf_counter()
         err = await refused(ml, server.url("/declared-big?length=100001"), 413)
@@ -419,7 +434,7 @@ async def test_oversize_by_content_length_is_413_before_download(media_root, ser
 
 
 async def test_oversize_while_streaming_chunked_is_413(media_root, server):
-    ml = MediaLoader(str(media_root), max_bytes=200_000)
+    ml = MediaLoader(str(media_root), policy=LOCAL, max_bytes=200_000)
     try:
         err = await refused(ml, server.url("/chunked-big?total=2000000"), 413)
         assert "200000" in str(err)
@@ -472,7 +487,7 @@ async def test_lru_by_decoded_bytes(media_root, server):
     for name in "abc":
         server.files[f"{name}.wav"] = wav_bytes([sine(1000, 1.0, 8000)], 8000)   # 32,000 bytes decoded
     server.files["huge.wav"] = wav_bytes([sine(1000, 3.0, 8000)], 8000)
-    ml = MediaLoader(str(media_root), cache_bytes=70_000)
+    ml = MediaLoader(str(media_root), policy=LOCAL, cache_bytes=70_000)
     try:
         url = {name: server.url(f"/f/{name}.wav") for name in ("a", "b", "c", "huge")}
         await ml.load(url["a"])
@@ -507,7 +522,7 @@ async def test_a_cancelled_waiter_does_not_abort_the_shared_fetch(loader, server
 async def test_close_ends_pending_loads_and_refuses_new_ones(media_root, server):
     server.files["p.wav"] = wav_bytes([sine(1000, 0.5, 8000)], 8000)
     server.delay = 1.0
-    ml = MediaLoader(str(media_root))
+    ml = MediaLoader(str(media_root), policy=LOCAL)
     pending = asyncio.create_task(ml.load(server.url("/f/p.wav")))
     await asyncio.sleep(0.05)
     started = time.perf_counter()
@@ -529,7 +544,7 @@ async def test_session_is_made_once_and_closed(media_root, server):
         return made[-1]
 
     server.files["q.wav"] = wav_bytes([sine(1000, 0.5, 8000)], 8000)
-    ml = MediaLoader(str(media_root), session_factory=factory, cache_bytes=0)
+    ml = MediaLoader(str(media_root), policy=LOCAL, session_factory=factory, cache_bytes=0)
     await ml.load(server.url("/f/q.wav"))
     await ml.load(server.url("/f/q.wav"))
     assert len(made) == 1 and server.hits["q.wav"] == 2   # cache_bytes=0 caches nothing

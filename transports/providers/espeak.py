@@ -75,9 +75,10 @@ def espeak_rate(speed: float) -> int:
     return max(RATE_MIN, min(RATE_MAX, round(RATE_NORMAL * speed)))
 
 
-def espeak_volume(volume: int) -> int:
-    """The API's 1..10 volume (5 = normal) on espeak's scale (100 = normal, 200 = loudest)."""
-    return max(0, min(10, int(volume))) * VOLUME_NORMAL // 5
+def espeak_volume(volume: float) -> int:
+    """The API's 1..10 volume (5 = normal, fractions allowed) on espeak's integer scale (100 =
+    normal, 200 = loudest): linear, so 5.5 is 110."""
+    return round(max(0.0, min(10.0, volume)) * VOLUME_NORMAL / 5)
 
 
 class _EventId(ctypes.Union):

@@ -1,0 +1,98 @@
+"""Driving a provider client the way the call does, for the client tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jiwer
+import numpy as np
+
+from actors.services import AsrResult, ProviderError, SynthChunk, SynthRequest
+from protocol.codecs import Resampler
+
+
+async def recognise(session: Any, pcm: np.ndarray, *, speed: float = 4.0, tail_s: float = 1.0,
+                    close: bool = True) -> tuple[list[AsrResult], ProviderError | None]:
+    """Feed `pcm` (16 kHz) in 20 ms frames at `speed` x real time plus `tail_s` of quiet, then close;
+    returns every result and the error the stream ended with, if any."""
+    results: list[AsrResult] = []
+    failure: list[ProviderError] = []
+
+    async def collect() -> None:
+        try:
+            async for result in session.results():
+                results.append(result)
+        except ProviderError as exc:
+            failure.append(exc)
+
+    reader = asyncio.create_task(collect())
+    audio = np.concatenate([pcm, np.zeros(int(tail_s * 16000), np.int16)])
+    loop = asyncio.get_running_loop()
+    begin = loop.time()
+    try:
+        for i in range(0, len(audio) - 319, 320):
+            await session.send(audio[i:i + 320])
+            await asyncio.sleep(max(0.0, begin + (i // 320 + 1) * 0.02 / speed - loop.time()))
+    except ProviderError as exc:
+        failure.append(exc)
+    if close:
+        await session.close()
+    await asyncio.wait_for(reader, 10)
+    return results, (failure[0] if failure else None)
+
+
+def finals(results: list[AsrResult]) -> list[AsrResult]:
+    return [r for r in results if r.final]
+
+
+def wer(truth: str, heard: str) -> float:
+    return jiwer.wer(truth, heard) if heard.strip() else 1.0
+
+
+async def speak(provider: Any, request: SynthRequest) -> tuple[np.ndarray, int, list[SynthChunk], float]:
+    """Everything `provider` says for `request`: audio, its rate, the chunks, seconds to first audio."""
+    chunks: list[SynthChunk] = []
+    started = time.monotonic()
+    first = 0.0
+    async for chunk in provider.synthesize(request):
+        if not chunks:
+            first = time.monotonic() - started
+        chunks.append(chunk)
+    rate = chunks[0].sample_rate if chunks else request.sample_rate
+    pcm = np.concatenate([c.pcm for c in chunks]) if chunks else np.zeros(0, np.int16)
+    return pcm, rate, chunks, first
+
+
+def envelope(pcm: np.ndarray, rate: int, frame_ms: int = 20) -> np.ndarray:
+    size = rate * frame_ms // 1000
+    usable = len(pcm) - len(pcm) % size
+    frames = pcm[:usable].astype(np.float64).reshape(-1, size)
+    return np.sqrt((frames ** 2).mean(axis=1))
+
+
+def similar_speech(a: np.ndarray, b: np.ndarray, rate: int, *, length_tolerance: float = 0.03,
+                   min_correlation: float = 0.9) -> bool:
+    """The same utterance: espeak-ng renders a text with a few samples of random variation each
+    time, so two renderings are compared by length and by the correlation of their loudness
+    envelopes (20 ms frames), not sample by sample. Measured: 0.93 to 1.0 between renderings of
+    one sentence, -0.3 to -0.1 between different sentences."""
+    if not len(a) or not len(b) or abs(len(a) - len(b)) > length_tolerance * max(len(a), len(b)):
+        return False
+    ea, eb = envelope(a, rate), envelope(b, rate)
+    n = min(len(ea), len(eb))
+    return float(np.corrcoef(ea[:n], eb[:n])[0, 1]) >= min_correlation
+
+
+def to_rate(pcm: np.ndarray, source: int, target: int) -> np.ndarray:
+    return Resampler(source, target).process(pcm) if source != target else pcm
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.01)

@@ -1,0 +1,204 @@
+"""`GET /metrics`: the gateway's figures in the Prometheus text format (prometheus-client).
+
+Figures are read when scraped, from where they already live (the call supervisor, the media
+clock, the engine threads, the media loader, the dump writer), plus the few this module counts
+itself: inbound frames dropped (the per-call input pipes count into one `Counters`) and the event
+loop's lag (a monitor task). Each scrape builds a fresh registry: several gateways in one process
+(the tests) never share series.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from actors.pipes import AudioPipe
+
+__all__ = ["CONTENT_TYPE", "CountedPipe", "Counters", "LoopLagMonitor", "render"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass
+class Counters:
+    """Process-wide counts kept by the transports."""
+
+    inbound_frames_dropped: int = 0
+
+
+class CountedPipe(AudioPipe[np.ndarray]):
+    """A call's inbound pipe that adds its drops (the caller sent faster than the call consumed)
+    to the gateway's counter as they happen."""
+
+    __slots__ = ("_counters",)
+
+    def __init__(self, capacity: int, counters: Counters, name: str = "") -> None:
+        super().__init__(capacity, name=name)
+        self._counters = counters
+
+    def push(self, item: np.ndarray) -> None:
+        before = self._dropped
+        super().push(item)
+        if self._dropped != before:
+            self._counters.inbound_frames_dropped += self._dropped - before
+
+
+@dataclass
+class LoopLagMonitor:
+    """How late the event loop wakes a task that asked to sleep `interval`: every delay a call's
+    media, commands and events see on top of their own work."""
+
+    interval: float = 0.1
+    buckets: tuple[float, ...] = LAG_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LAG_BUCKETS) + 1))
+    total: float = 0.0
+    samples: int = 0
+    last: float = 0.0
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-lag")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def observe(self, lag: float) -> None:
+        self.last = lag
+        self.total += lag
+        self.samples += 1
+        for i, bound in enumerate(self.buckets):
+            if lag <= bound:
+                self.counts[i] += 1
+                return
+        self.counts[-1] += 1
+
+    async def _run(self) -> None:
+        while True:
+            start = time.monotonic()
+            await asyncio.sleep(self.interval)
+            self.observe(max(0.0, time.monotonic() - start - self.interval))
+
+    def family(self) -> HistogramMetricFamily:
+        cumulative, running = [], 0
+        for bound, count in zip((*self.buckets, float("inf")), self.counts):
+            running += count
+            cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        return HistogramMetricFamily("activecall_event_loop_lag_seconds",
+                                     "How late the event loop ran a task after a 100 ms sleep",
+                                     buckets=cumulative, sum_value=self.total)
+
+
+class _Snapshot:
+    """A registry collector over figures gathered (asynchronously) just before the scrape."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families
+
+
+def _gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> GaugeMetricFamily:
+    if labels:
+        family = GaugeMetricFamily(name, doc, labels=list(labels))
+        family.add_metric(list(labels.values()), value)
+        return family
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def render(figures: dict[str, Any]) -> bytes:
+    """The text exposition of `figures` (as gathered by the HTTP server's /metrics handler)."""
+    families: list[Metric] = []
+    live = GaugeMetricFamily("activecall_calls_live", "Calls running now, by leg type", labels=["type"])
+    for call_type, count in sorted(figures["calls_by_type"].items()):
+        live.add_metric([call_type], count)
+    families.append(live)
+    admissions = figures["admissions"]
+    families += [
+        _gauge("activecall_calls_max", "The admission limit (max_calls)", admissions["max_calls"]),
+        _counter("activecall_admissions_refused", "Calls refused at max_calls", admissions["refused"]),
+        _counter("activecall_inbound_frames_dropped",
+                 "Caller audio frames dropped because the call did not consume them in time",
+                 figures["inbound_frames_dropped"]),
+        _counter("activecall_binary_frames_dropped",
+                 "Binary frames received on a connection whose leg takes no audio from it",
+                 figures["binary_frames_dropped"]),
+    ]
+    clock = figures["clock"]
+    families += [
+        _counter("activecall_clock_ticks", "Media clock ticks", clock["ticks"]),
+        _counter("activecall_clock_late_ticks", "Media clock ticks that ran after their deadline", clock["late_ticks"]),
+        _counter("activecall_clock_skipped_ticks", "Media clock ticks skipped to catch up after a stall",
+                 clock["skipped"]),
+        _gauge("activecall_clock_tracks", "Tracks paced by the media clock", clock["tracks"]),
+    ]
+    lateness = GaugeMetricFamily("activecall_clock_lateness_seconds",
+                                 "How late clock ticks ran after their deadline over the last ~60 s",
+                                 labels=["quantile"])
+    for label, key in (("0.5", "lateness_ms_p50"), ("0.99", "lateness_ms_p99"), ("1", "lateness_ms_max")):
+        lateness.add_metric([label], clock[key] / 1000)
+    families.append(lateness)
+    families.append(figures["loop_lag"].family())
+    families.append(_gauge("activecall_event_loop_lag_last_seconds", "The last event loop lag measured",
+                           figures["loop_lag"].last))
+    for metric, doc in (("submitted", "Jobs submitted"), ("completed", "Jobs completed"),
+                        ("cancelled", "Jobs cancelled"), ("failed", "Jobs failed"),
+                        ("busy_seconds", "Engine-thread seconds spent in jobs")):
+        family = CounterMetricFamily(f"activecall_engine_{metric}", f"{doc}, per engine thread", labels=["engine"])
+        for stats in figures["engines"]:
+            family.add_metric([stats.name], getattr(stats, metric))
+        families.append(family)
+    queued = GaugeMetricFamily("activecall_engine_queued", "Jobs submitted and not finished, per engine thread",
+                               labels=["engine"])
+    running = GaugeMetricFamily("activecall_engine_running", "Whether the engine thread runs", labels=["engine"])
+    for stats in figures["engines"]:
+        queued.add_metric([stats.name], stats.queued)
+        running.add_metric([stats.name], 1 if stats.running else 0)
+    families += [queued, running]
+    media = figures["media"]
+    families += [
+        _gauge("activecall_media_cache_bytes", "Decoded play clips held by the cache", media["cache_bytes"]),
+        _gauge("activecall_media_decode_bytes", "PCM held by play decodes in progress", media["decode_bytes"]),
+        _counter("activecall_media_decode_refused", "play loads refused at the decode memory ceiling",
+                 media["decode_refused"]),
+    ]
+    dump = figures["dump"]
+    families += [
+        _gauge("activecall_dump_queued_bytes", "Event dump lines waiting for the writer thread", dump["pending"]),
+        _counter("activecall_dump_lost_lines", "Event dump lines not written because the writer fell behind",
+                 dump["lost_lines"]),
+        _counter("activecall_dump_written_bytes", "Event dump bytes written", dump["written_bytes"]),
+        _gauge("activecall_recordings_claimed", "Recording paths held by live calls", figures["recordings"]),
+        _gauge("activecall_open_fds", "Open file descriptors of the process", figures["open_fds"] or 0),
+        _gauge("activecall_asyncio_tasks", "asyncio tasks of the process", figures["tasks"]),
+    ]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(families))
+    return generate_latest(registry)
+
+
+@dataclass
+class Telemetry:
+    """Where /metrics reads from: the parts that outlive a call, handed in by the gateway."""
+
+    engines: Any                       # actors.engines.EngineHost
+    media: Any                         # transports.media_loader.MediaLoader
+    claims: Any                        # transports.recording_paths.RecordingClaims
+    counters: Counters = field(default_factory=Counters)
+    loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)

@@ -6,7 +6,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
-from protocol.api_codec import DAY_S, opt_field, quantity
+from protocol.api_codec import DAY_S, opt_field, quantity, whole
 from protocol.api_options import CallOption, RecorderOption, ReferOption, SynthesisOption
 
 
@@ -102,7 +102,7 @@ class SendDtmf:
 
     command: ClassVar[str] = "sendDtmf"
     digits: str
-    duration: int = opt_field(100, lo=40, hi=8000)   # ms per digit
+    duration: int = whole(100, lo=40, hi=8000, unit="ms")   # per digit
 
 
 @dataclass(frozen=True, slots=True)

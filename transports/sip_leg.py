@@ -90,7 +90,7 @@ from .rtp_ports import RtpPortAllocator, RtpPortsExhausted
 from .rtp_session import RtpSession
 from .sip_endpoint import EndpointClosed, SipEndpoint, SipEvent, SipTarget, target_for_uri
 
-__all__ = ["SipLeg", "SipLegEnv", "parse_duration", "sip_uri_text"]
+__all__ = ["SipLeg", "SipLegEnv", "sip_uri_text"]
 
 log = structlog.get_logger("sip.leg")
 
@@ -138,18 +138,6 @@ def sip_uri_text(party: str) -> str:
     if not re.match(r"^(sips?|tel):", text, re.IGNORECASE):
         text = "sip:" + text
     return text
-
-
-def parse_duration(text: str | None) -> float | None:
-    """`handshakeTimeout` as the original writes it ("30s", "500ms", "2m", "15"): seconds."""
-    if text is None or not str(text).strip():
-        return None
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", str(text))
-    if not match:
-        raise ValueError(f"expected a duration such as '30s' or '500ms', got {text!r}")
-    value = float(match.group(1))
-    unit = match.group(2) or "s"
-    return value * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
 
 
 def _codec_of(media: NegotiatedMedia) -> CodecInfo:
@@ -265,23 +253,20 @@ class SipLeg:
         except (ProtocolError, ValueError) as exc:
             raise LegRefused(f"invite: option.callee: {getattr(exc, 'message', exc)}", 400) from None
         extra = _extra_headers(option.sip.headers if option.sip else None, "invite: option.sip.headers")
-        try:
-            timeout = parse_duration(option.handshake_timeout)
-        except ValueError as exc:
-            raise LegRefused(f"invite: option.handshakeTimeout: {exc}", 400) from None
+        timeout = option.handshake_timeout          # seconds (the API decodes "30s", "500ms", numbers)
         try:
             target = await endpoint.resolve(target)
         except LookupError as exc:
             raise LegRefused(f"invite: {exc}", 404) from None
         self._peer = target
         self._transport = target.transport
+        host = endpoint.advertised_host(target.host)
+        caller = self._from_header(option.caller, host)
         await self._open_rtp()
         assert self._rtp is not None
-        host = endpoint.advertised_host(target.host)
         self._sdp = SdpSession(host)
         self._offer = make_offer(self._sdp, self.config.rtp.codecs, host, self._rtp.port, ptime=self.config.rtp.ptime)
         self._local_sdp = self._offer
-        caller = self._from_header(option.caller, host)
         self.call_id = f"{secrets.token_hex(10)}@active-call"
         self.log = self.log.bind(call_id=self.call_id)
         self._digest = self._credentials(option.sip, uri)
@@ -509,7 +494,7 @@ class SipLeg:
         headers = [("Refer-To", f"<{target}>"), ("Referred-By", f"<{referred_by}>"), *extra]
         self._refer_key = self._send_in_dialog("REFER", headers=headers)
         self._refer_done = False
-        timeout = options.timeout if options and options.timeout else self.config.sip.refer_timeout
+        timeout = options.timeout if options is not None and options.timeout else self.config.sip.refer_timeout
         self._arm("refer", float(timeout), self._refer_timeout)
         self.log.info("sip refer sent", target=str(target))
 

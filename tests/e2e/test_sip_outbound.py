@@ -132,3 +132,17 @@ async def test_early_media_reaches_vad_and_recorder_before_the_answer(gateway, h
     samples, channels, _ = read_wav(tmp_path / "recorders" / "out-early.wav")
     caller = samples.reshape(-1, channels)[:, 0].astype(np.int32)
     assert rms(caller) > 200
+
+
+async def test_handshake_timeout_cancels_an_unanswered_call(gateway, http, tmp_path):
+    async with sipp_uas(tmp_path, "uas_cancel.xml", rtp_echo=False) as (sipp, port):
+        client = await connect(http, gateway, "/call/sip", id="out-timeout")
+        await client.send({"command": "invite", "option": {"callee": f"sip:ring@127.0.0.1:{port}",
+                                                           "handshakeTimeout": "1.5s"}})
+        await client.wait_event("ringing", timeout=10)
+        reject, = await client.wait_event("reject", timeout=5)
+        assert reject["code"] == 408
+        hangup, = await client.wait_event("hangup")
+        assert hangup["reason"] == "rejected"
+        # The phone saw a CANCEL and answered the INVITE 487.
+        assert await sipp.wait(10) == 0, sipp.errors()

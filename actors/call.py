@@ -39,12 +39,13 @@ import structlog
 
 from protocol import api
 from protocol.errors import ProtocolError
-from protocol.callstate import CallInput, CallStateMachine, Direction, InvalidTransition, attendee, command_input
+from protocol.callstate import CallInput, CallState, CallStateMachine, Direction, InvalidTransition, attendee, command_input
 
 from .call_bridge import Bridges
 from .call_context import ChildUnavailable
 from .call_listening import Listening
-from .call_messages import AcceptTimeout, Dtmf, ServiceError, now_ms
+from .call_messages import AcceptTimeout, Dtmf, HandshakeTimeout, ServiceError, now_ms
+from .call_supervisor import Admit, AdmissionRefused
 from .call_playback import Playback
 from .clock import MediaClock
 from .leg import (
@@ -125,6 +126,7 @@ class CallSettings:
     detached_backlog: int = 256         # events kept for an application that has not attached yet
     leg_timeout: float = 5.0            # how long one leg operation (dial, answer, BYE) may take
     playback_buffer_seconds: float = 300.0  # synthesised audio a tts may hold ahead of playback
+    handshake_timeout: float = 30.0     # a connection that places no call (invite/accept) is closed
     media_pass_restarts: int = 10       # mediaPass connections made again within media_pass_period
     media_pass_period: float = 60.0
 
@@ -141,6 +143,7 @@ class Call(Supervisor):
         settings: CallSettings = CallSettings(),
         services: CallServices = CallServices(),
         app: AppConnection | None = None,
+        admitted: bool = True,
     ) -> None:
         super().__init__(children=())
         self.session_id = session_id
@@ -169,6 +172,10 @@ class Call(Supervisor):
         self._moh = False               # a `refer` music on hold plays until the transfer's outcome
         self._pending_input: CallInput | None = None
         self._silenced = False          # set once the hangup event is out
+        # False: started for a connection that has not placed a call yet; the call takes its slot
+        # under max_calls from its supervisor when it is placed (Admit), so idle sockets hold none.
+        self._admitted = admitted
+        self._close_code = 1000
         # The leg's synchronisation source, reported in trackEnd (and used as the RTP SSRC on RTP legs).
         self.ssrc = secrets.randbits(32)
         self.playback = Playback(self)
@@ -217,6 +224,8 @@ class Call(Supervisor):
                                         callee=self.offer.callee, sdp=self.offer.sdp))
         if self.machine.direction is Direction.INBOUND:
             self.arm("accept", self.settings.accept_timeout, AcceptTimeout())
+        elif not self._admitted:
+            self.arm("handshake", self.settings.handshake_timeout, HandshakeTimeout())
         self.log.info("call started", direction=self.machine.direction.value)
 
     async def on_stop(self) -> None:
@@ -310,6 +319,11 @@ class Call(Supervisor):
         if isinstance(message, AcceptTimeout):
             await self._accept_timeout()
             return None
+        if isinstance(message, HandshakeTimeout):
+            if self.machine.state is CallState.NEW:
+                self._refuse_call(408, 1008, f"no invite or accept within {self.settings.handshake_timeout:g} s; "
+                                  "the connection is closed")
+            return None
         if isinstance(message, Describe):
             return self.describe()
         if isinstance(message, MediaError):
@@ -379,6 +393,36 @@ class Call(Supervisor):
         await self._decline(408, "Request Timeout")
         self._end_by(I.ACCEPT_TIMEOUT, "accept_timeout", "system")
 
+    async def _take_slot(self) -> bool:
+        """A call started for a connection takes its place under max_calls when it is placed."""
+        if self._admitted:
+            return True
+        parent = self.actor_ref.parent
+        try:
+            if parent is not None:
+                await parent.ask(Admit(self.session_id), timeout=2.0)
+        except AdmissionRefused as exc:
+            self._refuse_call(503, 1013, f"call refused: {exc}")
+            return False
+        except (ActorDeadError, TimeoutError):
+            self._refuse_call(503, 1013, "call refused: the gateway is shutting down or overloaded")
+            return False
+        self._admitted = True
+        self.disarm("handshake")
+        return True
+
+    def _refuse_call(self, code: int, close_code: int, error: str) -> None:
+        """No call was placed, and none will be: one `error` (sender server), then the connection
+        closes with `close_code`; there is no hangup, as there was no call."""
+        self.log.info("call refused", error=error)
+        self.emit_error("server", error, code)
+        self._pending_input = None
+        self.machine.process(I.KILL)
+        self._silenced = True
+        self._leg_done = True
+        self._close_code = close_code
+        self.stop()
+
     async def _decline(self, code: int, reason: str) -> None:
         leg = self.leg
         if leg is not None and not self._leg_done:
@@ -417,6 +461,8 @@ class Call(Supervisor):
         leg = self.leg
         assert leg is not None
         if isinstance(cmd, (api.Invite, api.Accept)) and self.machine.direction is Direction.OUTBOUND:
+            if not await self._take_slot():
+                return False
             immediate = await self._leg_op("dial", leg.dial(cmd.option))
             self.option = cmd.option
             self._advance()
@@ -743,7 +789,7 @@ class Call(Supervisor):
     def _close_app(self) -> None:
         app, self._app = self._app, None
         if app is not None:
-            app.close()
+            app.close(self._close_code)
 
     # --- helpers for the call and its parts --------------------------------------------------
 

@@ -79,6 +79,11 @@ class AcceptTimeout:
     """An incoming call's accept_timeout expired."""
 
 
+@dataclass(frozen=True, slots=True)
+class HandshakeTimeout:
+    """A connection's handshake_timeout expired (it may have placed its call meanwhile)."""
+
+
 # --- services -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ __all__ = [
     "CallStartFailed",
     "CallSupervisor",
     "DuplicateSession",
+    "Admit",
     "GetAdmissions",
     "GetCall",
     "ListCalls",
@@ -58,6 +59,9 @@ class StartCall:
     start: Callable[[ActorRef], ActorRef]
     shutdown: float = 5.0
     owner: Owner | None = None      # None: the gateway has no API tokens
+    # False: the session id is held but no call slot is taken until the call asks (`Admit`) when it
+    # is placed; until then it counts against max_pending instead (idle connections).
+    admitted: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,14 @@ class ListCalls:
     that is not an admin, only that owner's calls."""
 
     owner: Owner | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """Ask, from a call that was started unadmitted (a connection that had not placed a call yet):
+    take a slot under max_calls now. Answers True, or raises ``AdmissionRefused``."""
+
+    session_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +105,14 @@ class CallSupervisor(Supervisor):
     stop its ref (from ``GetCall``) directly: that does not hold up this supervisor's mailbox.
     """
 
-    def __init__(self, max_calls: int, on_exit: Callable[[str], None] | None = None) -> None:
+    def __init__(self, max_calls: int, on_exit: Callable[[str], None] | None = None,
+                 max_pending: int | None = None) -> None:
         if max_calls < 0:
             raise ValueError("max_calls cannot be negative")
         super().__init__((), strategy=Strategy.ONE_FOR_ONE)
         self.max_calls = max_calls
+        self.max_pending = max_calls if max_pending is None else max_pending
+        self._admitted: set[str] = set()
         self._owners: dict[str, Owner | None] = {}
         self._on_exit = on_exit       # told each ended session id (its recording path is freed)
         self.refused = 0              # admissions refused at max_calls
@@ -112,8 +127,11 @@ class CallSupervisor(Supervisor):
             return [id for id in self.child_ids() if owner.may_reach(self._owners.get(id))]
         if isinstance(message, GetCall):
             return self._get_call(message)
+        if isinstance(message, Admit):
+            return self._admit(message.session_id)
         if isinstance(message, GetAdmissions):
-            return {"running": self.child_count(), "max_calls": self.max_calls, "refused": self.refused}
+            return {"running": len(self._admitted), "pending": self.child_count() - len(self._admitted),
+                    "max_calls": self.max_calls, "refused": self.refused}
         return await super().on_receive(message)
 
     def _get_call(self, message: GetCall) -> ActorRef | None:
@@ -128,7 +146,17 @@ class CallSupervisor(Supervisor):
     async def on_child_exited(self, spec: ChildSpec, exit: ChildExited) -> None:
         self._ended(spec.id)
 
+    def _admit(self, session_id: str) -> bool:
+        if session_id in self._admitted or self.child(session_id) is None:
+            return session_id in self._admitted
+        if len(self._admitted) >= self.max_calls:
+            self.refused += 1
+            raise AdmissionRefused(f"max_calls ({self.max_calls}) reached")
+        self._admitted.add(session_id)
+        return True
+
     def _ended(self, session_id: str) -> None:
+        self._admitted.discard(session_id)
         self._owners.pop(session_id, None)
         if self._on_exit is not None:
             self._on_exit(session_id)
@@ -136,9 +164,13 @@ class CallSupervisor(Supervisor):
     async def _start_call(self, message: StartCall) -> ActorRef:
         if self.child(message.session_id) is not None:
             raise DuplicateSession(f"session {message.session_id!r} already exists")
-        if self.child_count() >= self.max_calls:
+        if message.admitted and len(self._admitted) >= self.max_calls:
             self.refused += 1
             raise AdmissionRefused(f"max_calls ({self.max_calls}) reached")
+        if not message.admitted and self.child_count() - len(self._admitted) >= self.max_pending:
+            self.refused += 1
+            raise AdmissionRefused(f"max_pending_calls ({self.max_pending}) reached: too many connections "
+                                   "that have not placed a call yet")
         spec = ChildSpec(
             id=message.session_id,
             start=message.start,
@@ -152,6 +184,8 @@ class CallSupervisor(Supervisor):
                 f"session {message.session_id!r} failed to start: {exc!r}"
             ) from exc
         self._owners[message.session_id] = message.owner
+        if message.admitted:
+            self._admitted.add(message.session_id)
         return ref
 
     async def shutdown_children(self) -> None:

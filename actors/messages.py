@@ -41,10 +41,11 @@ class BadCommand:
 @dataclass(frozen=True, slots=True)
 class AppConnection:
     """The application's side of a call: where its events go, and how to close it (after the
-    events queued so far). Both are non-blocking and called from the Call's task."""
+    events queued so far, with a WebSocket close code). Both are non-blocking and called from the
+    Call's task."""
 
     emit: Callable[[Any], None]
-    close: Callable[[], None]
+    close: Callable[[int], None]
 
 
 @dataclass(frozen=True, slots=True)

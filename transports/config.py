@@ -168,6 +168,8 @@ class Config:
     dump_root: str = "./var/dumps"
     max_calls: int = 1000
     accept_timeout: float = 50.0       # seconds an incoming call waits for `accept`/`reject` (then 408)
+    handshake_timeout: float = 30.0    # seconds a connection may stay without placing a call (then 408)
+    max_pending_calls: int | None = None  # connections that have not placed a call yet (None: max_calls)
     playback_buffer_seconds: float = 300.0  # synthesised audio one tts may hold ahead of playback
     recorder_pending_bytes: int = 64 << 20  # recording audio waiting for the disk, whole process
     event_queue_bytes: int = 16 << 20  # events queued for one client that does not read them

@@ -139,7 +139,8 @@ def gateway_children(config: Config, clock: MediaClock, engines: EngineHost, ser
         ChildSpec(id="calls", restart=Restart.PERMANENT, shutdown=sup.call_shutdown_timeout + 1.0,
                   # A call's end frees its recording paths.
                   start=lambda parent: started("calls", CallSupervisor.start(
-                      config.max_calls, claims.release_session, parent=parent, name="calls"))),
+                      config.max_calls, claims.release_session, max_pending=config.max_pending_calls,
+                      parent=parent, name="calls"))),
         ChildSpec(id="http", restart=Restart.PERMANENT, shutdown=sup.call_shutdown_timeout + 2.0,
                   start=lambda parent: started("http", HttpServer.start(config, lambda: current["calls"], clock,
                                                                         services, legs={"sip": sip.legs},

@@ -67,6 +67,8 @@ log = structlog.get_logger("http")
 CALL_TYPE_WIRE = {"websocket": "webSocket", "sip": "sip", "webrtc": "webrtc"}
 URGENT_COMMANDS = (api.Interrupt, api.Hangup)
 MAX_TEXT_FRAME = 4 << 20  # a base64 `tts` of ~90 s of 16 kHz audio fits
+# How long a finished connection may take to receive what is still queued before it is dropped.
+CLOSE_GRACE = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +111,7 @@ def call_settings(config: Config, server_side_track: str) -> CallSettings:
     return CallSettings(server_side_track=server_side_track, child_shutdown_timeout=sup.child_shutdown_timeout,
                         provider_restarts=sup.provider_restarts, provider_period=sup.provider_period,
                         backoff=Backoff(initial=sup.backoff_initial, factor=2.0, maximum=sup.backoff_max),
-                        accept_timeout=config.accept_timeout,
+                        accept_timeout=config.accept_timeout, handshake_timeout=config.handshake_timeout,
                         media_pass_restarts=sup.media_pass_restarts, media_pass_period=sup.media_pass_period,
                         playback_buffer_seconds=config.playback_buffer_seconds)
 
@@ -360,7 +362,7 @@ class CallRouter:
 
         def start(parent: ActorRef) -> ActorRef:
             return Call.start(sid, leg=maker.factory, clock=self.clock, settings=settings, services=self.services,
-                              parent=parent, name=f"call:{sid}")
+                              admitted=False, parent=parent, name=f"call:{sid}")
 
         call: ActorRef | None = None
         created = False
@@ -388,7 +390,7 @@ class CallRouter:
                                     error=f"call refused: {reason}", code=code))
                 clog.warning("call refused", error=reason)
                 outbox.close(code=close_code)
-                await outbox.wait_closed(5.0)
+                await outbox.wait_closed(CLOSE_GRACE)
                 return ws
             current.append(call)
             if outbox.too_slow:
@@ -412,7 +414,7 @@ class CallRouter:
                     clog.error("call did not stop after its client left; stopping it")
                     await call.stop(timeout=1.0)
             outbox.close()
-            await outbox.wait_closed(5.0)
+            await outbox.wait_closed(CLOSE_GRACE)
             if dump is not None:
                 dump.close()
         return ws
@@ -425,7 +427,8 @@ class CallRouter:
         (no owner yet) becomes the attaching token's."""
         existing = await self.calls().ask(GetCall(sid, owner=owner, claim=True), timeout=2.0)
         if existing is None:
-            return await self.calls().ask(StartCall(sid, start, owner=owner), timeout=5.0), True
+            # Held for this connection, not yet a call: it takes a max_calls slot when it places one.
+            return await self.calls().ask(StartCall(sid, start, owner=owner, admitted=False), timeout=5.0), True
         info = await existing.ask(Describe(), timeout=2.0)
         if info.call_type != call_type:
             raise AttachRefused(f"session {sid!r} is a {CALL_TYPE_WIRE.get(info.call_type, info.call_type)} call, "

@@ -74,9 +74,7 @@ class Outbox:
             await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()[:120]), self.CLOSE_WAIT)
         except (asyncio.TimeoutError, ConnectionError, RuntimeError):
             # The client's window is full and a send is stuck behind it: drop the connection.
-            transport = self.ws._req.transport if self.ws._req is not None else None  # noqa: SLF001
-            if transport is not None:
-                transport.abort()
+            self._abort()
 
     def audio(self, payload: bytes) -> None:
         if self._closing:
@@ -95,10 +93,19 @@ class Outbox:
             self._wake.set()
 
     async def wait_closed(self, timeout: float) -> None:
+        """Until what was queued is sent and the socket closed; a client that does not take it
+        within `timeout` (its window full) has its connection dropped, so that nobody (a shutdown
+        least of all) waits on a peer that does not read."""
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout)
         except (asyncio.TimeoutError, asyncio.CancelledError):
             self._task.cancel()
+            self._abort()
+
+    def _abort(self) -> None:
+        transport = self.ws._req.transport if self.ws._req is not None else None  # noqa: SLF001
+        if transport is not None and not transport.is_closing():
+            transport.abort()
 
     async def _run(self) -> None:
         ws = self.ws

@@ -33,8 +33,9 @@ class App:
     def connection(self) -> AppConnection:
         return AppConnection(self.events.append, self._close)
 
-    def _close(self) -> None:
+    def _close(self, code: int = 1000) -> None:
         self.closed = True
+        self.close_code = code
 
     def of(self, cls) -> list:
         return [e for e in self.events if isinstance(e, cls)]

@@ -61,7 +61,7 @@ async def start_call(engines, failures: int, restarts: int = 3):
     sup = CallSupervisor.start(10)
     call = await sup.ask(StartCall("c1", lambda parent: Call.start(
         "c1", leg=lambda context: WebSocketLeg(context, inbound, sent.append), clock=clock,
-        settings=settings, services=services, app=AppConnection(events.append, lambda: None),
+        settings=settings, services=services, app=AppConnection(events.append, lambda code=1000: None),
         parent=parent)), timeout=2)
     call.tell(ClientCommand(api.Invite(option=api.CallOption(codec="pcm"))))
     return sup, call, events, clock

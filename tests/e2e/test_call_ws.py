@@ -313,23 +313,55 @@ async def test_server_side_track_id_for_mute(gateway, http):
 async def test_admission_limit_refuses_the_next_call(gateway_config, http):
     from transports.gateway import start_gateway
 
-    gw = await start_gateway(gateway_config(max_calls=2))
+    gw = await start_gateway(gateway_config(max_calls=2, max_pending_calls=10))
     try:
-        a = await connect(http, gw, id="a")
-        b = await connect(http, gw, id="b")
-        await asyncio.sleep(0.1)
+        idle = [await connect(http, gw, id=f"idle-{i}") for i in range(5)]   # never place a call
+        placed = []
+        for sid in ("a", "b"):
+            client = await connect(http, gw, id=sid)
+            await client.send({"command": "invite", "option": {"codec": "pcm"}})
+            await client.wait_event("answer")            # idle connections hold no slot
+            placed.append(client)
         c = await connect(http, gw, id="c")
+        await c.send({"command": "invite", "option": {"codec": "pcm"}})
         await c.wait_closed()
         err, = c.of("error")
-        assert err["code"] == 503 and "max_calls (2)" in err["error"]
-        assert c.ws.close_code == 1013
-        await a.ws.close()
-        await asyncio.sleep(0.2)
-        d = await connect(http, gw, id="d")  # the slot freed by a's departure admits d
-        await d.send({"command": "invite", "option": {"codec": "pcm"}})
-        await d.wait_event("answer")
-        await b.ws.close()
-        await d.ws.close()
+        assert err["code"] == 503 and "max_calls (2)" in err["error"] and err["sender"] == "server"
+        assert c.ws.close_code == 1013 and not c.of("hangup")
+        await placed[0].ws.close()
+        d = await connect(http, gw, id="d")
+        deadline = asyncio.get_running_loop().time() + 5
+        while True:                                      # the slot freed by a's departure admits d
+            await d.send({"command": "invite", "option": {"codec": "pcm"}})
+            try:
+                await d.wait_event("answer", timeout=0.5)
+                break
+            except (asyncio.TimeoutError, AssertionError):
+                assert asyncio.get_running_loop().time() < deadline, d.events
+                d = await connect(http, gw, id="d")
+        for client in idle + placed[1:] + [d]:
+            await client.ws.close()
+    finally:
+        await gw.stop()
+
+
+async def test_a_connection_that_places_no_call_is_closed_after_the_handshake_timeout(gateway_config, http):
+    from transports.gateway import start_gateway
+
+    gw = await start_gateway(gateway_config(handshake_timeout=0.3, max_pending_calls=2))
+    try:
+        first = await connect(http, gw, id="quiet-1")
+        second = await connect(http, gw, id="quiet-2")
+        third = await connect(http, gw, id="quiet-3")            # past max_pending_calls
+        await third.wait_closed()
+        assert third.of("error")[0]["code"] == 503 and "max_pending_calls (2)" in third.of("error")[0]["error"]
+        await first.wait_closed(timeout=5)
+        err, = first.of("error")
+        assert err["code"] == 408 and "no invite or accept within 0.3 s" in err["error"]
+        assert first.ws.close_code == 1008 and not first.of("hangup")
+        await second.wait_closed(timeout=5)
+        async with http.get("http://%s:%d/call/lists" % gw.http_address) as resp:
+            assert (await resp.json())["calls"] == []
     finally:
         await gw.stop()
 

@@ -45,6 +45,7 @@ async def test_calls_refusals_drops_clock_loop_and_engines_are_counted(gateway_c
         await client.send({"command": "invite", "option": {"codec": "pcm"}})
         await client.wait_event("answer")
         refused = await connect(http, gw, id="m2")
+        await refused.send({"command": "invite", "option": {"codec": "pcm"}})   # past max_calls
         await refused.wait_closed()
         # A burst far faster than real time: the 50-frame input pipe drops the oldest.
         for frame in frames(tone(440, 4.0, 16000), 320):

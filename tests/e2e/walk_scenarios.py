@@ -108,8 +108,12 @@ async def denoise(lab: Lab, role: str) -> Heard:
     option = {"denoise": role != "control", "vad": {"type": "webrtc", "silenceTimeout": 300}}
     client = await lab.placed(f"denoise-{role}", "invite" if role == "control" else role, **option)
     t0 = await stream(client, DENOISE_AUDIO)
-    await client.until(lambda: bool(client.of("speaking")) and client.events[-1] is not None and any(
-        e["event"] == "silence" for e in client.events[client.find("speaking"):]), 5, "the end of speech")
+
+    def speech_ended() -> bool:
+        spoke = [i for i, e in enumerate(client.events) if e["event"] == "speaking"]
+        return bool(spoke) and any(e["event"] == "silence" for e in client.events[spoke[0]:])
+
+    await client.until(speech_ended, 5, "the end of speech")
     await client.hangup()
     return Heard(client, t0, option)
 
@@ -503,7 +507,6 @@ async def bridged(lab: Lab) -> Bridged:
     await b.barrier()
     mark = len(b.audio)
     await stream(a, tone(700, 1.0, 16000))
-    await asyncio.sleep(0)
     heard = np.concatenate([np.frombuffer(x, "<i2") for x in b.audio[mark:]])
     not_bridged = await a.next_error({"command": "unbridge", "targetSessionId": "nobody"})
     await a.send({"command": "unbridge", "targetSessionId": "bridge-b"})
@@ -535,11 +538,11 @@ INACTIVITY = {"invite": 1.0, "accept": 1.5}
 
 
 async def inactive(lab: Lab, verb: str) -> tuple[WalkClient, float]:
-    """Returns the client and the wall time (ms) of the caller's last frame."""
+    """Returns the client and the wall time (ms) the caller's last frame was sent at."""
     client = await lab.placed(f"idle-{verb}", verb, inactivityTimeout=INACTIVITY[verb])
     t0 = await stream(client, zeros(0.3))
     await client.wait_closed(timeout=INACTIVITY[verb] + 5)
-    return client, t0 + 300
+    return client, t0 + 280                     # the 15th frame of 20 ms
 
 
 # --- refusals of bad values, per verb -----------------------------------------------------------------

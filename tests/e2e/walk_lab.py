@@ -26,6 +26,7 @@ from aiohttp import WSMsgType, web
 
 from protocol.codecs import Decoder, Encoder, codec_info
 from tests.conftest import CallClient, base_url
+from tests.providers.support import Hearing
 from tests.support.audio import frames, rms, tone
 
 SST = "serverSideTrack"
@@ -196,6 +197,8 @@ class Lab:
         self.web_port = web_port
         self.clients: list[WalkClient] = []
         self.media_peers: dict[str, MediaPassPeer] = {}
+        self.tencent: Any = None            # the local Tencent Cloud server (tests/providers)
+        self.hearing: Any = None            # what it heard: audio message sizes per stream
         self._runs: dict[tuple[Any, ...], asyncio.Task[Any]] = {}
         self._exclusive = asyncio.Lock()
 
@@ -271,6 +274,28 @@ class Lab:
 def exclusive(scenario: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     scenario.exclusive = True  # type: ignore[attr-defined]
     return scenario
+
+
+class CountingHearing(Hearing):
+    """The recogniser of a local provider server, noting the size of every audio message each
+    stream received (one list per stream, in the order they opened)."""
+
+    def __init__(self, host: Any) -> None:
+        super().__init__(host)
+        self.packets: list[list[int]] = []
+
+    async def open(self, rate: int, on_result: Callable[[Any], Awaitable[None]]) -> Any:
+        stream = await super().open(rate, on_result)
+        sizes: list[int] = []
+        self.packets.append(sizes)
+        feed = stream.feed
+
+        async def counted(data: bytes) -> None:
+            sizes.append(len(data))
+            await feed(data)
+
+        stream.feed = counted
+        return stream
 
 
 # --- local peers -----------------------------------------------------------------------------------

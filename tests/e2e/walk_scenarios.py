@@ -423,9 +423,13 @@ async def concurrent_syntheses(lab: Lab, role: str) -> list[int]:
     second = {"option": {"maxConcurrentTasks": 2}} if role == "command" else {}
     await client.send({"command": "tts", "text": LONG_TEXT, "playId": "m"})
     await client.send({"command": "tts", "text": "Short.", "playId": "m", **second})
-    metrics = await client.wait_event("metrics", count=2, timeout=20)
+
+    def ttfb() -> list[dict[str, Any]]:
+        return [m for m in client.of("metrics") if m["key"].startswith("ttfb.tts.")]
+
+    await client.until(lambda: len(ttfb()) >= 2, 20, "both syntheses' first audio")
     await client.hangup()
-    return [m["duration"] for m in metrics]
+    return [m["duration"] for m in ttfb()]
 
 
 # --- the rest of the commands ---------------------------------------------------------------------------
@@ -582,6 +586,84 @@ async def refused_codec(lab: Lab, verb: str) -> WalkClient:
     return client
 
 
+# --- a cloud provider: Tencent's local server sees what the gateway sends ------------------------------
+
+TENCENT = {"appId": "1250000009", "secretId": "AKIDwalk", "secretKey": "tencent-walk"}
+CLOUD_ASR: dict[tuple[str, str], dict[str, Any]] = {
+    # (verb, variant): the model from samplerate and language, or named by modelType; each stream
+    # has a message size of its own, which identifies it on the server.
+    ("invite", "rate"): {"samplerate": 8000, "bufferSize": 960},
+    ("invite", "model"): {"modelType": "16k_walk", "bufferSize": 1600},
+    ("accept", "rate"): {"samplerate": 8000, "bufferSize": 1120},
+    ("accept", "model"): {"modelType": "16k_walk", "bufferSize": 1920},
+}
+CLOUD_ASR_AUDIO = np.concatenate([SPOKEN_DIGITS, zeros(1.0)])
+CLOUD_TTS: dict[str, dict[str, Any]] = {
+    "invite": {"samplerate": 8000, "subtitle": True, "emotion": "calm", "codec": "pcm", "extra": {"Walk": "invite"}},
+    "accept": {"samplerate": 24000, "subtitle": True, "emotion": "happy", "codec": "PCM", "extra": {"Walk": "accept"}},
+}
+CLOUD_ITEM = {"samplerate": 16000, "extra": {"Walk": "item"}}      # a single tts's own option
+
+
+def tencent(lab: Lab, **fields: Any) -> dict[str, Any]:
+    return {"provider": "tencent", "endpoint": lab.tencent.url, "language": "en", **TENCENT, **fields}
+
+
+@dataclass
+class CloudHeard:
+    client: WalkClient
+    option: dict[str, Any]
+    handshake: Any                         # the recognition handshake the server accepted
+    packets: list[int]                     # the size of each audio message it received
+
+
+async def cloud_heard(lab: Lab, verb: str, variant: str) -> CloudHeard:
+    option = {**CLOUD_ASR[verb, variant], "extra": {"hotword_id": f"walk-{verb}-{variant}"}}
+    client = await lab.placed(f"cloud-asr-{verb}-{variant}", verb, asr=tencent(lab, **option))
+    await stream(client, CLOUD_ASR_AUDIO)
+    await client.wait_event("asrFinal", timeout=10)
+    await client.hangup()
+    shakes = [h for h in lab.tencent.handshakes if h.one("hotword_id") == option["extra"]["hotword_id"]]
+    assert len(shakes) == 1, f"{len(shakes)} recognition handshakes for {client.sid}"
+    # Each variant's bufferSize is its own: the stream whose first message has that size is this one.
+    streams = [p for p in lab.hearing.packets if p and p[0] == option["bufferSize"]]
+    assert len(streams) == 1, f"no stream (or several) in messages of {option['bufferSize']} bytes"
+    return CloudHeard(client, option, shakes[0], streams[0])
+
+
+async def cloud_voice(lab: Lab, verb: str) -> WalkClient:
+    """A call whose tts option names the cloud provider with every field it maps, one item spoken
+    with the call's option and (invite) one with an item's own rate and extra. The call stays up:
+    the fields a single tts does not change are tried on it later."""
+    client = await lab.placed(f"cloud-tts-{verb}", verb, tts=tencent(lab, **CLOUD_TTS[verb]))
+    await client.send({"command": "tts", "text": "one two three", "playId": "c1"})
+    await client.until(lambda: len(client.of("trackEnd")) >= 1, 10, "the first cloud item")
+    if verb == "invite":
+        await client.send({"command": "tts", "text": "four five six", "playId": "c2", "option": CLOUD_ITEM})
+        await client.until(lambda: len(client.of("trackEnd")) >= 2, 10, "the second cloud item")
+    assert client.errors() == [], client.errors()
+    return client
+
+
+def cloud_sessions(lab: Lab, walk: str) -> list[dict[str, str]]:
+    """The synthesis sessions the server opened whose extra parameter `Walk` is `walk`."""
+    return [q for q in lab.tencent.sessions if q.get("Walk") == walk]
+
+
+async def cloud_refused(lab: Lab, verb: str, kind: str) -> WalkClient:
+    """A cloud call with one thing wrong: `asr-key`, `tts-key` (a wrong secret key) or `tts-codec`
+    (a codec other than pcm)."""
+    if kind == "asr-key":
+        client = await lab.placed(f"cloud-{kind}-{verb}", verb, asr=tencent(lab, secretKey="wrong"))
+    else:
+        wrong = {"secretKey": "wrong"} if kind == "tts-key" else {"codec": "mp3"}
+        client = await lab.placed(f"cloud-{kind}-{verb}", verb, tts=tencent(lab, **wrong))
+        await client.send({"command": "tts", "text": "Hello.", "playId": "x"})
+    await client.until(lambda: bool(client.errors()), 10, "the provider's error")
+    await client.hangup()
+    return client
+
+
 TIMED = [
     *((listening, v) for v in ("invite", "accept")),
     *((denoise, r) for r in ("invite", "accept", "control")),
@@ -605,6 +687,9 @@ ALL = [
     *((provided, v) for v in ("invite", "accept")),
     (muted,), (bridged,), (conversed,),
     *((inactive, v) for v in ("invite", "accept")),
+    *((cloud_heard, v, variant) for v in ("invite", "accept") for variant in ("rate", "model")),
+    *((cloud_voice, v) for v in ("invite", "accept")),
+    *((cloud_refused, v, kind) for v in ("invite", "accept") for kind in ("asr-key", "tts-key", "tts-codec")),
     *((concurrent_syntheses, r) for r in ("invite", "accept", "command", "control")),
 ]
 """Every scenario, started together when the lab opens."""

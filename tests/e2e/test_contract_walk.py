@@ -71,7 +71,9 @@ async def lab(tmp_path_factory: pytest.TempPathFactory):
     config = parse_config({"http_addr": "127.0.0.1:0", "dump_root": str(root / "dumps"), "media_root": str(media),
                            "recorder_root": str(root / "recorders"), "log_level": "warning",
                            # play and mediaPass reach the walk's own peers on loopback
-                           "fetch": {"allow_hosts": ["127.0.0.1"]}})
+                           "fetch": {"allow_hosts": ["127.0.0.1"]},
+                           # the connection that never places its call serves the whole walk
+                           "handshake_timeout": 600.0})
     gateway = await start_gateway(config)
     peers: dict[str, Any] = {}
     replies = {verb: (rate["inputSampleRate"], tone(sc.PASS_PEER_HZ, 1.5, rate["inputSampleRate"]))

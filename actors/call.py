@@ -521,7 +521,9 @@ class Call(Supervisor):
         elif isinstance(cmd, api.Unbridge):
             await self.bridges.unbridge(cmd.target_session_id)
         elif isinstance(cmd, api.History):
-            self.emit(api.AddHistoryEvent(timestamp=now_ms(), speaker=cmd.speaker, text=cmd.text))
+            # The session is the sender, as in the original (its own greeting says "system").
+            self.emit(api.AddHistoryEvent(timestamp=now_ms(), speaker=cmd.speaker, text=cmd.text,
+                                          sender=self.session_id))
         elif isinstance(cmd, api.Custom):
             self.emit(api.CustomEvent(timestamp=now_ms(), sender=cmd.sender, data=cmd.data))
         return True
@@ -773,6 +775,7 @@ class Call(Supervisor):
             ringing_time=iso8601(self.ringing_at) if self.ringing_at is not None else None,
             from_=attendee(self._party("caller")),
             to=attendee(self._party("callee")),
+            extra=self.option.extra if self.option is not None else None,
         ))
         # Nothing follows the hangup; the connection closes once the call has let go of everything
         # (leg, children, recording), so that the session id is free when the client sees the close.

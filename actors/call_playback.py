@@ -104,6 +104,9 @@ class Playback:
             if not cmd.base64:
                 stream.feed.append_text(cmd.text)
             stream.auto_hangup = stream.auto_hangup or cmd.auto_hangup
+            # The piece that ends a stream is where a bot knows it wants to wait for an answer.
+            if cmd.wait_input_timeout is not None:
+                stream.wait_input_timeout = cmd.wait_input_timeout
         if cmd.streaming and cmd.end_of_stream:
             self._streams.pop(play_id, None)
         self._current_tts_play_id = play_id

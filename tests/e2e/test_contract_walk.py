@@ -924,6 +924,8 @@ REFUSED_ON_CALL: dict[str, str] = {
         "refer.options.asr.endpoint", "refer.options.asr.extra", "refer.options.asr.startWhenAnswer",
         "refer.options.autoHangup", "refer.options.sip", "refer.options.sip.username", "refer.options.sip.password",
         "refer.options.sip.realm", "refer.options.sip.headers"), NO_TRANSFER),
+    **dict.fromkeys(("sendDtmf", "sendDtmf.digits", "sendDtmf.duration"),
+                    "sendDtmf: DTMF needs a SIP leg; this is a /call session"),
 }
 
 WITHOUT_EFFECT_NAMES = (
@@ -932,7 +934,7 @@ WITHOUT_EFFECT_NAMES = (
     "option.asr.startWhenAnswer",
     "option.vad.maxBufferDurationSecs", "option.vad.endpoint", "option.vad.secretKey", "option.vad.secretId",
     "tts.option.appId", "tts.option.secretId", "tts.option.secretKey", "tts.option.endpoint", "tts.option.codec",
-    "tts.option.subtitle", "tts.option.emotion",
+    "tts.option.subtitle", "tts.option.emotion", "hangup.headers",
 )
 
 
@@ -1062,6 +1064,14 @@ async def test_accepted_without_effect(lab: Lab, path: str) -> None:
                 if expected is not None:
                     assert session.get(parameter) == (str(expected).lower() if field in ("codec", "subtitle")
                                                       else str(expected)), (path, session)
+    elif node.command == "hangup":
+        # The BYE's headers: the call placed, then ended by a hangup that carries them, as any other.
+        client = await lab.connect(f"walk-{path.replace('.', '-')}")
+        await client.send({"command": "invite", "option": {"codec": "pcm"}})
+        await client.wait_event("answer", timeout=5)
+        await client.send(command_with(node, value))
+        hangup, = await client.wait_event("hangup", timeout=5)
+        assert hangup["reason"] == "hangup_command"
     else:
         sid = f"walk-{path.replace('.', '-')}"
         client = await lab.connect(sid)
@@ -1079,7 +1089,9 @@ OTHER_LEGS = {
     "incoming": "an incoming SIP call is announced before its application connects",
     "ringing": "a /call session is answered by its own invite/accept and never rings",
     "reject": "nobody on a /call session can reject it",
-    "other": "SIP hold and transfer requests",
+    "other": "no part of the gateway sends it (SIP hold and transfer requests have their own events)",
+    "hold": "a SIP leg's re-INVITE hold and resume",
+    "transferRequest": "a SIP leg's REFER from the far party",
 }
 LEFT_OUT_ON_CALL = {"hangup.ringingTime", "ping.payload"}
 AS_BINARY_FRAMES = {"binary"}

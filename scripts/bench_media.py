@@ -81,7 +81,8 @@ def start_process(args: list[str], ready_file: Path, log: Path, timeout: float =
 
 def start_gateway(tmp: Path, calls: int) -> tuple[subprocess.Popen, str]:
     conf = tmp / "bench.toml"
-    conf.write_text(f'http_addr = "127.0.0.1:0"\nmax_calls = {calls + 10}\nlog_level = "info"\n'
+    conf.write_text(f'http_addr = "127.0.0.1:0"\nsip_addr = "127.0.0.1"\nudp_port = 0\n'
+                    f'max_calls = {calls + 10}\nlog_level = "info"\n'
                     f'log_format = "json"\ndump_root = "{tmp}/dumps"\nmedia_root = "{tmp}/media"\n')
     (tmp / "media").mkdir()
     with wave.open(str(tmp / "media" / "tone.wav"), "wb") as w:  # what `play` plays, 15 s at 8 kHz

@@ -32,7 +32,8 @@ def toml_value(value: object) -> str:
 
 class GatewayProcess:
     def __init__(self, tmp_path: Path, **config: object) -> None:
-        table = {"http_addr": "127.0.0.1:0", "log_format": "json", "log_level": "info",
+        table = {"http_addr": "127.0.0.1:0", "sip_addr": "127.0.0.1", "udp_port": 0, "log_format": "json",
+                 "log_level": "info",
                  "dump_root": str(tmp_path / "dumps"), **config}
         conf = tmp_path / "config.toml"
         conf.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in table.items()))

@@ -68,7 +68,8 @@ async def lab(tmp_path_factory: pytest.TempPathFactory):
     write_wav(media / "clip.wav", tone(sc.CLIP_HZ["file"], sc.CLIP_SECONDS, 16000))
     clip = root / "web-clip.wav"
     write_wav(clip, tone(sc.CLIP_HZ["http"], sc.CLIP_SECONDS, 16000))
-    config = parse_config({"http_addr": "127.0.0.1:0", "dump_root": str(root / "dumps"), "media_root": str(media),
+    config = parse_config({"http_addr": "127.0.0.1:0", "sip_addr": "127.0.0.1", "udp_port": 0,
+                           "dump_root": str(root / "dumps"), "media_root": str(media),
                            "recorder_root": str(root / "recorders"), "log_level": "warning",
                            # play and mediaPass reach the walk's own peers on loopback
                            "fetch": {"allow_hosts": ["127.0.0.1"]},

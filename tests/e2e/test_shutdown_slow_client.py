@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 async def test_sigterm_with_a_client_that_does_not_read_exits_promptly(tmp_path):
     conf = tmp_path / "gw.toml"
-    conf.write_text(f'http_addr = "127.0.0.1:0"\nlog_format = "json"\ndump_root = "{tmp_path}/dumps"\n'
+    conf.write_text(f'http_addr = "127.0.0.1:0"\nsip_addr = "127.0.0.1"\nudp_port = 0\n'
+                    f'log_format = "json"\ndump_root = "{tmp_path}/dumps"\n'
                     f'media_root = "{tmp_path}/media"\nrecorder_root = "{tmp_path}/rec"\n')
     log = tmp_path / "gw.log"
     proc = subprocess.Popen([sys.executable, "-m", "transports.main", "--conf", str(conf)], cwd=ROOT,

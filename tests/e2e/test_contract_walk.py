@@ -911,7 +911,9 @@ HONOURED: dict[str, Check] = {
 
 NOT_INCOMING = "only for an incoming call; this one is outbound"
 NO_TRANSFER = "refer: transfer needs a SIP leg; this is a /call session"
+NO_DTMF_SIGNALLING = "sendDtmf: a /call session carries DTMF only as audio"
 REFUSED_ON_CALL: dict[str, str] = {
+    **dict.fromkeys(("sendDtmf", "sendDtmf.digits", "sendDtmf.duration"), NO_DTMF_SIGNALLING),
     **dict.fromkeys(("reject", "reject.reason", "reject.code"), f"reject: {NOT_INCOMING}"),
     **dict.fromkeys(("ringing", "ringing.recorder", "ringing.recorder.recorderFile", "ringing.recorder.samplerate",
                      "ringing.recorder.ptime", "ringing.ringtone"), f"ringing: {NOT_INCOMING}"),
@@ -932,7 +934,7 @@ WITHOUT_EFFECT_NAMES = (
     "option.asr.startWhenAnswer",
     "option.vad.maxBufferDurationSecs", "option.vad.endpoint", "option.vad.secretKey", "option.vad.secretId",
     "tts.option.appId", "tts.option.secretId", "tts.option.secretKey", "tts.option.endpoint", "tts.option.codec",
-    "tts.option.subtitle", "tts.option.emotion",
+    "tts.option.subtitle", "tts.option.emotion", "hangup.headers",
 )
 
 
@@ -1062,6 +1064,12 @@ async def test_accepted_without_effect(lab: Lab, path: str) -> None:
                 if expected is not None:
                     assert session.get(parameter) == (str(expected).lower() if field in ("codec", "subtitle")
                                                       else str(expected)), (path, session)
+    elif node.command == "hangup":
+        # The headers a SIP leg puts on its BYE: a /call session hangs up as it would without them.
+        client = await lab.placed(f"walk-{path.replace('.', '-')}")
+        await client.send(command_with(node, value))
+        await client.until(lambda: client.of("hangup"), 5, "the hangup")
+        assert client.of("hangup")[-1]["reason"] == "hangup_command"
     else:
         sid = f"walk-{path.replace('.', '-')}"
         client = await lab.connect(sid)
@@ -1080,6 +1088,8 @@ OTHER_LEGS = {
     "ringing": "a /call session is answered by its own invite/accept and never rings",
     "reject": "nobody on a /call session can reject it",
     "other": "SIP hold and transfer requests",
+    "hold": "a SIP far party puts the call on hold or resumes it",
+    "transferRequest": "a SIP far party asks for a transfer (REFER)",
 }
 LEFT_OUT_ON_CALL = {"hangup.ringingTime", "ping.payload"}
 AS_BINARY_FRAMES = {"binary"}

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from typing import Any
 
 import structlog
 
-from .config import Config, ConfigError, load_config, split_host_port
+from .config import Config, ConfigError, load_config, split_host_port, with_env_ice_servers
 from .gateway import GatewayStartError, start_gateway
 from .logs import configure_logging
 
@@ -66,7 +67,7 @@ async def serve(config: Config) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        config = load_config(args.conf, overrides_from(args))
+        config = with_env_ice_servers(load_config(args.conf, overrides_from(args)), os.environ)
     except ConfigError as exc:
         print(f"active-call: config error: {exc}", file=sys.stderr)
         return 2

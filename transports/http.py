@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from aiohttp import WSMsgType, web
@@ -70,6 +71,7 @@ URGENT_COMMANDS = (api.Interrupt, api.Hangup)
 MAX_TEXT_FRAME = 4 << 20  # a base64 `tts` of ~90 s of 16 kHz audio fits
 # How long a finished connection may take to receive what is still queued before it is dropped.
 CLOSE_GRACE = 2.0
+STATIC_ROOT = Path(__file__).resolve().parents[1] / "static"   # the demo page beside the package
 
 
 def websocket_legs(session_id: str, outbox: Outbox, counters: Counters | None = None) -> LegMaker:
@@ -169,10 +171,27 @@ class CallRouter:
         r.add_get("/iceservers", self.ice_servers)
         r.add_get("/health", self.health)
         r.add_get("/metrics", self.metrics)
+        # The demo page: index at /, its files under /static/ (only when the directory exists).
+        static = self.static_root()
+        r.add_get("/", self.demo_page)
+        if static.is_dir():
+            r.add_static("/static/", static, follow_symlinks=False)
         # The original active-call's forms, so its existing clients keep working.
         r.add_get("/list", self.list_calls_original)
         r.add_get("/kill/{id}", self.kill_call_original)
         return app
+
+    # --- the demo page ------------------------------------------------------------------------
+
+    def static_root(self) -> Path:
+        root = self.config.static_root
+        return Path(root) if root else STATIC_ROOT
+
+    async def demo_page(self, request: web.Request) -> web.StreamResponse:
+        index = self.static_root() / "index.html"
+        if not index.is_file():
+            return web.json_response({"error": f"the demo page is not installed ({index} is missing)"}, status=404)
+        return web.FileResponse(index, headers={"Cache-Control": "no-cache"})
 
     # --- REST ---------------------------------------------------------------------------------
 

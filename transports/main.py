@@ -45,6 +45,7 @@ async def serve(config: Config) -> int:
     host, port = gateway.http_address
     sip_host, sip_port = gateway.sip_address
     log.info("gateway ready", http=f"{host}:{port}", sip=f"{sip_host}:{sip_port}", max_calls=config.max_calls)
+    print(f"demo page: {demo_url(host, port)}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -62,6 +63,15 @@ async def serve(config: Config) -> int:
     waiter.cancel()
     log.info("stopped")
     return 0
+
+
+def demo_url(host: str, port: int) -> str:
+    """Where a browser on this machine finds the demo page (a wildcard bind is reached on loopback)."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 def main(argv: list[str] | None = None) -> int:

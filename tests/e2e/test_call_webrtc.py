@@ -281,3 +281,32 @@ async def test_the_application_leaving_closes_the_peer_connection(rtc_gateway, h
             assert (await resp.json()) == {"calls": []}
     finally:
         await peer.close()
+
+
+async def test_the_demo_page_is_served(gateway_config, http, tmp_path):
+    from transports.gateway import start_gateway
+    from transports.main import demo_url
+
+    gw = await start_gateway(gateway_config())
+    try:
+        async with http.get(f"{base_url(gw)}/") as resp:
+            assert resp.status == 200 and resp.content_type == "text/html"
+            page = await resp.text()
+        assert "static/app.js" in page and "static/style.css" in page
+        for name, kind in (("app.js", "javascript"), ("style.css", "text/css")):
+            async with http.get(f"{base_url(gw)}/static/{name}") as resp:
+                assert resp.status == 200 and kind in resp.content_type
+        async with http.get(f"{base_url(gw)}/static/../pyproject.toml") as resp:
+            assert resp.status in (403, 404)
+    finally:
+        await gw.stop()
+    # a gateway whose static_root holds no page says so
+    gw = await start_gateway(gateway_config(static_root=str(tmp_path / "none")))
+    try:
+        async with http.get(f"{base_url(gw)}/") as resp:
+            assert resp.status == 404 and "the demo page is not installed" in (await resp.json())["error"]
+    finally:
+        await gw.stop()
+    assert demo_url("0.0.0.0", 8080) == "http://127.0.0.1:8080/"
+    assert demo_url("::", 8080) == "http://[::1]:8080/"
+    assert demo_url("10.0.0.5", 80) == "http://10.0.0.5:80/"

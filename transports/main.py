@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -42,6 +43,10 @@ async def serve(config: Config) -> int:
     except GatewayStartError as exc:
         log.error("gateway failed to start", error=str(exc))
         return 1
+    # What exists once the gateway is up (modules, codec tables, the tree) lives as long as the
+    # process: moved out of the collector's reach, a full collection scans only what calls create,
+    # and its pause (~20 ms for the start-up heap alone) no longer lands on the media clock's ticks.
+    gc.freeze()
     host, port = gateway.http_address
     sip_host, sip_port = gateway.sip_address
     log.info("gateway ready", http=f"{host}:{port}", sip=f"{sip_host}:{sip_port}", max_calls=config.max_calls)

@@ -209,6 +209,13 @@ class WebRtcLeg:
         self._done = True
         await self.inbox.close()
         await self._close_pc()
+        inbound, outbound = self.inbound, self.outbound
+        if inbound is not None and outbound is not None:
+            j = inbound.stats().jitter
+            self.log.info("webrtc leg closed", packets_in=inbound.packets, dtmf_packets=inbound.dtmf_packets,
+                          dropped_payload_type=inbound.dropped_payload_type, played=j.played, gaps=j.gaps,
+                          late=j.late, skipped=j.skipped, resyncs=j.resyncs, frames_out=outbound.sent,
+                          frames_out_dropped=outbound.dropped, candidates_failed=self.inbox.failed)
 
     # --- the offer -------------------------------------------------------------------------------
 

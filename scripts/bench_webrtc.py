@@ -16,8 +16,11 @@ Measured over `--seconds` after `--warmup`:
   300 Hz and at least 99 % of the frames the peer sent (late frames count: the recorder pads the
   wall-clock gap they leave, reported as `padding`);
 - the gateway's media clock lateness (p99) from /health.
+- the gateway's own account of every leg, logged when it closes: its jitter buffer (frames played,
+  gaps, late packets, resyncs) and its sender queue (frames dropped).
 A run is clean when every leg receives >= 49 packets/s, the arrival p99 is under 20 ms, the media
-clock p99 lateness under 10 ms, and the sampled audio is the expected tone, < 1 % lost inbound.
+clock p99 lateness under 10 ms, no leg's jitter buffer played more than 1 % gaps, and the sampled
+audio is the expected tone, < 1 % lost inbound.
 On a shared machine the latency figures follow the other load (reported as loadavg); the CPU per
 leg does not.
 
@@ -295,7 +298,9 @@ async def run(args: argparse.Namespace) -> dict:
     sampled = [hz for res in results for hz in res["sampled_hz"]]
     out_p99 = max(res["dev_p99"] for res in results)
     clock = health["clock"]
-    clean = (min(rates) >= 49.0 and out_p99 < 20.0 and clock["lateness_ms_p99"] < 10.0
+    impaired = sum(1 for r in legs_closed if r["gaps"] > 0.01 * max(1, r["played"] + r["gaps"]))
+    clean = (min(rates) >= 49.0 and out_p99 < 20.0 and clock["lateness_ms_p99"] < 10.0 and impaired == 0
+             and len(legs_closed) == args.legs
              and all(abs(hz - OUT_TONE) < 10 for hz in sampled)
              and all(r["hz"] is not None and abs(r["hz"] - IN_TONE) < 10 and r["loss"] < 0.01 for r in recordings))
     return {
@@ -328,6 +333,9 @@ async def run(args: argparse.Namespace) -> dict:
         "in_jitter_late": sum(r["late"] for r in legs_closed),
         "in_jitter_resyncs": sum(r["resyncs"] for r in legs_closed),
         "out_frames_dropped": sum(r["frames_out_dropped"] for r in legs_closed),
+        # legs whose jitter buffer played more than 1 % of its frames as gaps (lost or late)
+        "in_legs_impaired": sum(1 for r in legs_closed if r["gaps"] > 0.01 * max(1, r["played"] + r["gaps"])),
+        "in_late_fraction_by_leg": sorted(round(r["late"] / max(1, r["packets_in"]), 3) for r in legs_closed),
         "clock_lateness_ms_p50": clock["lateness_ms_p50"],
         "clock_lateness_ms_p99": clock["lateness_ms_p99"],
         "clock_late_ticks": clock["late_ticks"],

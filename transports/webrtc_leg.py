@@ -253,6 +253,7 @@ class WebRtcLeg:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         except Exception as exc:  # noqa: BLE001 - aiortc raises several kinds for an offer it cannot take
             await self._close_pc()
+            self.pc = None          # the call is still new: a corrected offer may follow
             raise LegRefused(f"option.offer: {exc}", 488) from None
 
         inbound = InboundAudio(chosen.payloadType, chosen.clockRate, ptime,

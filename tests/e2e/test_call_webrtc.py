@@ -4,6 +4,8 @@ WebSocket against the in-process gateway, on loopback."""
 from __future__ import annotations
 
 import asyncio
+import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -310,3 +312,57 @@ async def test_the_demo_page_is_served(gateway_config, http, tmp_path):
     assert demo_url("0.0.0.0", 8080) == "http://127.0.0.1:8080/"
     assert demo_url("::", 8080) == "http://[::1]:8080/"
     assert demo_url("10.0.0.5", 80) == "http://10.0.0.5:80/"
+
+
+async def until(condition, timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what} not met within {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+def recent_rms(peer: WebRtcPeer, frames: int = 5) -> float:
+    return rms(np.concatenate(peer.received[-frames:])) if len(peer.received) >= frames else 0.0
+
+
+async def test_the_media_plane_works_on_a_webrtc_call(rtc_gateway, http):
+    """In-band DTMF, tts, mute, interrupt, listing and kill, as on /call."""
+    from protocol.codecs import Resampler
+
+    gw = await rtc_gateway()
+    peer = WebRtcPeer(freq=0)
+    keys = Path(__file__).resolve().parents[1] / "fixtures" / "listening" / "dtmf_clean_16k.wav"
+    with wave.open(str(keys)) as w:
+        pcm16 = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    pcm16 = np.concatenate([pcm16, np.zeros(16000, dtype=np.int16)])
+    peer.tone.loop = Resampler(16000, 48000).process(pcm16)        # the keys pressed as tones, looped
+    try:
+        client, _ = await place(http, gw, peer, "w-media")
+        presses = await client.wait_event("dtmf", count=6, timeout=10)
+        assert "".join(e["digit"] for e in presses) == "159#*0"
+
+        await client.send({"command": "tts", "text": "This sentence is long enough to be cut short by an "
+                           "interrupt while it is still being spoken to the browser.", "playId": "t1"})
+        await client.wait_event("trackStart", count=2)
+        await until(lambda: recent_rms(peer) > 300, what="the peer hears the tts")
+        await client.send({"command": "mute", "trackId": "serverSideTrack"})
+        await until(lambda: recent_rms(peer) < 30, what="the peer hears silence while muted")
+        await client.send({"command": "unmute", "trackId": "serverSideTrack"})
+        await until(lambda: recent_rms(peer) > 300, what="the peer hears the tts again")
+        await client.send({"command": "interrupt"})
+        interruption, = await client.wait_event("interruption")
+        assert interruption["playId"] == "t1"
+        await until(lambda: recent_rms(peer) < 30, what="silence after the interrupt")
+
+        async with http.get(f"{base_url(gw)}/call/lists") as resp:
+            listed, = (await resp.json())["calls"]
+        assert listed["id"] == "w-media" and listed["call_type"] == "webrtc"
+        async with http.post(f"{base_url(gw)}/call/kill/w-media") as resp:
+            assert await resp.json() is True
+        await client.wait_closed()
+        hangup, = client.of("hangup")
+        assert (hangup["reason"], hangup["initiator"]) == ("killed", "system")
+        await peer.wait_state("closed")
+    finally:
+        await peer.close()

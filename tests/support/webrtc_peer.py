@@ -32,6 +32,7 @@ class ToneTrack(MediaStreamTrack):
         super().__init__()
         self.freq = freq
         self.amplitude = amplitude
+        self.loop: np.ndarray | None = None     # 48 kHz audio to play (looped) instead of the tone
         self._n = 0
         self._start: float | None = None
 
@@ -42,9 +43,14 @@ class ToneTrack(MediaStreamTrack):
             self._start = time.time()
         else:
             await asyncio.sleep(max(0.0, self._start + self._n * FRAME / RATE - time.time()))
-        t = (np.arange(FRAME) + self._n * FRAME) / RATE
-        pcm = np.rint(np.sin(2 * np.pi * self.freq * t) * self.amplitude).astype(np.int16) if self.freq else \
-            np.zeros(FRAME, dtype=np.int16)
+        if self.loop is not None:
+            at = (np.arange(FRAME) + self._n * FRAME) % len(self.loop)
+            pcm = self.loop[at]
+        elif self.freq:
+            t = (np.arange(FRAME) + self._n * FRAME) / RATE
+            pcm = np.rint(np.sin(2 * np.pi * self.freq * t) * self.amplitude).astype(np.int16)
+        else:
+            pcm = np.zeros(FRAME, dtype=np.int16)
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RATE
         frame.pts = self._n * FRAME

@@ -24,8 +24,9 @@ audio is the expected tone, < 1 % lost inbound.
 On a shared machine the latency figures follow the other load (reported as loadavg); the CPU per
 leg does not.
 
-    .venv/bin/python scripts/bench_webrtc.py --legs 20 --seconds 20
+    .venv/bin/python scripts/bench_webrtc.py --legs 20 --seconds 20                  # one process
     .venv/bin/python scripts/bench_webrtc.py --legs 60 --seconds 20 --codec pcmu --peer-procs 2
+    .venv/bin/python scripts/bench_webrtc.py --legs 40 --seconds 20 --gateways 2     # the machine: a process per core
 
 Last line of output: one JSON object of the figures.
 """
@@ -183,6 +184,7 @@ async def peer_worker(args: argparse.Namespace) -> None:
 # --- the gateway and the run --------------------------------------------------------------------
 
 def start_gateway(tmp: Path, legs: int) -> tuple[subprocess.Popen, str]:
+    """One gateway process in `tmp` (its config, media, recordings and log), ready to call."""
     conf = tmp / "bench.toml"
     conf.write_text(f'http_addr = "127.0.0.1:0"\nmax_calls = {legs + 10}\nlog_level = "info"\n'
                     f'log_format = "json"\ndump_root = "{tmp}/dumps"\nmedia_root = "{tmp}/media"\n'
@@ -236,68 +238,87 @@ async def run(args: argparse.Namespace) -> dict:
 
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        gw, url = start_gateway(tmp, args.legs)
+        gateways: list[tuple[subprocess.Popen, str, Path]] = []
         workers: list[subprocess.Popen] = []
         try:
-            gproc = psutil.Process(gw.pid)
-            idle_rss = gproc.memory_info().rss
-            per = -(-args.legs // args.peer_procs)
+            # --gateways K: K gateway processes, each with its own share of the legs and its own
+            # peer processes: one process per core, as worker processes would spread the calls.
+            shares = [args.legs // args.gateways + (1 if g < args.legs % args.gateways else 0)
+                      for g in range(args.gateways)]
+            first = 0
             recorded_left = args.recorded
-            for first in range(0, args.legs, per):
-                count = min(per, args.legs - first)
-                workers.append(subprocess.Popen(
-                    [sys.executable, __file__, "--peer-worker", "--url", url, "--first", str(first), "--count",
-                     str(count), "--codec", args.codec, "--seconds", str(args.seconds), "--warmup", str(args.warmup),
-                     "--recorded", str(max(0, min(count, recorded_left))), "--vad", args.vad],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT))
-                recorded_left -= count
+            for g, share in enumerate(shares):
+                home = tmp / f"gw{g}"
+                home.mkdir()
+                proc, url = start_gateway(home, share)
+                gateways.append((proc, url, home))
+                per = -(-share // args.peer_procs)
+                for start in range(first, first + share, per):
+                    count = min(per, first + share - start)
+                    workers.append(subprocess.Popen(
+                        [sys.executable, __file__, "--peer-worker", "--url", url, "--first", str(start), "--count",
+                         str(count), "--codec", args.codec, "--seconds", str(args.seconds), "--warmup",
+                         str(args.warmup), "--recorded", str(max(0, min(count, recorded_left))), "--vad", args.vad],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT))
+                    recorded_left -= count
+                first += share
+            gprocs = [psutil.Process(proc.pid) for proc, _, _ in gateways]
+            idle_rss = sum(g.memory_info().rss for g in gprocs)
             for w in workers:
                 line = await asyncio.to_thread(w.stdout.readline)
                 if line.strip() != "ready":
                     raise SystemExit(f"peer worker failed: {line!r}")
             load_before = os.getloadavg()[0]
-            cpu0 = sum(gproc.cpu_times()[:2])
-            threads = gproc.num_threads()
+            cpu0 = [sum(g.cpu_times()[:2]) for g in gprocs]
+            threads = sum(g.num_threads() for g in gprocs)
             t0 = time.monotonic()
             for w in workers:
                 w.stdin.write("go\n")
                 w.stdin.flush()
             results = [json.loads(await asyncio.to_thread(w.stdout.readline)) for w in workers]
             elapsed = time.monotonic() - t0
-            cpu = sum(gproc.cpu_times()[:2]) - cpu0
+            cpus = [sum(g.cpu_times()[:2]) - c for g, c in zip(gprocs, cpu0)]
             load_after = os.getloadavg()[0]
-            rss = gproc.memory_info().rss
+            rss = sum(g.memory_info().rss for g in gprocs)
+            healths = []
             async with aiohttp.ClientSession() as http:
-                async with http.get(f"{url}/health") as resp:
-                    health = await resp.json()
+                for _, url, _ in gateways:
+                    async with http.get(f"{url}/health") as resp:
+                        healths.append(await resp.json())
             for w in workers:
                 await asyncio.to_thread(w.wait, 30)
             deadline = time.monotonic() + 10          # the recorded calls end and close their files
-            while time.monotonic() < deadline:
-                async with aiohttp.ClientSession() as http:
-                    async with http.get(f"{url}/call/lists") as resp:
-                        if not (await resp.json())["calls"]:
-                            break
-                await asyncio.sleep(0.1)
-            legs_closed = [json.loads(line) for line in (tmp / "gateway.log").read_text().splitlines()
+            async with aiohttp.ClientSession() as http:
+                for _, url, _ in gateways:
+                    while time.monotonic() < deadline:
+                        async with http.get(f"{url}/call/lists") as resp:
+                            if not (await resp.json())["calls"]:
+                                break
+                        await asyncio.sleep(0.1)
+            legs_closed = [json.loads(line) for _, _, home in gateways
+                           for line in (home / "gateway.log").read_text().splitlines()
                            if '"webrtc leg closed"' in line]
             sent = {name: n for res in results for name, n in res["sent"].items()}
-            recordings = [recorded_quality(p, sent.get(p.stem, 0)) for p in sorted((tmp / "rec").glob("bench-*.wav"))]
+            recordings = [recorded_quality(p, sent.get(p.stem, 0))
+                          for _, _, home in gateways for p in sorted((home / "rec").glob("bench-*.wav"))]
         finally:
             for w in workers:
                 if w.poll() is None:
                     w.kill()
                     w.wait()
-            gw.send_signal(signal.SIGTERM)
-            try:
-                gw.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                gw.kill()
-                gw.wait()
+            for proc, _, _ in gateways:
+                proc.send_signal(signal.SIGTERM)
+            for proc, _, _ in gateways:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    cpu = sum(cpus)
+    clock = max((h["clock"] for h in healths), key=lambda c: c["lateness_ms_p99"])
     rates = [r for res in results for r in res["rates"]]
     sampled = [hz for res in results for hz in res["sampled_hz"]]
     out_p99 = max(res["dev_p99"] for res in results)
-    clock = health["clock"]
     impaired = sum(1 for r in legs_closed if r["gaps"] > 0.01 * max(1, r["played"] + r["gaps"]))
     clean = (min(rates) >= 49.0 and out_p99 < 20.0 and clock["lateness_ms_p99"] < 10.0 and impaired == 0
              and len(legs_closed) == args.legs
@@ -314,7 +335,9 @@ async def run(args: argparse.Namespace) -> dict:
         # processes included in the second, puts the latency figures in context.
         "loadavg_before": round(load_before, 2),
         "loadavg_after": round(load_after, 2),
+        "gateways": args.gateways,
         "gateway_cpu_pct_total": round(100 * cpu / elapsed, 1),
+        "gateway_cpu_pct_by_process": [round(100 * c / elapsed, 1) for c in cpus],
         "gateway_cpu_pct_per_leg": round(100 * cpu / elapsed / args.legs, 3),
         "gateway_threads": threads,
         "gateway_rss_mb": round(rss / 2**20, 1),
@@ -352,7 +375,9 @@ def main() -> None:
     p.add_argument("--codec", default="opus", choices=["opus", "pcmu", "pcma", "g722"])
     p.add_argument("--vad", default="none", choices=["none", "silero", "webrtc"],
                    help="run this VAD on every call's inbound audio")
-    p.add_argument("--peer-procs", type=int, default=1, help="processes the peers are spread over")
+    p.add_argument("--gateways", type=int, default=1, help="gateway processes the legs are spread over "
+                                                          "(one per core: the machine's figure)")
+    p.add_argument("--peer-procs", type=int, default=1, help="peer processes per gateway")
     p.add_argument("--recorded", type=int, default=2, help="legs whose inbound audio the gateway records and "
                                                           "the bench checks")
     p.add_argument("--peer-worker", action="store_true", help=argparse.SUPPRESS)

@@ -37,9 +37,9 @@ async def rtc_gateway(gateway_config):
             await gw.stop()
 
 
-async def place(http, gw, peer: WebRtcPeer, session_id: str, **option):
+async def place(http, gw, peer: WebRtcPeer, session_id: str, command: str = "invite", **option):
     client = await connect(http, gw, path="/call/webrtc", id=session_id)
-    await client.send({"command": "invite", "option": {"offer": await peer.offer(), **option}})
+    await client.send({"command": command, "option": {"offer": await peer.offer(), **option}})
     answer, = await client.wait_event("answer")
     await peer.answer(answer["sdp"])
     await peer.wait_connected()
@@ -98,7 +98,8 @@ async def test_the_application_may_name_the_codec(rtc_gateway, http):
     gw = await rtc_gateway()
     peer = WebRtcPeer(freq=600)         # offers opus, G722, PCMU, PCMA
     try:
-        client, answer = await place(http, gw, peer, "w-named", codec="pcma")
+        # `accept` places a WebRTC call as `invite` does
+        client, answer = await place(http, gw, peer, "w-named", "accept", codec="pcma")
         rtpmaps = [line for line in answer["sdp"].splitlines() if line.startswith("a=rtpmap:")]
         assert rtpmaps[0] == "a=rtpmap:8 PCMA/8000"
         assert [m.split()[1] for m in rtpmaps] == ["PCMA/8000", "telephone-event/8000"]

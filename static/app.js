@@ -14,6 +14,9 @@ let statsTimer = null;
 let interim = null;
 
 $("session").value = "demo-" + Math.random().toString(36).slice(2, 8);
+// A gateway with api_tokens: open the page as /?token=<token>; the page sends it with its calls.
+const token = new URLSearchParams(location.search).get("token");
+const withToken = (url) => (token ? url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : url);
 
 function setStatus(text, kind) {
   const el = $("status");
@@ -114,7 +117,7 @@ async function call() {
   $("transcript").innerHTML = "";
   interim = null;
   try {
-    const servers = await (await fetch("iceservers")).json();
+    const servers = await (await fetch(withToken("iceservers"))).json();
     mic = await navigator.mediaDevices.getUserMedia({ audio: true });
     pc = new RTCPeerConnection({
       iceServers: servers.map((s) => ({
@@ -133,7 +136,7 @@ async function call() {
 
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const base = location.pathname.replace(/[^/]*$/, "");
-    ws = new WebSocket(`${scheme}//${location.host}${base}call/webrtc?id=${encodeURIComponent($("session").value)}`);
+    ws = new WebSocket(withToken(`${scheme}//${location.host}${base}call/webrtc?id=${encodeURIComponent($("session").value)}`));
     ws.onmessage = (m) => onEvent(JSON.parse(m.data)).catch((err) => log("error", "page", String(err)));
     ws.onclose = () => end();
     await new Promise((resolve, reject) => {

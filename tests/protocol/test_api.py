@@ -323,7 +323,7 @@ def test_add_ice_candidate_in_the_browsers_shape() -> None:
     assert parse_command('{"command":"addIceCandidate"}').end_of_candidates
     assert command_to_json(cmd) == {"command": "addIceCandidate", "candidate": cmd.candidate, "sdpMid": "0",
                                     "sdpMLineIndex": 0}
-    with pytest.raises(ApiError, match=r"addIceCandidate: sdpMLineIndex: expected integer >= 0, got -1"):
+    with pytest.raises(ApiError, match=r"addIceCandidate: sdpMLineIndex: expected integer from 0 to 65535, got -1"):
         parse_command('{"command":"addIceCandidate","candidate":"x","sdpMLineIndex":-1}')
     with pytest.raises(ApiError, match=r"addIceCandidate: candidate: expected string, got integer"):
         parse_command('{"command":"addIceCandidate","candidate":5}')

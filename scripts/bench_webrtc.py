@@ -27,6 +27,7 @@ leg does not.
     .venv/bin/python scripts/bench_webrtc.py --legs 20 --seconds 20                  # one process
     .venv/bin/python scripts/bench_webrtc.py --legs 60 --seconds 20 --codec pcmu --peer-procs 2
     .venv/bin/python scripts/bench_webrtc.py --legs 40 --seconds 20 --gateways 2     # the machine: a process per core
+    .venv/bin/python scripts/bench_webrtc.py --legs 10 --seconds 10 --aiortc-path    # peers on aiortc's own media path
 
 Last line of output: one JSON object of the figures.
 """
@@ -58,8 +59,12 @@ OUT_TONE, IN_TONE = 440.0, 300.0
 # --- the peers (run in worker processes) -------------------------------------------------------
 
 async def peer_worker(args: argparse.Namespace) -> None:
+    import fractions
+
     import aiohttp
-    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    import av
+    from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc.mediastreams import MediaStreamError
 
     from protocol.codecs import Decoder, Encoder, codec_info
     from transports.webrtc_ice import use_host_addresses
@@ -74,23 +79,65 @@ async def peer_worker(args: argparse.Namespace) -> None:
     tone = (np.sin(2 * np.pi * IN_TONE * t) * 6000).astype(np.int16)
     frames = [enc.encode(tone[i:i + 320]) for i in range(0, 16000, 320)]   # 1 s, cycled
 
+    class ToneSource(MediaStreamTrack):
+        """--aiortc-path: the tone as av.AudioFrames for aiortc's own encoder, paced in real time."""
+
+        kind = "audio"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+            self.t0: float | None = None
+
+        async def recv(self) -> av.AudioFrame:
+            if self.t0 is None:
+                self.t0 = time.monotonic()
+            await asyncio.sleep(max(0.0, self.t0 + self.n * 0.02 - time.monotonic()))
+            i = self.n % 50
+            frame = av.AudioFrame.from_ndarray(tone[i * 320:(i + 1) * 320].reshape(1, -1), format="s16",
+                                               layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 16000, self.n * 320, fractions.Fraction(1, 16000)
+            self.n += 1
+            return frame
+
+        @property
+        def sent(self) -> int:
+            return self.n
+
     class Leg:
         def __init__(self, index: int) -> None:
             self.index = index
             self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-            self.out = OutboundAudio(clock, step, 10)
+            self.out = ToneSource() if args.aiortc_path else OutboundAudio(clock, step, 10)
             self.transceiver = self.pc.addTransceiver(self.out, direction="sendrecv")
             self.arrivals: list[float] = []
             self.payloads: list[bytes] = []
+            self.pcm: list[np.ndarray] = []
+            self.pcm_rate = 16000
             self.keep = index < args.recorded
             self.measuring = False
             self.ws = None
+            if args.aiortc_path:
+                self.pc.on("track", lambda track: asyncio.ensure_future(self.drain(track)))
 
         async def on_rtp(self, packet, arrival_time_ms: int = 0) -> None:
             if self.measuring:
                 self.arrivals.append(time.monotonic())
                 if self.keep and len(self.payloads) < 250:
                     self.payloads.append(packet.payload)
+
+        async def drain(self, track) -> None:
+            """--aiortc-path: aiortc decodes on its thread; every decoded frame is taken."""
+            try:
+                while True:
+                    frame = await track.recv()
+                    if self.measuring:
+                        self.arrivals.append(time.monotonic())
+                        if self.keep and len(self.pcm) < 250:
+                            self.pcm_rate = frame.sample_rate
+                            self.pcm.append(frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0])
+            except MediaStreamError:
+                return
 
     legs = [Leg(args.first + i) for i in range(args.count)]
 
@@ -112,7 +159,8 @@ async def peer_worker(args: argparse.Namespace) -> None:
                 break
             if event["event"] in ("error", "hangup"):
                 raise RuntimeError(f"leg {leg.index}: {event}")
-        leg.transceiver.receiver._handle_rtp_packet = leg.on_rtp  # noqa: SLF001 - count, do not decode
+        if not args.aiortc_path:
+            leg.transceiver.receiver._handle_rtp_packet = leg.on_rtp  # noqa: SLF001 - count, do not decode
         await leg.ws.send_json({"command": "play", "url": "tone.wav"})
         asyncio.ensure_future(replay(leg))
 
@@ -132,7 +180,8 @@ async def peer_worker(args: argparse.Namespace) -> None:
             frame = frames[n % len(frames)]
             n += 1
             for leg in legs:
-                leg.out.push(frame)
+                if not args.aiortc_path:
+                    leg.out.push(frame)
 
     proc = psutil.Process()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
@@ -165,12 +214,17 @@ async def peer_worker(args: argparse.Namespace) -> None:
             rates.append(len(a) / elapsed)
             if len(a) > 1:
                 deviations.append(np.abs(np.diff(a) - 0.02) * 1000)
-            if leg.payloads:
-                dec = Decoder(info)
-                pcm = np.concatenate([dec.decode(p) for p in leg.payloads])
-                spectrum = np.abs(np.fft.rfft(pcm[1600:] * np.hanning(len(pcm) - 1600)))
+            if leg.payloads or leg.pcm:
+                rate = leg.pcm_rate if leg.pcm else 16000
+                if leg.pcm:
+                    pcm = np.concatenate(leg.pcm).astype(np.float64)
+                else:
+                    dec = Decoder(info)
+                    pcm = np.concatenate([dec.decode(p) for p in leg.payloads]).astype(np.float64)
+                pcm = pcm[rate // 10:]                       # past the decoders' start
+                spectrum = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm))))
                 spectrum[0] = 0
-                sampled.append(float(np.argmax(spectrum) * 16000 / (len(pcm) - 1600)))
+                sampled.append(float(np.argmax(spectrum) * rate / len(pcm)))
         for leg in legs:
             await leg.ws.send_json({"command": "hangup"})
             await leg.ws.close()
@@ -258,7 +312,8 @@ async def run(args: argparse.Namespace) -> dict:
                     workers.append(subprocess.Popen(
                         [sys.executable, __file__, "--peer-worker", "--url", url, "--first", str(start), "--count",
                          str(count), "--codec", args.codec, "--seconds", str(args.seconds), "--warmup",
-                         str(args.warmup), "--recorded", str(max(0, min(count, recorded_left))), "--vad", args.vad],
+                         str(args.warmup), "--recorded", str(max(0, min(count, recorded_left))), "--vad", args.vad]
+                        + (["--aiortc-path"] if args.aiortc_path else []),
                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT))
                     recorded_left -= count
                 first += share
@@ -343,6 +398,10 @@ async def run(args: argparse.Namespace) -> dict:
         "gateway_rss_mb": round(rss / 2**20, 1),
         "gateway_rss_mb_per_leg": round((rss - idle_rss) / 2**20 / args.legs, 3),
         "peers_cpu_pct_total": round(sum(res["cpu_pct"] for res in results), 1),
+        # --aiortc-path: the peers decode and encode through aiortc's own media path, so this is its
+        # cost per leg (without it they only packetise pre-encoded frames and count packets)
+        "peers_media_path": "aiortc" if args.aiortc_path else "pre-encoded",
+        "peers_cpu_pct_per_leg": round(sum(res["cpu_pct"] for res in results) / args.legs, 3),
         "out_packets_per_s_min": round(min(rates), 2),
         "out_packets_per_s_mean": round(float(np.mean(rates)), 2),
         "out_arrival_jitter_ms_p50": round(max(res["dev_p50"] for res in results), 3),
@@ -380,6 +439,9 @@ def main() -> None:
     p.add_argument("--peer-procs", type=int, default=1, help="peer processes per gateway")
     p.add_argument("--recorded", type=int, default=2, help="legs whose inbound audio the gateway records and "
                                                           "the bench checks")
+    p.add_argument("--aiortc-path", action="store_true",
+                   help="the peers use aiortc's own media path (decoder thread per receiver, executor encoder): "
+                        "peers_cpu_pct_per_leg is then its cost, for comparison with the gateway's")
     p.add_argument("--peer-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)

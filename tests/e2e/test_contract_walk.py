@@ -912,7 +912,10 @@ HONOURED: dict[str, Check] = {
 NOT_INCOMING = "only for an incoming call; this one is outbound"
 NO_TRANSFER = "refer: transfer needs a SIP leg; this is a /call session"
 NO_DTMF_SIGNALLING = "sendDtmf: a /call session carries DTMF only as audio"
+NO_ICE = "addIceCandidate: this session's leg does not take it"
 REFUSED_ON_CALL: dict[str, str] = {
+    **dict.fromkeys(("addIceCandidate", "addIceCandidate.candidate", "addIceCandidate.sdpMLineIndex",
+                     "addIceCandidate.sdpMid", "addIceCandidate.sdpMlineIndex"), NO_ICE),
     **dict.fromkeys(("sendDtmf", "sendDtmf.digits", "sendDtmf.duration"), NO_DTMF_SIGNALLING),
     **dict.fromkeys(("reject", "reject.reason", "reject.code"), f"reject: {NOT_INCOMING}"),
     **dict.fromkeys(("ringing", "ringing.recorder", "ringing.recorder.recorderFile", "ringing.recorder.samplerate",

@@ -58,7 +58,9 @@ from protocol.api_codec import (
 )
 from protocol.api_commands import (
     COMMANDS,
+    LEG_COMMANDS,
     Accept,
+    AddIceCandidate,
     Bridge,
     Command,
     Custom,
@@ -127,7 +129,7 @@ __all__ = [
     # commands
     "Invite", "Accept", "Reject", "Ringing", "Tts", "Play", "Interrupt", "Refer", "Mute",
     "Unmute", "Hangup", "Pause", "Resume", "History", "Custom", "Bridge", "Unbridge",
-    "SendDtmf", "Command", "COMMANDS",
+    "SendDtmf", "AddIceCandidate", "Command", "COMMANDS", "LEG_COMMANDS",
     # events
     "IncomingEvent", "AnswerEvent", "RejectEvent", "RingingEvent", "HangupEvent",
     "SpeakingEvent", "SilenceEvent", "AsrFinalEvent", "AsrDeltaEvent", "TrackStartEvent",

@@ -141,9 +141,36 @@ class Unbridge:
     target_session_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class AddIceCandidate:
+    """A trickled ICE candidate of a WebRTC peer (the browser's ``RTCIceCandidate`` fields).
+
+    ``candidate`` empty or absent signals the end of the peer's candidates. The m-line is named
+    by ``sdpMid`` or by its index; ``sdpMlineIndex`` is accepted for the index as well, as
+    clients that copy the field name from other signalling spell it so."""
+
+    command: ClassVar[str] = "addIceCandidate"
+    candidate: str | None = None
+    sdp_mid: str | None = None
+    sdp_m_line_index: int | None = opt_field(None, lo=0, hi=65535)
+    sdp_mline_index: int | None = opt_field(None, lo=0, hi=65535)
+
+    @property
+    def mline_index(self) -> int | None:
+        return self.sdp_m_line_index if self.sdp_m_line_index is not None else self.sdp_mline_index
+
+    @property
+    def end_of_candidates(self) -> bool:
+        return not self.candidate
+
+
 Command = Union[
     Invite, Accept, Reject, Ringing, Tts, Play, Interrupt, Refer, Mute, Unmute, Hangup,
-    Pause, Resume, History, Custom, Bridge, Unbridge, SendDtmf,
+    Pause, Resume, History, Custom, Bridge, Unbridge, SendDtmf, AddIceCandidate,
 ]
 
 COMMANDS: dict[str, type] = {cls.command: cls for cls in typing.get_args(Command)}
+
+# Commands addressed to the call's leg rather than to the call: the connection hands them to its
+# leg's own hook (transports/http.py) and they never reach the Call or its state machine.
+LEG_COMMANDS: tuple[type, ...] = (AddIceCandidate,)

@@ -1,6 +1,7 @@
 """Access control for the HTTP side: API tokens, admin tokens and allowed browser Origins.
 
-With `api_tokens`/`admin_tokens` configured, every route but /health needs a token, sent as
+With `api_tokens`/`admin_tokens` configured, every route but /health and the demo page's static
+files (/ and /static/) needs a token, sent as
 `Authorization: Bearer <token>` or, for browsers that cannot set headers on a WebSocket, as the
 `token` query parameter. A token is known to the rest of the gateway only by its id (a short hash),
 so tokens never reach listings, logs or dumps. Without tokens nothing is checked, and a gateway
@@ -24,7 +25,9 @@ from .config import Config
 __all__ = ["Access", "OWNER_KEY", "access_middleware", "exposure_warning", "token_id"]
 
 OWNER_KEY = web.RequestKey("owner", object)  # Owner | None: who the request acts for
-PUBLIC_PATHS = frozenset({"/health"})      # liveness probes rarely carry credentials
+PUBLIC_PATHS = frozenset({"/health", "/"})  # liveness probes rarely carry credentials; / is the demo page
+PUBLIC_PREFIXES = ("/static/",)             # the demo page's files: no call data, and a browser fetches
+#                                             them without the token the page then sends with its calls
 ADMIN_PATHS = frozenset({"/metrics"})      # gateway-wide figures: not for one tenant's token
 REALM = 'Bearer realm="active-call"'
 
@@ -80,7 +83,7 @@ def _refuse(status: int, message: str) -> web.Response:
 def access_middleware(access: Access) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in PUBLIC_PATHS:
+        if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):
             return await handler(request)
         origin = request.headers.get("Origin")
         if access.origins and origin is not None and origin.rstrip("/") not in access.origins:

@@ -10,6 +10,7 @@ import dataclasses
 import ipaddress
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,21 @@ class ProvidersConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebRtcConfig:
+    """The `/call/webrtc` leg: ICE, its timeouts and the bounds of its media queues."""
+
+    host_addresses: tuple[str, ...] = ()  # ICE host candidates; empty: every interface but loopback
+    gather_with_ice_servers: bool = False  # the gateway's own peer connections use ice_servers too
+    ice_timeout: float = 20.0            # seconds from the answer until the peer must be connected
+    disconnect_timeout: float = 15.0     # seconds a connected peer may send nothing (RTP or RTCP)
+    max_candidates: int = 64             # trickled candidates one call accepts (buffered ones included)
+    jitter_target_ms: int = 60           # playout delay of the jitter buffer
+    jitter_max_ms: int = 260             # further ahead than this, playout jumps forward (counted)
+    outbound_frames: int = 10            # frames queued towards aiortc's sender; past it the oldest goes
+    dtmf_timeout: float = 0.5            # a received RFC 4733 digit whose end packets are lost ends after this
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     http_addr: str = "0.0.0.0:8080"
     sip_addr: str = "0.0.0.0"
@@ -186,6 +202,8 @@ class Config:
     fetch: FetchConfig = field(default_factory=FetchConfig)
     dump: DumpConfig = field(default_factory=DumpConfig)
     providers: ProvidersConfig = field(default_factory=ProvidersConfig)
+    webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
+    static_root: str | None = None       # the demo page's files; None: static/ beside the package
 
     @property
     def http_host_port(self) -> tuple[str, int]:
@@ -308,6 +326,9 @@ def _validate(cfg: Config) -> None:
     if cfg.handler.type != "webhook":
         raise ConfigError(f"handler.type: only 'webhook' is supported, got {cfg.handler.type!r}")
     _positive(cfg.handler.timeout, "handler.timeout")
+    _validate_webrtc(cfg.webrtc)
+    for i, server in enumerate(cfg.ice_servers):
+        _validate_ice_server(server, f"ice_servers[{i}]")
 
 
 def _positive(value: float, name: str) -> None:
@@ -378,6 +399,67 @@ def _validate_rtp(rtp: RtpConfig) -> None:
         raise ConfigError(f"rtp.dtmf_gap_ms: must be 0..5000 ms, got {rtp.dtmf_gap_ms}")
     if rtp.dtmf_max_queued < 1:
         raise ConfigError(f"rtp.dtmf_max_queued: must be at least 1, got {rtp.dtmf_max_queued}")
+
+
+def _validate_webrtc(webrtc: WebRtcConfig) -> None:
+    for address in webrtc.host_addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ConfigError(f"webrtc.host_addresses: expected IP addresses, got {address!r}") from None
+    for name in ("ice_timeout", "disconnect_timeout", "dtmf_timeout"):
+        _positive(getattr(webrtc, name), f"webrtc.{name}")
+    if webrtc.max_candidates < 1:
+        raise ConfigError(f"webrtc.max_candidates: must be at least 1, got {webrtc.max_candidates}")
+    if not 0 <= webrtc.jitter_target_ms < webrtc.jitter_max_ms <= 2000:
+        raise ConfigError(
+            f"webrtc.jitter_target_ms/jitter_max_ms: need 0 <= target < max <= 2000, got "
+            f"{webrtc.jitter_target_ms}/{webrtc.jitter_max_ms}"
+        )
+    if not 1 <= webrtc.outbound_frames <= 500:
+        raise ConfigError(f"webrtc.outbound_frames: must be 1..500, got {webrtc.outbound_frames}")
+
+
+ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
+
+
+def _validate_ice_server(server: IceServer, where: str) -> None:
+    if not server.urls:
+        raise ConfigError(f"{where}.urls: needs at least one URL")
+    for url in server.urls:
+        if not url.lower().startswith(ICE_SCHEMES):
+            raise ConfigError(f"{where}.urls: expected stun:, stuns:, turn: or turns: URLs, got {url!r}")
+
+
+# Environment variables that add ICE servers (after the configured ones), as the API promises.
+# STUN_SERVER is the original's name; the TURN triple completes it for relayed media.
+ICE_ENV = ("STUN_SERVER", "TURN_SERVER", "TURN_USERNAME", "TURN_CREDENTIAL")
+
+
+def env_ice_servers(environ: Mapping[str, str]) -> tuple[IceServer, ...]:
+    """ICE servers named by the environment: STUN_SERVER (one or more comma-separated stun: URLs)
+    and TURN_SERVER (turn: URLs) with TURN_USERNAME and TURN_CREDENTIAL. ConfigError names the
+    variable that is malformed or incomplete."""
+    out: list[IceServer] = []
+    for name, fields in (("STUN_SERVER", ()), ("TURN_SERVER", ("TURN_USERNAME", "TURN_CREDENTIAL"))):
+        raw = environ.get(name, "").strip()
+        if not raw:
+            continue
+        urls = tuple(u.strip() for u in raw.split(",") if u.strip())
+        credentials = [environ.get(f, "").strip() or None for f in fields]
+        if fields and None in credentials:
+            missing = [f for f, v in zip(fields, credentials) if v is None]
+            raise ConfigError(f"environment: {name} is set but {' and '.join(missing)} is not")
+        server = IceServer(urls, *credentials)
+        _validate_ice_server(server, f"environment {name}")
+        out.append(server)
+    return tuple(out)
+
+
+def with_env_ice_servers(cfg: Config, environ: Mapping[str, str]) -> Config:
+    """`cfg` with the environment's ICE servers after its own (an identical entry is kept once)."""
+    extra = tuple(s for s in env_ice_servers(environ) if s not in cfg.ice_servers)
+    return dataclasses.replace(cfg, ice_servers=cfg.ice_servers + extra) if extra else cfg
 
 
 def parse_config(table: dict[str, Any]) -> Config:

@@ -39,6 +39,7 @@ from actors.vad import SileroEngine, SileroModel
 from .config import Config
 from .fetch_policy import FetchPolicy
 from .http import GetAddress, HttpServer
+from .leg_maker import LegProvider
 from .media_loader import MediaLoader
 from .media_pass import media_pass_starter
 from .metrics import Telemetry
@@ -49,6 +50,8 @@ from .sip_register import Registrar
 from .sip_server import GetSipEndpoint, SipServer, sip_endpoint_spec
 from .file_writer import FileWriter, WrittenSink
 from .wav_sink import open_recording, segment_path
+from .webrtc_ice import use_host_addresses
+from .webrtc_leg import WebRtcSettings, webrtc_legs
 
 log = structlog.get_logger("gateway")
 
@@ -111,6 +114,14 @@ def build_services(config: Config, engines: EngineHost, media: MediaLoader, writ
     )
 
 
+def transport_legs(config: Config) -> dict[str, LegProvider]:
+    """The legs the transports offer the HTTP server by call type (`/call` is its own)."""
+    webrtc = config.webrtc
+    use_host_addresses(webrtc.host_addresses)
+    servers = config.ice_servers if webrtc.gather_with_ice_servers else ()
+    return {"webrtc": webrtc_legs(WebRtcSettings(webrtc, servers))}
+
+
 def gateway_children(config: Config, clock: MediaClock, engines: EngineHost, services: CallServices,
                      current: dict[str, ActorRef], claims: RecordingClaims | None = None,
                      telemetry: Telemetry | None = None, sip: SipCalls | None = None) -> list[ChildSpec]:
@@ -120,6 +131,7 @@ def gateway_children(config: Config, clock: MediaClock, engines: EngineHost, ser
     telemetry = telemetry if telemetry is not None else Telemetry(engines=engines, media=None, claims=claims)
     sip = sip if sip is not None else SipCalls(config, calls=lambda: current.get("calls"), clock=clock,
                                                services=services)
+    legs = transport_legs(config)
 
     def started(id: str, ref: ActorRef) -> ActorRef:
         current[id] = ref
@@ -143,7 +155,7 @@ def gateway_children(config: Config, clock: MediaClock, engines: EngineHost, ser
                       parent=parent, name="calls"))),
         ChildSpec(id="http", restart=Restart.PERMANENT, shutdown=sup.call_shutdown_timeout + 2.0,
                   start=lambda parent: started("http", HttpServer.start(config, lambda: current["calls"], clock,
-                                                                        services, legs={"sip": sip.legs},
+                                                                        services, legs={"sip": sip.legs, **legs},
                                                                         telemetry=telemetry,
                                                                         health=lambda: {"sip": sip.stats()},
                                                                         parent=parent, name="http"))),

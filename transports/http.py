@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from aiohttp import WSMsgType, web
@@ -34,7 +35,7 @@ from actors.call_supervisor import (
     StartCall,
 )
 from actors.clock import MediaClock
-from actors.leg import LegContext, LegFactory
+from actors.leg import LegContext, LegRefused
 from actors.messages import (
     AppConnection,
     Attach,
@@ -57,6 +58,7 @@ from protocol.redact import redact
 from .auth import OWNER_KEY, Access, access_middleware, exposure_warning
 from .config import Config
 from .event_dump import DumpWriter, EventDump
+from .leg_maker import LegMaker, LegProvider
 from .metrics import CONTENT_TYPE, CountedPipe, Counters, Telemetry, render
 from .ws_leg import UnavailableLeg, WebSocketLeg
 from .ws_session import Outbox, session_id_ok
@@ -69,20 +71,7 @@ URGENT_COMMANDS = (api.Interrupt, api.Hangup)
 MAX_TEXT_FRAME = 4 << 20  # a base64 `tts` of ~90 s of 16 kHz audio fits
 # How long a finished connection may take to receive what is still queued before it is dropped.
 CLOSE_GRACE = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class LegMaker:
-    """What a transport offers one connection of its call type: the factory of the call's leg, and
-    where the connection's binary frames go (None: binary frames are not this leg's media and are
-    counted and dropped)."""
-
-    factory: LegFactory
-    binary: Callable[[bytes], None] | None = None
-
-
-LegProvider = Callable[[str, Outbox], LegMaker]
-"""(session id, the connection's outbox) -> the LegMaker for a new call of one call type."""
+STATIC_ROOT = Path(__file__).resolve().parents[1] / "static"   # the demo page beside the package
 
 
 def websocket_legs(session_id: str, outbox: Outbox, counters: Counters | None = None) -> LegMaker:
@@ -182,10 +171,27 @@ class CallRouter:
         r.add_get("/iceservers", self.ice_servers)
         r.add_get("/health", self.health)
         r.add_get("/metrics", self.metrics)
+        # The demo page: index at /, its files under /static/ (only when the directory exists).
+        static = self.static_root()
+        r.add_get("/", self.demo_page)
+        if static.is_dir():
+            r.add_static("/static/", static, follow_symlinks=False)
         # The original active-call's forms, so its existing clients keep working.
         r.add_get("/list", self.list_calls_original)
         r.add_get("/kill/{id}", self.kill_call_original)
         return app
+
+    # --- the demo page ------------------------------------------------------------------------
+
+    def static_root(self) -> Path:
+        root = self.config.static_root
+        return Path(root) if root else STATIC_ROOT
+
+    async def demo_page(self, request: web.Request) -> web.StreamResponse:
+        index = self.static_root() / "index.html"
+        if not index.is_file():
+            return web.json_response({"error": f"the demo page is not installed ({index} is missing)"}, status=404)
+        return web.FileResponse(index, headers={"Cache-Control": "no-cache"})
 
     # --- REST ---------------------------------------------------------------------------------
 
@@ -399,7 +405,7 @@ class CallRouter:
             call.add_watcher(lambda _exit: outbox.close())
             if params.ping_interval > 0:
                 ping_task = asyncio.create_task(self._ping(emit, params.ping_interval))
-            await self._read(ws, call, maker.binary, dump, clog)
+            await self._read(ws, call, maker, dump, clog)
         finally:
             if ping_task is not None:
                 ping_task.cancel()
@@ -435,8 +441,9 @@ class CallRouter:
                                 f"not a {CALL_TYPE_WIRE.get(call_type, call_type)} one")
         return existing, False
 
-    async def _read(self, ws: web.WebSocketResponse, call: ActorRef, binary: Callable[[bytes], None] | None,
+    async def _read(self, ws: web.WebSocketResponse, call: ActorRef, maker: LegMaker,
                     dump: EventDump | None, clog: structlog.typing.FilteringBoundLogger) -> None:
+        binary = maker.binary
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 if dump is not None:
@@ -446,7 +453,12 @@ class CallRouter:
                 except api.ApiError as exc:
                     message: object = BadCommand(str(exc))
                 else:
-                    message = UrgentCommand(cmd) if isinstance(cmd, URGENT_COMMANDS) else ClientCommand(cmd)
+                    if isinstance(cmd, api.LEG_COMMANDS):
+                        message = _leg_command(maker, cmd)
+                        if message is None:
+                            continue
+                    else:
+                        message = UrgentCommand(cmd) if isinstance(cmd, URGENT_COMMANDS) else ClientCommand(cmd)
                 try:
                     call.tell(message)
                 except ActorDeadError:
@@ -464,6 +476,20 @@ class CallRouter:
         while True:
             await asyncio.sleep(interval)
             emit(api.PingEvent(timestamp=now_ms()))
+
+
+def _leg_command(maker: LegMaker, cmd: object) -> BadCommand | None:
+    """Hand a leg command to the connection's leg; what comes back for the call is the error
+    event of a refusal (the call emits it, in order with its other events)."""
+    hook = maker.commands.get(type(cmd))
+    wire = getattr(cmd, "command", type(cmd).__name__)
+    if hook is None:
+        return BadCommand(f"{wire}: this session's leg does not take it", 400)
+    try:
+        hook(cmd)
+    except LegRefused as exc:
+        return BadCommand(exc.message, exc.code)
+    return None
 
 
 def _open_fds() -> int | None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import os
 import signal
 import sys
 from typing import Any
 
 import structlog
 
-from .config import Config, ConfigError, load_config, split_host_port
+from .config import Config, ConfigError, load_config, split_host_port, with_env_ice_servers
 from .gateway import GatewayStartError, start_gateway
 from .logs import configure_logging
 
@@ -41,9 +43,14 @@ async def serve(config: Config) -> int:
     except GatewayStartError as exc:
         log.error("gateway failed to start", error=str(exc))
         return 1
+    # What exists once the gateway is up (modules, codec tables, the tree) lives as long as the
+    # process: moved out of the collector's reach, a full collection scans only what calls create,
+    # and its pause (~20 ms for the start-up heap alone) no longer lands on the media clock's ticks.
+    gc.freeze()
     host, port = gateway.http_address
     sip_host, sip_port = gateway.sip_address
     log.info("gateway ready", http=f"{host}:{port}", sip=f"{sip_host}:{sip_port}", max_calls=config.max_calls)
+    print(f"demo page: {demo_url(host, port)}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -63,10 +70,19 @@ async def serve(config: Config) -> int:
     return 0
 
 
+def demo_url(host: str, port: int) -> str:
+    """Where a browser on this machine finds the demo page (a wildcard bind is reached on loopback)."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        config = load_config(args.conf, overrides_from(args))
+        config = with_env_ice_servers(load_config(args.conf, overrides_from(args)), os.environ)
     except ConfigError as exc:
         print(f"active-call: config error: {exc}", file=sys.stderr)
         return 2

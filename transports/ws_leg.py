@@ -47,7 +47,7 @@ class WebSocketLeg:
         raise LegRefused("a /call session has no incoming call to reject", 400)
 
     async def send_dtmf(self, digits: str, duration_ms: int) -> None:
-        raise LegRefused("DTMF needs a SIP leg; this is a /call session (its DTMF is audio)", 400)
+        raise LegRefused("a /call session carries DTMF only as audio", 400)
 
     async def transfer(self, command: api.Refer) -> None:
         raise LegRefused("transfer needs a SIP leg; this is a /call session", 400)

@@ -239,3 +239,24 @@ async def test_another_tokens_call_cannot_be_joined_by_its_id(secured, http):
     await asyncio.sleep(0.2)
     assert owner.of("hangup") == [] and not owner.ws.closed
     await owner.ws.close()
+
+
+async def test_the_demo_page_is_public_and_its_calls_carry_the_token(secured, http):
+    url = base_url(secured)
+    # the page and its files hold no call data: a browser fetches them without credentials
+    for path in ("/", "/static/app.js", "/static/style.css"):
+        async with http.get(url + path) as resp:
+            assert resp.status == 200, path
+    async with http.get(url + "/static/app.js") as resp:
+        script = await resp.text()
+    assert 'get("token")' in script and "withToken(\"iceservers\")" in script
+    # what the page does with them is not: /iceservers and /call/webrtc need the token it passes on
+    async with http.get(url + "/iceservers") as resp:
+        assert resp.status == 401
+    async with http.get(url + f"/iceservers?token={ALICE}") as resp:
+        assert resp.status == 200
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(url + "/call/webrtc?id=page")
+    assert refused.value.status == 401
+    ws = await http.ws_connect(url + f"/call/webrtc?id=page&token={ALICE}")
+    await ws.close()

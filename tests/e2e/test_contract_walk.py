@@ -912,7 +912,12 @@ HONOURED: dict[str, Check] = {
 
 NOT_INCOMING = "only for an incoming call; this one is outbound"
 NO_TRANSFER = "refer: transfer needs a SIP leg; this is a /call session"
+NO_DTMF_SIGNALLING = "sendDtmf: a /call session carries DTMF only as audio"
+NO_ICE = "addIceCandidate: this session's leg does not take it"
 REFUSED_ON_CALL: dict[str, str] = {
+    **dict.fromkeys(("addIceCandidate", "addIceCandidate.candidate", "addIceCandidate.sdpMLineIndex",
+                     "addIceCandidate.sdpMid", "addIceCandidate.sdpMlineIndex"), NO_ICE),
+    **dict.fromkeys(("sendDtmf", "sendDtmf.digits", "sendDtmf.duration"), NO_DTMF_SIGNALLING),
     **dict.fromkeys(("reject", "reject.reason", "reject.code"), f"reject: {NOT_INCOMING}"),
     **dict.fromkeys(("ringing", "ringing.recorder", "ringing.recorder.recorderFile", "ringing.recorder.samplerate",
                      "ringing.recorder.ptime", "ringing.ringtone"), f"ringing: {NOT_INCOMING}"),
@@ -925,8 +930,6 @@ REFUSED_ON_CALL: dict[str, str] = {
         "refer.options.asr.endpoint", "refer.options.asr.extra", "refer.options.asr.startWhenAnswer",
         "refer.options.autoHangup", "refer.options.sip", "refer.options.sip.username", "refer.options.sip.password",
         "refer.options.sip.realm", "refer.options.sip.headers"), NO_TRANSFER),
-    **dict.fromkeys(("sendDtmf", "sendDtmf.digits", "sendDtmf.duration"),
-                    "sendDtmf: DTMF needs a SIP leg; this is a /call session"),
 }
 
 WITHOUT_EFFECT_NAMES = (
@@ -1066,13 +1069,11 @@ async def test_accepted_without_effect(lab: Lab, path: str) -> None:
                     assert session.get(parameter) == (str(expected).lower() if field in ("codec", "subtitle")
                                                       else str(expected)), (path, session)
     elif node.command == "hangup":
-        # The BYE's headers: the call placed, then ended by a hangup that carries them, as any other.
-        client = await lab.connect(f"walk-{path.replace('.', '-')}")
-        await client.send({"command": "invite", "option": {"codec": "pcm"}})
-        await client.wait_event("answer", timeout=5)
+        # The headers a SIP leg puts on its BYE: a /call session hangs up as it would without them.
+        client = await lab.placed(f"walk-{path.replace('.', '-')}")
         await client.send(command_with(node, value))
-        hangup, = await client.wait_event("hangup", timeout=5)
-        assert hangup["reason"] == "hangup_command"
+        await client.until(lambda: client.of("hangup"), 5, "the hangup")
+        assert client.of("hangup")[-1]["reason"] == "hangup_command"
     else:
         sid = f"walk-{path.replace('.', '-')}"
         client = await lab.connect(sid)
@@ -1090,9 +1091,9 @@ OTHER_LEGS = {
     "incoming": "an incoming SIP call is announced before its application connects",
     "ringing": "a /call session is answered by its own invite/accept and never rings",
     "reject": "nobody on a /call session can reject it",
-    "other": "no part of the gateway sends it (SIP hold and transfer requests have their own events)",
-    "hold": "a SIP leg's re-INVITE hold and resume",
-    "transferRequest": "a SIP leg's REFER from the far party",
+    "other": "SIP hold and transfer requests",
+    "hold": "a SIP far party puts the call on hold or resumes it",
+    "transferRequest": "a SIP far party asks for a transfer (REFER)",
 }
 LEFT_OUT_ON_CALL = {"hangup.ringingTime", "ping.payload"}
 AS_BINARY_FRAMES = {"binary"}

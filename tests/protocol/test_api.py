@@ -275,7 +275,7 @@ def test_registries_and_message_shapes() -> None:
     assert set(COMMANDS) == {
         "invite", "accept", "reject", "ringing", "tts", "play", "interrupt", "refer", "mute",
         "unmute", "hangup", "pause", "resume", "history", "custom", "bridge", "unbridge",
-        "sendDtmf",
+        "sendDtmf", "addIceCandidate",
     }
     assert set(EVENTS) == {
         "incoming", "answer", "reject", "ringing", "hangup", "speaking", "silence", "asrFinal",
@@ -308,6 +308,25 @@ def test_extra_commands_of_the_original() -> None:
     for text, expected in cases.items():
         assert parse_command(text) == expected
         assert command_to_json(expected) == json.loads(text)
+
+
+def test_add_ice_candidate_in_the_browsers_shape() -> None:
+    text = ('{"command":"addIceCandidate","candidate":"candidate:1 1 udp 2113937151 127.0.0.1 50000 typ host",'
+            '"sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"abcd"}')
+    cmd = parse_command(text)
+    assert cmd == api.AddIceCandidate("candidate:1 1 udp 2113937151 127.0.0.1 50000 typ host", "0", 0)
+    assert cmd.mline_index == 0 and not cmd.end_of_candidates
+    assert isinstance(cmd, api.LEG_COMMANDS)
+    # the other spelling of the index, and the end of candidates (empty or no candidate)
+    other = parse_command('{"command":"addIceCandidate","candidate":"","sdpMlineIndex":1}')
+    assert other.mline_index == 1 and other.sdp_mid is None and other.end_of_candidates
+    assert parse_command('{"command":"addIceCandidate"}').end_of_candidates
+    assert command_to_json(cmd) == {"command": "addIceCandidate", "candidate": cmd.candidate, "sdpMid": "0",
+                                    "sdpMLineIndex": 0}
+    with pytest.raises(ApiError, match=r"addIceCandidate: sdpMLineIndex: expected integer from 0 to 65535, got -1"):
+        parse_command('{"command":"addIceCandidate","candidate":"x","sdpMLineIndex":-1}')
+    with pytest.raises(ApiError, match=r"addIceCandidate: candidate: expected string, got integer"):
+        parse_command('{"command":"addIceCandidate","candidate":5}')
 
 
 def test_extra_events_of_the_original() -> None:
@@ -481,10 +500,10 @@ ERROR_CASES: list[tuple[str | bytes, str, str | None, str]] = [
     ('{"text":"hi"}', "missing required field 'command'", "command", "missing required field 'command'"),
     ('{"command":7}', "command: expected string, got integer", "command", "expected string, got integer"),
     ('{"command":"dial"}',
-     "unknown command 'dial'; known commands: accept, bridge, custom, hangup, history, interrupt, invite, "
-     "mute, pause, play, refer, reject, resume, ringing, sendDtmf, tts, unbridge, unmute", "command",
-     "unknown command 'dial'; known commands: accept, bridge, custom, hangup, history, interrupt, invite, "
-     "mute, pause, play, refer, reject, resume, ringing, sendDtmf, tts, unbridge, unmute"),
+     "unknown command 'dial'; known commands: accept, addIceCandidate, bridge, custom, hangup, history, "
+     "interrupt, invite, mute, pause, play, refer, reject, resume, ringing, sendDtmf, tts, unbridge, unmute", "command",
+     "unknown command 'dial'; known commands: accept, addIceCandidate, bridge, custom, hangup, history, "
+     "interrupt, invite, mute, pause, play, refer, reject, resume, ringing, sendDtmf, tts, unbridge, unmute"),
     ('{"command":"tts"}', "tts: missing required field 'text'", "text", "missing required field 'text'"),
     ('{"command":"invite"}', "invite: missing required field 'option'", "option", "missing required field 'option'"),
     ('{"command":"refer","caller":"a"}', "refer: missing required field 'callee'", "callee",

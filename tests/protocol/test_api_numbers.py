@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 
 from protocol import api, api_codec
-from protocol.api import COMMANDS, OPTION_CLASSES, ApiError, Reject, command_from_json, parse_option
+from protocol.api import (COMMANDS, OPTION_CLASSES, AddIceCandidate, ApiError, Reject, command_from_json,
+                          parse_option)
 from protocol.api_codec import DURATION, FLOAT, INT, NESTED, STR, schema
 
 # Identifiers rather than quantities: a fraction of them means nothing, so it is refused.
-STRICT_INTEGERS = {(Reject, "code")}
+STRICT_INTEGERS = {(Reject, "code"), (AddIceCandidate, "sdpMLineIndex"), (AddIceCandidate, "sdpMlineIndex")}
 
 
 def numeric_fields() -> list[tuple[type, Any]]:

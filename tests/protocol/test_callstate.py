@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from protocol import api
+from protocol.errors import ProtocolError
 from protocol.callstate import (
     TABLE,
     CallInput as I,
@@ -151,7 +152,10 @@ def test_every_command_has_an_input():
                api.Play("a.wav"), api.Interrupt(), api.Refer("a", "b"), api.Mute(), api.Unmute(),
                api.Hangup(), api.Pause(), api.Resume(), api.History("user", "hi"), api.Custom(),
                api.Bridge("x"), api.Unbridge(), api.SendDtmf("1")]
-    assert {type(c) for c in samples} == set(api.COMMANDS.values())
+    # Leg commands (addIceCandidate) go to the leg, never to the call's state.
+    assert {type(c) for c in samples} == set(api.COMMANDS.values()) - set(api.LEG_COMMANDS)
+    with pytest.raises(ProtocolError, match="no call input for AddIceCandidate"):
+        command_input(api.AddIceCandidate("candidate:1 1 udp 1 127.0.0.1 9 typ host", "0"))
     inputs = {command_input(c) for c in samples}
     assert I.RING in inputs and command_input(api.Ringing(early_media=True)) is I.RING_EARLY_MEDIA
     assert len(inputs) == len(samples)

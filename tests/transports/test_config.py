@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from transports.config import Config, ConfigError, load_config
+from transports.config import Config, ConfigError, IceServer, env_ice_servers, load_config, with_env_ice_servers
 from transports.main import main, overrides_from, parse_args
 
 
@@ -84,11 +84,11 @@ dtmf_max_queued = 8
     assert cfg.rtp.dtmf_max_queued == 8
 
 
-def test_shipped_config_documents_every_sip_and_rtp_key():
+def test_shipped_config_documents_every_sip_rtp_and_webrtc_key():
     text = open("config.toml").read()
     cfg = load_config("config.toml")
-    assert cfg.sip == Config().sip and cfg.rtp == Config().rtp
-    for section, table in (("sip", cfg.sip), ("rtp", cfg.rtp)):
+    assert cfg.sip == Config().sip and cfg.rtp == Config().rtp and cfg.webrtc == Config().webrtc
+    for section, table in (("sip", cfg.sip), ("rtp", cfg.rtp), ("webrtc", cfg.webrtc)):
         assert f"[{section}]" in text
         for name in table.__dataclass_fields__:
             assert f"\n{name} = " in text or f"\n# {name} = " in text, f"{section}.{name} missing from config.toml"
@@ -122,6 +122,14 @@ def test_shipped_config_documents_every_sip_and_rtp_key():
     ("[rtp]\ndtmf_duration_ms = 10", "rtp.dtmf_duration_ms: must be 40..8000"),
     ("[rtp]\ndtmf_max_queued = 0", "rtp.dtmf_max_queued: must be at least 1"),
     ("[rtp]\nbogus = 1", "unknown key 'rtp.bogus'"),
+    ("[[ice_servers]]\nurls = ['http://x']", "ice_servers[0].urls: expected stun:, stuns:, turn: or turns: URLs"),
+    ("[[ice_servers]]\nurls = []", "ice_servers[0].urls: needs at least one URL"),
+    ("[webrtc]\nhost_addresses = ['eth0']", "webrtc.host_addresses: expected IP addresses, got 'eth0'"),
+    ("[webrtc]\nice_timeout = 0", "webrtc.ice_timeout: must be greater than 0"),
+    ("[webrtc]\nmax_candidates = 0", "webrtc.max_candidates: must be at least 1"),
+    ("[webrtc]\njitter_target_ms = 300", "webrtc.jitter_target_ms/jitter_max_ms"),
+    ("[webrtc]\noutbound_frames = 0", "webrtc.outbound_frames: must be 1..500"),
+    ("[webrtc]\ngather_with_ice_servers = 1", "webrtc.gather_with_ice_servers: expected bool, got int"),
 ])
 def test_bad_config_names_the_key_and_the_file(tmp_path, text, message):
     path = write(tmp_path, text)
@@ -149,3 +157,31 @@ def test_cli_exits_2_on_config_error(tmp_path, capsys):
     assert main(["--conf", str(path)]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'bogus'" in err and str(path) in err
+
+
+def test_ice_servers_from_the_environment():
+    env = {"STUN_SERVER": "stun:127.0.0.1:3478, stun:[::1]:3478", "TURN_SERVER": "turn:127.0.0.1:3478?transport=udp",
+           "TURN_USERNAME": "u", "TURN_CREDENTIAL": "p"}
+    assert env_ice_servers(env) == (
+        IceServer(("stun:127.0.0.1:3478", "stun:[::1]:3478")),
+        IceServer(("turn:127.0.0.1:3478?transport=udp",), "u", "p"),
+    )
+    assert env_ice_servers({}) == () and env_ice_servers({"STUN_SERVER": " "}) == ()
+    configured = Config(ice_servers=(IceServer(("stun:127.0.0.1:3478", "stun:[::1]:3478")),
+                                     IceServer(("stun:127.0.0.2:3478",))))
+    merged = with_env_ice_servers(configured, env)
+    # the configured ones first; an entry the environment repeats is kept once
+    assert [s.urls[0] for s in merged.ice_servers] == ["stun:127.0.0.1:3478", "stun:127.0.0.2:3478",
+                                                       "turn:127.0.0.1:3478?transport=udp"]
+    with pytest.raises(ConfigError, match="environment: TURN_SERVER is set but TURN_CREDENTIAL is not"):
+        env_ice_servers({"TURN_SERVER": "turn:127.0.0.1", "TURN_USERNAME": "u"})
+    with pytest.raises(ConfigError, match="environment STUN_SERVER.urls: expected stun:"):
+        env_ice_servers({"STUN_SERVER": "127.0.0.1:3478"})
+
+
+def test_cli_takes_ice_servers_from_the_environment(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TURN_SERVER", "turn:127.0.0.1:3478")
+    monkeypatch.delenv("TURN_USERNAME", raising=False)
+    monkeypatch.delenv("TURN_CREDENTIAL", raising=False)
+    assert main(["--conf", str(write(tmp_path, ""))]) == 2
+    assert "TURN_SERVER is set but TURN_USERNAME and TURN_CREDENTIAL is not" in capsys.readouterr().err

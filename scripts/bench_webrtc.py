@@ -240,7 +240,8 @@ async def peer_worker(args: argparse.Namespace) -> None:
 def start_gateway(tmp: Path, legs: int) -> tuple[subprocess.Popen, str]:
     """One gateway process in `tmp` (its config, media, recordings and log), ready to call."""
     conf = tmp / "bench.toml"
-    conf.write_text(f'http_addr = "127.0.0.1:0"\nmax_calls = {legs + 10}\nlog_level = "info"\n'
+    conf.write_text(f'http_addr = "127.0.0.1:0"\nsip_addr = "127.0.0.1"\nudp_port = 0\n'
+                    f'max_calls = {legs + 10}\nlog_level = "info"\n'
                     f'log_format = "json"\ndump_root = "{tmp}/dumps"\nmedia_root = "{tmp}/media"\n'
                     f'recorder_root = "{tmp}/rec"\n[webrtc]\nhost_addresses = ["127.0.0.1"]\n')
     (tmp / "media").mkdir()

@@ -126,7 +126,7 @@ async def main(args: argparse.Namespace) -> dict:
     artifacts = Path(args.artifacts)
     artifacts.mkdir(parents=True, exist_ok=True)
     config = parse_config({
-        "http_addr": "127.0.0.1:0", "log_level": "warning",
+        "http_addr": "127.0.0.1:0", "sip_addr": "127.0.0.1", "udp_port": 0, "log_level": "warning",
         "dump_root": str(work / "dumps"), "media_root": str(work / "media"), "recorder_root": str(work / "rec"),
         "webrtc": {"host_addresses": ["127.0.0.1"]},
     })

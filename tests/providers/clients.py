@@ -73,6 +73,19 @@ def envelope(pcm: np.ndarray, rate: int, frame_ms: int = 20) -> np.ndarray:
     return np.sqrt((frames ** 2).mean(axis=1))
 
 
+def without_gaps(pcm: np.ndarray, min_run: int = 80) -> np.ndarray:
+    """`pcm` with every run of at least `min_run` exactly-zero samples taken out. A playback that
+    waits for its producer (a provider reconnecting) sends digital silence meanwhile; the words
+    around the wait are what a listener compares, not when they came."""
+    zero = np.concatenate(([False], pcm == 0, [False]))
+    edges = np.flatnonzero(np.diff(zero.astype(np.int8)))
+    keep = np.ones(len(pcm), dtype=bool)
+    for start, stop in zip(edges[::2], edges[1::2]):
+        if stop - start >= min_run:
+            keep[start:stop] = False
+    return pcm[keep]
+
+
 def similar_speech(a: np.ndarray, b: np.ndarray, rate: int, *, length_tolerance: float = 0.03,
                    min_correlation: float = 0.9) -> bool:
     """The same utterance: espeak-ng renders a text with a few samples of random variation each

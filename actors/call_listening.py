@@ -106,7 +106,10 @@ class Listening:
 
     async def _start_asr(self, option: api.TranscriptionOption) -> None:
         call = self.call
-        name = (option.provider or call.services.default_asr or "").lower()
+        services = call.services
+        wants_grammar = isinstance(option.extra, dict) and ("grammar" in option.extra or "keywords" in option.extra)
+        default = services.grammar_asr if wants_grammar and services.grammar_asr else services.default_asr
+        name = (option.provider or default or "").lower()
         factory = call.services.asr.get(name)
         if factory is None:
             known = ", ".join(sorted(call.services.asr)) or "none"

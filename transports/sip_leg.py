@@ -22,7 +22,9 @@ In the dialog, both ways: BYE ends the call; INFO with application/dtmf-relay or
 application/dtmf reports a digit (as RFC 4733 events do, from the RtpSession); a re-INVITE or
 UPDATE with sendonly/inactive/0.0.0.0 reports a hold (and a later one the resume); REFER from the
 peer is accepted (202, NOTIFY) and reported as a transfer request; ``transfer`` sends REFER and
-reports the NOTIFY's outcome. DTMF goes out as RFC 4733 when telephone-event was negotiated,
+reports the NOTIFYs' progress and outcome. A peer that refuses REFER (405/501) gets the original's
+fallback: the leg calls the target itself with a second SipLeg and relays RTP payloads between the
+two (same codec, no transcoding) once it answers; either side's hangup ends the other. DTMF goes out as RFC 4733 when telephone-event was negotiated,
 else as SIP INFO.
 
 Choices (docs/sip.md): no reliable provisional responses (RFC 3262) and no session timers of our
@@ -32,9 +34,11 @@ own (RFC 4028); a peer's refresh re-INVITE/UPDATE is answered like any other.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -52,7 +56,9 @@ from actors.leg import (
     LegRefused,
     LegRejected,
     LegRinging,
+    LegTransferBridged,
     LegTransferFailed,
+    LegTransferProgress,
     LegTransferRequest,
     LegTransferred,
 )
@@ -100,6 +106,8 @@ _RESERVED = frozenset({"via", "from", "to", "call-id", "cseq", "contact", "conte
                        "max-forwards", "route", "record-route", "authorization", "proxy-authorization"})
 _DTMF_TYPES = "application/dtmf-relay, application/dtmf"
 _AUTH_ATTEMPTS = 2          # 401/407 answered at most this often per request (a wrong password loops)
+_BRIDGE_QUEUE = 5           # target frames waiting for the caller's tick (a burst beyond is dropped)
+_REFER_FALLBACK = (405, 501)  # a REFER refused so: the gateway calls the target itself
 _LINGER = 32.0              # 64*T1: a closed leg keeps its Call-ID this long at most for late messages
 
 
@@ -195,6 +203,12 @@ class SipLeg:
         # transfer (our REFER)
         self._refer_key: TransactionKey | None = None
         self._refer_done = True
+        self._refer_command: api.Refer | None = None
+        # the fallback of a refused REFER: our own call to the target, bridged to this leg's media
+        self._bridge: SipLeg | None = None
+        self._bridged = False
+        self._bridge_frames: deque[bytes] = deque(maxlen=_BRIDGE_QUEUE)
+        self._bridge_ending = False
         # figures
         self.dtmf_info_received = 0
         self.dtmf_info_sent = 0
@@ -225,12 +239,32 @@ class SipLeg:
 
     def pull(self) -> bytes | None:
         rtp = self._rtp
-        return rtp.pull() if rtp is not None else None
+        if rtp is None:
+            return None
+        payload = rtp.pull()
+        if payload is not None and self._bridged:
+            bridge = self._bridge
+            if bridge is not None:
+                bridge.send(payload)        # the caller, heard by the transfer target (same codec)
+        return payload
 
     def send(self, payload: bytes) -> None:
         rtp = self._rtp
-        if rtp is not None:
-            rtp.send(payload)
+        if rtp is None:
+            return
+        bridge = self._bridge
+        if self._bridged and bridge is not None:
+            # Bridged: the caller hears the target; a tick without a target frame carries what the
+            # call plays (silence, or a `tts`/`play` the application sends over the bridge).
+            frames = self._bridge_frames
+            for _ in range(_BRIDGE_QUEUE):
+                heard = bridge.pull()
+                if heard is None:
+                    break
+                frames.append(heard)
+            if frames:
+                payload = frames.popleft()
+        rtp.send(payload)
 
     def metrics(self, timestamp: int) -> list[api.MetricsEvent]:
         """The RTP figures (loss, jitter, RTCP) as a `metrics` event, for the call's end."""
@@ -241,7 +275,7 @@ class SipLeg:
 
     # --- outbound ----------------------------------------------------------------------------------
 
-    async def dial(self, option: api.CallOption) -> None:
+    async def dial(self, option: api.CallOption, *, codecs: list[str] | None = None) -> None:
         if self.state != "idle":
             raise LegRefused("invite: this SIP leg has already placed its call", 400)
         if not option.callee:
@@ -265,7 +299,8 @@ class SipLeg:
         await self._open_rtp()
         assert self._rtp is not None
         self._sdp = SdpSession(host)
-        self._offer = make_offer(self._sdp, self.config.rtp.codecs, host, self._rtp.port, ptime=self.config.rtp.ptime)
+        self._offer = make_offer(self._sdp, codecs or self.config.rtp.codecs, host, self._rtp.port,
+                                 ptime=self.config.rtp.ptime)
         self._local_sdp = self._offer
         self.call_id = f"{secrets.token_hex(10)}@active-call"
         self.log = self.log.bind(call_id=self.call_id)
@@ -479,6 +514,8 @@ class SipLeg:
             raise LegRefused("refer: the SIP call is not established", 400)
         if not self._refer_done:
             raise LegRefused("refer: a transfer is already in progress", 409)
+        if self._bridge is not None:
+            raise LegRefused("refer: the call is already bridged to a transfer target", 409)
         try:
             target = parse_uri(sip_uri_text(command.callee))
         except ProtocolError as exc:
@@ -494,6 +531,7 @@ class SipLeg:
         headers = [("Refer-To", f"<{target}>"), ("Referred-By", f"<{referred_by}>"), *extra]
         self._refer_key = self._send_in_dialog("REFER", headers=headers)
         self._refer_done = False
+        self._refer_command = command
         timeout = options.timeout if options is not None and options.timeout else self.config.sip.refer_timeout
         self._arm("refer", float(timeout), self._refer_timeout)
         self.log.info("sip refer sent", target=str(target))
@@ -506,6 +544,8 @@ class SipLeg:
             return
         self._refer_done = True
         self._disarm("refer")
+        if self._bridge is not None and not self._bridged:
+            self._end_bridge("refer_failed")       # the target did not answer in time
         if 200 <= code < 300:
             self.log.info("sip transfer succeeded")
             self._report(LegTransferred())
@@ -513,9 +553,109 @@ class SipLeg:
             self.log.info("sip transfer failed", code=code, reason=reason)
             self._report(LegTransferFailed(code, reason))
 
+    # --- the fallback of a refused REFER: call the target ourselves and bridge it ----------------
+
+    def _refer_fallback(self, status: int, reason: str) -> None:
+        """The peer refused REFER (405/501): as the original does, the gateway places the call to
+        the target itself, in the caller's codec, and bridges the two media streams; the music on
+        hold goes on until the target answers. The refer timer still bounds the whole transfer."""
+        command = self._refer_command
+        if command is None or self._media is None or self._rtp is None:
+            self._refer_outcome(status, reason)
+            return
+        session_id = self.context.session_id if self.context is not None else self.call_id
+        self.log.info("sip refer refused, calling the target", status=status, target=command.callee)
+        target = SipLeg(self.env, LegContext(session_id=session_id, report=self._on_bridge_event))
+        self._bridge = target
+        self._report(LegTransferProgress(status, reason or "REFER refused", "fallback"))
+        asyncio.get_running_loop().create_task(self._dial_bridge(target, command))
+
+    async def _dial_bridge(self, target: SipLeg, command: api.Refer) -> None:
+        options = command.options
+        sip = options.sip if options is not None and options.sip is not None else api.SipOption()
+        headers = dict(sip.headers or {})
+        headers.setdefault("X-Referred-Id", self.context.session_id if self.context is not None else self.call_id)
+        option = api.CallOption(callee=command.callee, caller=command.caller or None,
+                                sip=dataclasses.replace(sip, headers=headers))
+        assert self._media is not None
+        try:
+            await target.dial(option, codecs=[self._media.codec.name, "telephone-event"])
+        except LegRefused as exc:
+            if self._bridge is target:
+                self._bridge = None
+            await target.close()
+            self._refer_outcome(exc.code, exc.message)
+
+    def _on_bridge_event(self, event: object) -> None:
+        """What the target's leg reports (synchronously, on the loop)."""
+        target = self._bridge
+        if target is None:
+            return
+        if isinstance(event, LegRinging):
+            if not self._refer_done:
+                code = 183 if event.media is not None else 180
+                self._report(LegTransferProgress(code, "Session Progress" if code == 183 else "Ringing", "invite"))
+        elif isinstance(event, LegAnswered):
+            if self._refer_done or self.closed or self.state == "ended":
+                self._end_bridge("refer_over")         # answered after the refer timed out
+                return
+            ours, theirs = self._media, target._media
+            if ours is None or theirs is None or ours.codec.name.lower() != theirs.codec.name.lower() \
+                    or ours.ptime != theirs.ptime:
+                self._end_bridge("codec")
+                self._refer_outcome(488, "Not Acceptable Here (the target answered in another codec or ptime)")
+                return
+            self._refer_done = True
+            self._disarm("refer")
+            self._bridged = True
+            self.log.info("sip transfer bridged", codec=theirs.codec.name)
+            self._report(LegTransferBridged(event.media.sdp))
+        elif isinstance(event, LegRejected):
+            self._forget_bridge(target)
+            self._refer_outcome(event.code, event.reason)
+        elif isinstance(event, (LegHangup, LegFailed)):
+            bridged = self._bridged
+            self._forget_bridge(target)
+            if not bridged:
+                self._refer_outcome(503, f"Service Unavailable (the call to the target failed: {event})")
+                return
+            # The target hung up: the caller's side ends too.
+            self.log.info("sip transfer target hung up")
+            if self.state != "ended":
+                self.state = "ended"
+                asyncio.get_running_loop().create_task(self._bye())
+                self._report(LegHangup("byRefer", "callee"))
+        else:
+            self.log.info("sip transfer target event not relayed", event=type(event).__name__)
+
+    def _forget_bridge(self, target: SipLeg) -> None:
+        if self._bridge is target:
+            self._bridge = None
+            self._bridged = False
+            self._bridge_frames.clear()
+        asyncio.get_running_loop().create_task(target.close())
+
+    def _end_bridge(self, reason: str) -> None:
+        """Hang up the call to the transfer target (if any): the caller's side has ended."""
+        target = self._bridge
+        if target is None:
+            return
+        self._bridge = None
+        self._bridged = False
+        self._bridge_frames.clear()
+
+        async def end() -> None:
+            try:
+                await target.hangup(reason)
+            finally:
+                await target.close()
+
+        asyncio.get_running_loop().create_task(end())
+
     async def hangup(self, reason: str, headers: Mapping[str, str] | None = None) -> None:
         """End the dialog as its state requires; waits (up to sip.bye_timeout) for the BYE's answer."""
         self._hangup_headers = headers
+        self._end_bridge(reason)
         if self.state == "ended" or self.state == "idle":
             self.state = "ended"
             return
@@ -578,6 +718,7 @@ class SipLeg:
         if self.closed:
             return
         self.closed = True
+        self._end_bridge("closed")
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
@@ -649,7 +790,10 @@ class SipLeg:
         if self._dialog is not None:
             self._dialog.receive_response(pending.request, response)
         if method == "REFER" and key == self._refer_key and response.status >= 300:
-            self._refer_outcome(response.status, response.reason)
+            if response.status in _REFER_FALLBACK and not self._refer_done:
+                self._refer_fallback(response.status, response.reason)
+            else:
+                self._refer_outcome(response.status, response.reason)
         if method in ("BYE", "CANCEL") or response.status < 300:
             return
         self.log.info("sip in-dialog request refused", method=method, status=response.status)
@@ -853,6 +997,7 @@ class SipLeg:
             return
         who = "caller" if self.role == "uas" else "callee"
         self.log.info("sip bye received")
+        self._end_bridge("byCaller")
         self._report(LegHangup("byCaller" if who == "caller" else "byCallee", who))
 
     def _on_info(self, event: RequestReceived) -> None:
@@ -957,6 +1102,8 @@ class SipLeg:
                 self._refer_outcome(code, reason)
                 return
             self.log.info("sip transfer progress", code=code, reason=reason)
+            if not self._refer_done:
+                self._report(LegTransferProgress(code, reason, "notify"))
         if state == "terminated":
             self._refer_outcome(503, "Service Unavailable (subscription ended without an outcome)")
 

@@ -1,6 +1,7 @@
 """What happens inside an established SIP call, through the real gateway against SIPp: DTMF as
 RFC 4733 (SIPp's own captures) and as SIP INFO, hold and resume by re-INVITE, a REFER the
-gateway sends (NOTIFY 200, or refused with 405) and one it receives, DTMF the application sends."""
+gateway sends (NOTIFY 200; refused with 405 in test_sip_refer_fallback.py) and one it
+receives, DTMF the application sends."""
 
 from __future__ import annotations
 
@@ -80,24 +81,6 @@ async def test_refer_succeeds_and_ends_the_leg(gateway, http, tmp_path):
         assert (hangup["reason"], hangup["initiator"]) == ("transferred", "system")
         assert await sipp.wait(10) == 0, sipp.errors()
     assert not client.of("error")
-
-
-async def test_refer_refused_with_405_is_an_error_and_the_call_goes_on(gateway, http, tmp_path):
-    async with sipp_uas(tmp_path, "uas_refer_405.xml") as (sipp, port):
-        client = await connect(http, gateway, "/call/sip", id="refer-405")
-        await client.send({"command": "invite", "option": {"callee": f"sip:phone@127.0.0.1:{port}"}})
-        await client.wait_event("answer", timeout=10)
-        await client.send({"command": "refer", "caller": "sip:bot@gateway.test",
-                           "callee": "sip:transfer-target@127.0.0.1:5999"})
-        error, = await client.wait_event("error", timeout=10)
-        assert error["sender"] == "refer" and error["code"] == 405
-        # The call is back to answered: media commands work, then it ends normally.
-        await client.send({"command": "tts", "text": "still here", "playId": "after"})
-        await client.wait_event("trackStart", count=2)
-        await client.send({"command": "hangup"})
-        await client.wait_closed(10)
-        assert await sipp.wait(10) == 0, sipp.errors()
-    assert client.of("hangup")[0]["reason"] == "hangup_command"
 
 
 async def test_send_dtmf_goes_out_as_rfc4733(sip_gateway, webhook, peer, http, tmp_path):

@@ -95,6 +95,8 @@ class SipConfig:
     trying_delay: float = 0.2            # 100 Trying for an INVITE the call leg has not answered yet
     ring_timeout: float = 120.0          # an outbound call not answered within this is cancelled (408)
     refer_timeout: float = 30.0          # a `refer` without its outcome within this fails (408)
+    session_expires: int = 1800          # RFC 4028: the longest session interval granted (seconds)
+    min_se: int = 90                     # RFC 4028: a shorter Session-Expires is answered 422
     register_retry_initial: float = 2.0  # a failed REGISTER is retried after this, doubling ...
     register_retry_max: float = 300.0    # ... up to this many seconds
     bye_timeout: float = 2.0             # how long a hangup (or an un-REGISTER at shutdown) waits for
@@ -356,6 +358,11 @@ def _validate_sip(sip: SipConfig) -> None:
         raise ConfigError(f"sip.trying_delay: must be 0 or more seconds, got {sip.trying_delay}")
     for name in ("ring_timeout", "refer_timeout", "register_retry_initial", "bye_timeout"):
         _positive(getattr(sip, name), f"sip.{name}")
+    if not 1 <= sip.min_se <= 86400:
+        raise ConfigError(f"sip.min_se: must be 1..86400 seconds, got {sip.min_se}")
+    if not sip.min_se <= sip.session_expires <= 86400:
+        raise ConfigError(f"sip.session_expires: must be sip.min_se ({sip.min_se})..86400 seconds, "
+                          f"got {sip.session_expires}")
     if sip.bye_timeout >= 5.0:
         raise ConfigError(f"sip.bye_timeout: must be below 5 s (a call's leg operations are bounded by 5 s), "
                           f"got {sip.bye_timeout}")

@@ -27,8 +27,12 @@ fallback: the leg calls the target itself with a second SipLeg and relays RTP pa
 two (same codec, no transcoding) once it answers; either side's hangup ends the other. DTMF goes out as RFC 4733 when telephone-event was negotiated,
 else as SIP INFO.
 
-Choices (docs/sip.md): no reliable provisional responses (RFC 3262) and no session timers of our
-own (RFC 4028); a peer's refresh re-INVITE/UPDATE is answered like any other.
+Session timers (RFC 4028) are negotiated when the peer asks for them (``protocol.sip.session_timer``):
+the leg refreshes at half the interval when it is the refresher (UPDATE, else re-INVITE), and
+sends BYE shortly before a session the peer should refresh expires.
+
+Choices (docs/sip.md): no reliable provisional responses (RFC 3262) and no session timer imposed
+by the gateway on a peer that does not ask for one.
 """
 
 from __future__ import annotations
@@ -79,6 +83,13 @@ from protocol.sip.dialog import (
     build_cancel,
 )
 from protocol.sip.message import Request, Response, make_request, make_response
+from protocol.sip.session_timer import (
+    SessionTimer,
+    TooSmall,
+    expiry_margin,
+    from_response,
+    negotiate_uas,
+)
 from protocol.sip.transaction import (
     AckReceived,
     RequestReceived,
@@ -209,6 +220,14 @@ class SipLeg:
         self._bridged = False
         self._bridge_frames: deque[bytes] = deque(maxlen=_BRIDGE_QUEUE)
         self._bridge_ending = False
+        # RFC 4028 session timer: the negotiated session, the refresh we sent, what the peer allows
+        self._session: SessionTimer | None = None
+        self._we_refresh = False
+        self._refresh_key: TransactionKey | None = None
+        self._refresh_cseq = 0
+        self._peer_allow: frozenset[str] = frozenset()
+        self.session_refreshes_sent = 0
+        self.session_refreshes_received = 0
         # figures
         self.dtmf_info_received = 0
         self.dtmf_info_sent = 0
@@ -315,6 +334,7 @@ class SipLeg:
             ("CSeq", "1 INVITE"),
             ("Contact", str(contact)),
             ("Allow", endpoint.allow),
+            ("Supported", "timer"),
             ("User-Agent", endpoint.user_agent),
             *extra,
             ("Content-Type", "application/sdp"),
@@ -383,13 +403,18 @@ class SipLeg:
 
     def check_offer(self) -> tuple[int, str, list[tuple[str, str]]] | None:
         """Whether the INVITE can be answered at all (done before a call is made for it): None, or
-        the status, reason and headers to refuse it with. No extension is supported (RFC 3261
-        §8.2.2.3: a Require naming one, e.g. 100rel or timer, is answered 420 with Unsupported)."""
+        the status, reason and headers to refuse it with. Of the extensions only session timers are
+        supported (RFC 4028; a Session-Expires below sip.min_se is answered 422 with Min-SE); a
+        Require naming another, e.g. 100rel, is answered 420 with Unsupported (RFC 3261 §8.2.2.3)."""
         assert self._invite is not None
         required = [token.strip() for value in self._invite.get_all("Require") for token in value.split(",")
-                    if token.strip()]
+                    if token.strip() and token.strip().lower() != "timer"]
         if required:
             return 420, "Bad Extension", [("Unsupported", ", ".join(required))]
+        self._peer_allow = _allowed(self._invite)
+        refused = self._negotiate_session(self._invite)
+        if refused is not None:
+            return refused
         if self._late_offer:
             return None
         try:
@@ -419,6 +444,7 @@ class SipLeg:
         media = await self._local_answer()
         self._respond_invite(200, "OK", sdp=True)
         self.state = "confirmed"
+        self._arm_session()
         return media
 
     async def reject(self, code: int, reason: str) -> None:
@@ -479,6 +505,8 @@ class SipLeg:
             body = bytes(self._local_sdp)
         if status >= 200 or status == 183:
             extra.insert(0, ("Allow", endpoint.allow))
+        if 200 <= status < 300:
+            extra[1:1] = self._session_headers()
         response = self._dialog.create_response(self._invite, status, reason, headers=extra, body=body)
         if status >= 200:
             self._final_sent = True
@@ -552,6 +580,115 @@ class SipLeg:
         else:
             self.log.info("sip transfer failed", code=code, reason=reason)
             self._report(LegTransferFailed(code, reason))
+
+    # --- RFC 4028 session timers -------------------------------------------------------------------
+
+    def _negotiate_session(self, request: Request) -> tuple[int, str, list[tuple[str, str]]] | None:
+        """The session a request from the peer asks for (None: accepted, else how to refuse it)."""
+        sip = self.config.sip
+        try:
+            outcome = negotiate_uas(request, our_max=sip.session_expires, our_min=sip.min_se)
+        except ProtocolError as exc:
+            return 400, f"Bad Request ({exc.message})"[:120], []
+        if isinstance(outcome, TooSmall):
+            self.log.info("sip session interval too small", asked=request.get("Session-Expires"),
+                          min_se=outcome.min_se)
+            return 422, "Session Interval Too Small", [("Min-SE", str(outcome.min_se))]
+        # The refresher is named per transaction: we are the UAS of the peer's request.
+        self._session = outcome
+        self._we_refresh = outcome is not None and outcome.refresher == "uas"
+        return None
+
+    def _session_headers(self) -> list[tuple[str, str]]:
+        session = self._session
+        if session is None:
+            return []
+        headers = [("Session-Expires", session.header()), ("Supported", "timer")]
+        if session.refresher == "uac":
+            headers.append(("Require", "timer"))    # RFC 4028 §9: the UAC is to refresh
+        return headers
+
+    def _session_from_response(self, response: Response) -> None:
+        """The session a 2xx to our INVITE or refresh settles on (we are that transaction's UAC)."""
+        try:
+            session = from_response(response)
+        except ProtocolError as exc:
+            self.log.info("sip session-expires unusable", error=exc.message)
+            session = None
+        self._session = session
+        self._we_refresh = session is not None and session.refresher == "uac"
+        self._arm_session()
+
+    def _arm_session(self) -> None:
+        self._disarm("session")
+        session = self._session
+        if session is None or self.state != "confirmed":
+            return
+        if self._we_refresh:
+            self._arm("session", session.interval / 2, self._refresh_session)
+        else:
+            self._arm("session", session.interval - expiry_margin(session.interval), self._session_expired)
+
+    def _refresh_session(self) -> None:
+        session = self._session
+        if session is None or self.state != "confirmed" or self._refresh_key is not None:
+            return
+        headers = [("Session-Expires", f"{session.interval};refresher=uac"),
+                   ("Supported", "timer")]
+        if "UPDATE" in self._peer_allow:
+            key = self._send_in_dialog("UPDATE", headers=headers)
+        else:
+            sdp = bytes(self._current_sdp())
+            key = self._send_in_dialog("INVITE", headers=[*headers, ("Content-Type", "application/sdp")], body=sdp)
+        self._refresh_key = key
+        if key is None:
+            return
+        self.session_refreshes_sent += 1
+        # Without a 2xx to this refresh, the session ends when it expires.
+        self._arm("session", session.interval / 2 - expiry_margin(session.interval), self._session_expired)
+        self.log.info("sip session refresh sent", interval=session.interval,
+                      method="UPDATE" if "UPDATE" in self._peer_allow else "INVITE")
+
+    def _on_refresh_response(self, response: Response, key: TransactionKey) -> None:
+        pending = self._pending.get(key)
+        method = response.cseq.method
+        if method == "INVITE" and 200 <= response.status < 300:
+            dialog = self._dialog
+            endpoint = self._endpoint
+            if dialog is not None and endpoint is not None:
+                target = self._hop(dialog)
+                try:
+                    endpoint.send_ack(dialog.create_ack(response, via=endpoint.via(target)), target)
+                except (ValueError, EndpointClosed) as exc:
+                    self.log.info("sip ack not sent", error=repr(exc))
+            if response.cseq.number == self._refresh_cseq:
+                return          # a retransmitted 2xx: ACKed again, nothing else
+            self._refresh_cseq = response.cseq.number
+        if response.status < 200:
+            return
+        self._refresh_key = None
+        if pending is not None and self._dialog is not None:
+            self._dialog.receive_response(pending.request, response)
+        if 200 <= response.status < 300:
+            if method == "INVITE" and response.body and self._offer is not None:
+                try:
+                    self._apply_media(process_answer(self._offer, SessionDescription.parse(response.body)))
+                except ProtocolError as exc:
+                    self.log.info("sip refresh answer unusable", error=exc.message)
+            self._session_from_response(response)
+            return
+        self.log.info("sip session refresh refused", status=response.status)
+        if response.status in (408, 481) and self.state == "confirmed":
+            self.state = "ended"
+            self._report(LegHangup("timeout" if response.status == 408 else "dialog_gone", "system"))
+
+    def _session_expired(self) -> None:
+        if self.state != "confirmed":
+            return
+        self.log.info("sip session expired without a refresh")
+        self.state = "ended"
+        asyncio.get_running_loop().create_task(self._bye())
+        self._report(LegHangup("session_expired", "system"))
 
     # --- the fallback of a refused REFER: call the target ourselves and bridge it ----------------
 
@@ -771,6 +908,9 @@ class SipLeg:
 
     def _on_response(self, response: Response, key: TransactionKey) -> None:
         method = response.cseq.method
+        if key == self._refresh_key and key is not None:
+            self._on_refresh_response(response, key)
+            return
         if method == "INVITE" and key == self._invite_key:
             self._on_invite_response(response)
             return
@@ -882,6 +1022,8 @@ class SipLeg:
                 self._report(LegFailed(f"the answer's SDP cannot be used: {exc.message}"))
                 return
             self.state = "confirmed"
+            self._peer_allow = _allowed(response)
+            self._session_from_response(response)
             assert self._media is not None
             self.log.info("sip call answered", codec=self._media.codec.name)
             self._report(LegAnswered(LegMedia(_codec_of(self._media), response.body.decode("utf-8", "replace"))))
@@ -1023,10 +1165,18 @@ class SipLeg:
         if endpoint is None or self._rtp is None or self._media is None:
             self._answer(event, 491 if request.method == "INVITE" else 500, "Request Pending")
             return
+        # Every re-INVITE/UPDATE refreshes the session (RFC 4028 §9): negotiated again, timer re-armed.
+        refused = self._negotiate_session(request)
+        if refused is not None:
+            self._answer(event, refused[0], refused[1], headers=refused[2])
+            return
+        self.session_refreshes_received += 1
+        timer = self._session_headers()
         if not request.body:
             # A refresh, or an offerless re-INVITE (our offer goes in the 200, the answer in the ACK).
             body = b"" if request.method == "UPDATE" else bytes(self._current_sdp())
-            self._answer(event, 200, sdp=body)
+            self._answer(event, 200, sdp=body, headers=timer)
+            self._arm_session()
             return
         try:
             offer = SessionDescription.parse(request.body)
@@ -1038,7 +1188,8 @@ class SipLeg:
             self._answer(event, 488, f"Not Acceptable Here ({exc.message})"[:120])
             return
         self._local_sdp = sdp
-        self._answer(event, 200, sdp=bytes(sdp))
+        self._answer(event, 200, sdp=bytes(sdp), headers=timer)
+        self._arm_session()
         self._apply_media(media)
 
     def _current_sdp(self) -> SessionDescription:
@@ -1260,6 +1411,12 @@ class SipLeg:
 # Headers an in-dialog request gets from its dialog (a re-sent one must not carry them twice).
 _IN_DIALOG_BUILT = frozenset({"via", "max-forwards", "route", "from", "to", "call-id", "cseq", "contact",
                               "content-length", "authorization", "proxy-authorization"})
+
+
+def _allowed(message: Request | Response) -> frozenset[str]:
+    """The methods a peer's Allow lists (upper case)."""
+    return frozenset(token.strip().upper() for value in message.get_all("Allow") for token in value.split(",")
+                     if token.strip())
 
 
 def _host_text(host: str) -> str:

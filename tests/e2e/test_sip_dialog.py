@@ -81,6 +81,10 @@ async def test_refer_succeeds_and_ends_the_leg(gateway, http, tmp_path):
         assert (hangup["reason"], hangup["initiator"]) == ("transferred", "system")
         assert await sipp.wait(10) == 0, sipp.errors()
     assert not client.of("error")
+    # The NOTIFY's "SIP/2.0 100 Trying" sipfrag reached the application as the refer's progress.
+    progress, = client.of("other")
+    assert progress["sender"] == "refer"
+    assert progress["extra"] == {"code": 100, "reason": "Trying", "source": "notify"}
 
 
 async def test_send_dtmf_goes_out_as_rfc4733(sip_gateway, webhook, peer, http, tmp_path):

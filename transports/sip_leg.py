@@ -1282,9 +1282,10 @@ class SipLeg:
             if event.timer == "L":
                 # Our 200 OK was never ACKed: the session ends (RFC 3261 §13.3.1.4).
                 if self.state != "ended":
+                    self.log.info("sip 200 OK never acknowledged: ending the call")
                     self.state = "confirmed"
                     asyncio.get_running_loop().create_task(self._bye())
-                    self._report(LegFailed("no ACK for the 200 OK"))
+                    self._report(LegHangup("ack_timeout", "system"))
                 return
             if event.timer == "B":
                 self._on_failure(event.key, 408, "Request Timeout (no response)")

@@ -118,6 +118,8 @@ class RtpConfig:
     dtmf_duration_ms: int = 100          # length of each RFC 4733 digit sent
     dtmf_gap_ms: int = 60                # pause between digits sent
     dtmf_max_queued: int = 32            # digits waiting to be sent; more is refused
+    bridge_max_queued: int = 5           # a bridged transfer target's frames waiting for the caller's
+    #                                      tick; past it the oldest is dropped (counted in metrics)
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +406,8 @@ def _validate_rtp(rtp: RtpConfig) -> None:
         raise ConfigError(f"rtp.dtmf_duration_ms: must be 40..8000 ms, got {rtp.dtmf_duration_ms}")
     if not 0 <= rtp.dtmf_gap_ms <= 5000:
         raise ConfigError(f"rtp.dtmf_gap_ms: must be 0..5000 ms, got {rtp.dtmf_gap_ms}")
+    if not 1 <= rtp.bridge_max_queued <= 50:
+        raise ConfigError(f"rtp.bridge_max_queued: must be 1..50 frames, got {rtp.bridge_max_queued}")
     if rtp.dtmf_max_queued < 1:
         raise ConfigError(f"rtp.dtmf_max_queued: must be at least 1, got {rtp.dtmf_max_queued}")
 

@@ -117,7 +117,6 @@ _RESERVED = frozenset({"via", "from", "to", "call-id", "cseq", "contact", "conte
                        "max-forwards", "route", "record-route", "authorization", "proxy-authorization"})
 _DTMF_TYPES = "application/dtmf-relay, application/dtmf"
 _AUTH_ATTEMPTS = 2          # 401/407 answered at most this often per request (a wrong password loops)
-_BRIDGE_QUEUE = 5           # target frames waiting for the caller's tick (a burst beyond is dropped)
 _REFER_FALLBACK = (405, 501)  # a REFER refused so: the gateway calls the target itself
 _LINGER = 32.0              # 64*T1: a closed leg keeps its Call-ID this long at most for late messages
 
@@ -218,8 +217,8 @@ class SipLeg:
         # the fallback of a refused REFER: our own call to the target, bridged to this leg's media
         self._bridge: SipLeg | None = None
         self._bridged = False
-        self._bridge_frames: deque[bytes] = deque(maxlen=_BRIDGE_QUEUE)
-        self._bridge_ending = False
+        self._bridge_frames: deque[bytes] = deque()
+        self.bridge_figures = {"to_target": 0, "to_caller": 0, "dropped": 0}
         # RFC 4028 session timer: the negotiated session, the refresh we sent, what the peer allows
         self._session: SessionTimer | None = None
         self._we_refresh = False
@@ -265,6 +264,7 @@ class SipLeg:
             bridge = self._bridge
             if bridge is not None:
                 bridge.send(payload)        # the caller, heard by the transfer target (same codec)
+                self.bridge_figures["to_target"] += 1
         return payload
 
     def send(self, payload: bytes) -> None:
@@ -276,13 +276,18 @@ class SipLeg:
             # Bridged: the caller hears the target; a tick without a target frame carries what the
             # call plays (silence, or a `tts`/`play` the application sends over the bridge).
             frames = self._bridge_frames
-            for _ in range(_BRIDGE_QUEUE):
+            limit = self.config.rtp.bridge_max_queued
+            for _ in range(limit):
                 heard = bridge.pull()
                 if heard is None:
                     break
+                if len(frames) >= limit:
+                    frames.popleft()
+                    self.bridge_figures["dropped"] += 1
                 frames.append(heard)
             if frames:
                 payload = frames.popleft()
+                self.bridge_figures["to_caller"] += 1
         rtp.send(payload)
 
     def metrics(self, timestamp: int) -> list[api.MetricsEvent]:
@@ -290,7 +295,11 @@ class SipLeg:
         rtp = self._rtp
         if rtp is None or rtp.media is None:
             return []
-        return [rtp.stats().metrics_event(timestamp)]
+        event = rtp.stats().metrics_event(timestamp)
+        if any(self.bridge_figures.values()):
+            # A transfer bridged by the gateway (refused REFER): the frames relayed each way.
+            event = dataclasses.replace(event, data={**event.data, "bridge": dict(self.bridge_figures)})
+        return [event]
 
     # --- outbound ----------------------------------------------------------------------------------
 

@@ -93,6 +93,9 @@ async def test_refused_refer_bridges_the_target_and_its_hangup_ends_the_call(gat
             assert await sipp_target.wait(10) == 0, sipp_target.errors()
             assert await sipp_caller.wait(10) == 0, sipp_caller.errors()
         assert not client.of("error")
+        rtp, = [e for e in client.of("metrics") if e["key"] == "rtp"]
+        bridge = rtp["data"]["bridge"]           # frames relayed each way while bridged (~3 s)
+        assert bridge["to_target"] > 100 and bridge["to_caller"] > 50, bridge
     finally:
         for stop in stops:
             stop()

@@ -62,7 +62,9 @@ from .leg import (
     LegRefused,
     LegRejected,
     LegRinging,
+    LegTransferBridged,
     LegTransferFailed,
+    LegTransferProgress,
     LegTransferRequest,
     LegTransferred,
 )
@@ -108,7 +110,7 @@ CHILDREN: dict[str, Restart] = {
 # Children with a restart budget of their own (settings attributes: restarts, period).
 OWN_LIMITS = {"mediaPass": ("media_pass_restarts", "media_pass_period")}
 LEG_EVENTS = (LegRinging, LegAnswered, LegRejected, LegHangup, LegFailed, LegDtmf, LegHold,
-              LegTransferRequest, LegTransferred, LegTransferFailed)
+              LegTransferRequest, LegTransferred, LegTransferFailed, LegTransferProgress, LegTransferBridged)
 
 
 def iso8601(ts: float) -> str:
@@ -573,10 +575,24 @@ class Call(Supervisor):
             self._end_by(inp, "transferred", "system")
         elif isinstance(ev, LegTransferFailed):
             self.machine.process(inp)
-            if self._moh:   # the music on hold of a transfer that failed stops: the call resumes
-                self._moh = False
-                await self.playback.interrupt(False)
+            await self._stop_moh()   # the music on hold of a transfer that failed stops: the call resumes
             self.emit_error("refer", f"refer failed: {ev.code} {ev.reason}", ev.code)
+        elif isinstance(ev, LegTransferProgress):
+            # Every 1xx of a transfer as `other` (its code kept); ringing of the target also as the
+            # original reports a refer's progress: `ringing` with `refer: true`.
+            self.emit(api.OtherEvent(track_id=self.session_id, timestamp=now_ms(), sender="refer",
+                                     extra={"code": ev.code, "reason": ev.reason, "source": ev.source}))
+            if ev.code in (180, 183):
+                self.emit(api.RingingEvent(track_id=self.session_id, timestamp=now_ms(), refer=True))
+        elif isinstance(ev, LegTransferBridged):
+            self.machine.process(inp)
+            await self._stop_moh()
+            self.emit(api.AnswerEvent(track_id=self.session_id, timestamp=now_ms(), sdp=ev.sdp, refer=True))
+
+    async def _stop_moh(self) -> None:
+        if self._moh:
+            self._moh = False
+            await self.playback.interrupt(False)
 
     # --- answer: the track and what hangs on it ----------------------------------------------
 
@@ -851,6 +867,8 @@ _LEG_INPUTS: dict[type, CallInput] = {
     LegTransferRequest: I.LEG_TRANSFER_REQUEST,
     LegTransferred: I.LEG_TRANSFERRED,
     LegTransferFailed: I.LEG_TRANSFER_FAILED,
+    LegTransferProgress: I.LEG_TRANSFER_PROGRESS,
+    LegTransferBridged: I.LEG_TRANSFER_BRIDGED,
 }
 
 

@@ -46,7 +46,9 @@ __all__ = [
     "LegRefused",
     "LegRejected",
     "LegRinging",
+    "LegTransferBridged",
     "LegTransferFailed",
+    "LegTransferProgress",
     "LegTransferRequest",
     "LegTransferred",
 ]
@@ -149,8 +151,27 @@ class LegTransferFailed:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class LegTransferProgress:
+    """A `refer` is under way: a NOTIFY's sipfrag 1xx, or the transfer target's 1xx when the
+    gateway calls it itself (the peer refused REFER)."""
+
+    code: int
+    reason: str
+    source: str          # "notify" | "fallback" (REFER refused, the target is called) | "invite" (its 1xx)
+
+
+@dataclass(frozen=True, slots=True)
+class LegTransferBridged:
+    """The peer refused REFER, the gateway called the target itself and it answered: the caller
+    and the target now hear each other through this leg; the call goes on."""
+
+    sdp: str
+
+
 LegEvent = (LegRinging | LegAnswered | LegRejected | LegHangup | LegFailed | LegDtmf | LegHold
-            | LegTransferRequest | LegTransferred | LegTransferFailed)
+            | LegTransferRequest | LegTransferred | LegTransferFailed | LegTransferProgress
+            | LegTransferBridged)
 
 
 class Leg(Protocol):

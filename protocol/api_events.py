@@ -26,6 +26,7 @@ class AnswerEvent:
     track_id: str
     timestamp: int
     sdp: str
+    refer: bool | None = None       # True: the transfer target of a `refer` answered (the original's flag)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ class RingingEvent:
     track_id: str
     timestamp: int
     early_media: bool = False
+    refer: bool | None = None       # True: progress of a `refer`, not of this call (the original's flag)
 
 
 @dataclass(frozen=True, slots=True)

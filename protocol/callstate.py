@@ -82,6 +82,8 @@ class CallInput(enum.Enum):
     LEG_TRANSFER_REQUEST = "leg transfer request"
     LEG_TRANSFERRED = "leg transferred"
     LEG_TRANSFER_FAILED = "leg transfer failed"
+    LEG_TRANSFER_PROGRESS = "leg transfer progress"
+    LEG_TRANSFER_BRIDGED = "leg transfer bridged"
     # the application's connection, timers and operators
     APP_ATTACH = "attach"
     APP_DETACH = "detach"
@@ -131,6 +133,9 @@ def _rules() -> Iterable[tuple[tuple[Direction, ...], tuple[CallState, ...], tup
     yield both, (S.ANSWERED, S.TRANSFERRING), (I.LEG_RESUME,), None
     yield both, (S.TRANSFERRING,), (I.LEG_TRANSFERRED,), S.ENDED
     yield both, (S.TRANSFERRING,), (I.LEG_TRANSFER_FAILED,), S.ANSWERED
+    # A REFER refused with 405/501: the gateway calls the target itself and bridges it to the caller.
+    yield both, (S.TRANSFERRING,), (I.LEG_TRANSFER_PROGRESS,), None
+    yield both, (S.TRANSFERRING,), (I.LEG_TRANSFER_BRIDGED,), S.ANSWERED
 
 
 def _build() -> dict[tuple[Direction, CallState, CallInput], CallState]:

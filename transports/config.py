@@ -95,6 +95,8 @@ class SipConfig:
     trying_delay: float = 0.2            # 100 Trying for an INVITE the call leg has not answered yet
     ring_timeout: float = 120.0          # an outbound call not answered within this is cancelled (408)
     refer_timeout: float = 30.0          # a `refer` without its outcome within this fails (408)
+    session_expires: int = 1800          # RFC 4028: the longest session interval granted (seconds)
+    min_se: int = 90                     # RFC 4028: a shorter Session-Expires is answered 422
     register_retry_initial: float = 2.0  # a failed REGISTER is retried after this, doubling ...
     register_retry_max: float = 300.0    # ... up to this many seconds
     bye_timeout: float = 2.0             # how long a hangup (or an un-REGISTER at shutdown) waits for
@@ -116,6 +118,8 @@ class RtpConfig:
     dtmf_duration_ms: int = 100          # length of each RFC 4733 digit sent
     dtmf_gap_ms: int = 60                # pause between digits sent
     dtmf_max_queued: int = 32            # digits waiting to be sent; more is refused
+    bridge_max_queued: int = 5           # a bridged transfer target's frames waiting for the caller's
+    #                                      tick; past it the oldest is dropped (counted in metrics)
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +386,11 @@ def _validate_sip(sip: SipConfig) -> None:
         raise ConfigError(f"sip.trying_delay: must be 0 or more seconds, got {sip.trying_delay}")
     for name in ("ring_timeout", "refer_timeout", "register_retry_initial", "bye_timeout"):
         _positive(getattr(sip, name), f"sip.{name}")
+    if not 1 <= sip.min_se <= 86400:
+        raise ConfigError(f"sip.min_se: must be 1..86400 seconds, got {sip.min_se}")
+    if not sip.min_se <= sip.session_expires <= 86400:
+        raise ConfigError(f"sip.session_expires: must be sip.min_se ({sip.min_se})..86400 seconds, "
+                          f"got {sip.session_expires}")
     if sip.bye_timeout >= 5.0:
         raise ConfigError(f"sip.bye_timeout: must be below 5 s (a call's leg operations are bounded by 5 s), "
                           f"got {sip.bye_timeout}")
@@ -423,6 +432,8 @@ def _validate_rtp(rtp: RtpConfig) -> None:
         raise ConfigError(f"rtp.dtmf_duration_ms: must be 40..8000 ms, got {rtp.dtmf_duration_ms}")
     if not 0 <= rtp.dtmf_gap_ms <= 5000:
         raise ConfigError(f"rtp.dtmf_gap_ms: must be 0..5000 ms, got {rtp.dtmf_gap_ms}")
+    if not 1 <= rtp.bridge_max_queued <= 50:
+        raise ConfigError(f"rtp.bridge_max_queued: must be 1..50 frames, got {rtp.bridge_max_queued}")
     if rtp.dtmf_max_queued < 1:
         raise ConfigError(f"rtp.dtmf_max_queued: must be at least 1, got {rtp.dtmf_max_queued}")
 

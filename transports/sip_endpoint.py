@@ -145,6 +145,10 @@ def _same_ip(a: str, b: str) -> bool:
         return False
 
 
+def _bare_host(host: str) -> str:
+    return host.strip("[]").lower()
+
+
 def _host_text(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
@@ -172,6 +176,7 @@ class SipStats:
     retransmissions: int = 0
     retransmissions_absorbed: int = 0
     stray_responses: int = 0
+    foreign_via_responses: int = 0              # responses whose top Via sent-by is not ours (dropped)
     options_answered: int = 0
     malformed_answered: int = 0                 # requests that failed to parse, answered with their status
     malformed_by_status: dict[int, int] = field(default_factory=dict)
@@ -264,6 +269,8 @@ class SipEndpoint:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._counters = _Counters()
         self._local_hosts: OrderedDict[str, str] = OrderedDict()
+        # Every sent-by we have written in a Via (our own addresses and ports: a handful).
+        self._sent_by: set[tuple[str, int]] = set()
         self.closed = False
         self.started = False
 
@@ -353,8 +360,9 @@ class SipEndpoint:
         """A top Via for a request to ``target``: our sent-by for its transport, a fresh branch
         and ``rport`` (RFC 3581), so the response comes back to the port we sent from."""
         host = self.advertised_host(target.host)
-        via = Via(target.transport.upper(), host, self.port_for(target.transport),
-                  branch or self.new_branch(), rport=True)
+        port = self.port_for(target.transport)
+        self._sent_by.add((_bare_host(host), port))
+        via = Via(target.transport.upper(), host, port, branch or self.new_branch(), rport=True)
         return str(via)
 
     def contact(self, target: SipTarget, user: str | None = None) -> NameAddr:
@@ -486,6 +494,11 @@ class SipEndpoint:
     def _receive(self, message: Request | Response, route: _Route) -> None:
         now = self._now()
         if isinstance(message, Response):
+            if not self._sent_by_us(message):
+                # RFC 3261 §18.1.2: a response whose top Via we did not write is not for us.
+                self._counters.foreign_via_responses += 1
+                self._drain()
+                return
             self._layer.receive(message, now)
         elif message.method == "ACK":
             self._layer.receive(message, now, route.addr, reliable=route.transport != "udp")
@@ -500,6 +513,14 @@ class SipEndpoint:
             if key not in self._routes and self._layer.get(key) is not None:
                 self._routes[key] = route
         self._drain()
+
+    def _sent_by_us(self, response: Response) -> bool:
+        try:
+            via = response.via[0]
+        except (ProtocolError, IndexError):
+            return True          # malformed: the transaction layer drops and counts it
+        port = via.port or (5061 if via.transport.upper() == "TLS" else 5060)
+        return (_bare_host(via.host), port) in self._sent_by
 
     def _stamp_via(self, request: Request, route: _Route) -> bool:
         """RFC 3261 §18.2.1 ``received`` and RFC 3581 ``rport`` on the top Via, and the address

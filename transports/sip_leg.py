@@ -22,19 +22,27 @@ In the dialog, both ways: BYE ends the call; INFO with application/dtmf-relay or
 application/dtmf reports a digit (as RFC 4733 events do, from the RtpSession); a re-INVITE or
 UPDATE with sendonly/inactive/0.0.0.0 reports a hold (and a later one the resume); REFER from the
 peer is accepted (202, NOTIFY) and reported as a transfer request; ``transfer`` sends REFER and
-reports the NOTIFY's outcome. DTMF goes out as RFC 4733 when telephone-event was negotiated,
+reports the NOTIFYs' progress and outcome. A peer that refuses REFER (405/501) gets the original's
+fallback: the leg calls the target itself with a second SipLeg and relays RTP payloads between the
+two (same codec, no transcoding) once it answers; either side's hangup ends the other. DTMF goes out as RFC 4733 when telephone-event was negotiated,
 else as SIP INFO.
 
-Choices (docs/sip.md): no reliable provisional responses (RFC 3262) and no session timers of our
-own (RFC 4028); a peer's refresh re-INVITE/UPDATE is answered like any other.
+Session timers (RFC 4028) are negotiated when the peer asks for them (``protocol.sip.session_timer``):
+the leg refreshes at half the interval when it is the refresher (UPDATE, else re-INVITE), and
+sends BYE shortly before a session the peer should refresh expires.
+
+Choices (docs/sip.md): no reliable provisional responses (RFC 3262) and no session timer imposed
+by the gateway on a peer that does not ask for one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -52,7 +60,9 @@ from actors.leg import (
     LegRefused,
     LegRejected,
     LegRinging,
+    LegTransferBridged,
     LegTransferFailed,
+    LegTransferProgress,
     LegTransferRequest,
     LegTransferred,
 )
@@ -73,6 +83,13 @@ from protocol.sip.dialog import (
     build_cancel,
 )
 from protocol.sip.message import Request, Response, make_request, make_response
+from protocol.sip.session_timer import (
+    SessionTimer,
+    TooSmall,
+    expiry_margin,
+    from_response,
+    negotiate_uas,
+)
 from protocol.sip.transaction import (
     AckReceived,
     RequestReceived,
@@ -100,6 +117,7 @@ _RESERVED = frozenset({"via", "from", "to", "call-id", "cseq", "contact", "conte
                        "max-forwards", "route", "record-route", "authorization", "proxy-authorization"})
 _DTMF_TYPES = "application/dtmf-relay, application/dtmf"
 _AUTH_ATTEMPTS = 2          # 401/407 answered at most this often per request (a wrong password loops)
+_REFER_FALLBACK = (405, 501)  # a REFER refused so: the gateway calls the target itself
 _LINGER = 32.0              # 64*T1: a closed leg keeps its Call-ID this long at most for late messages
 
 
@@ -195,6 +213,20 @@ class SipLeg:
         # transfer (our REFER)
         self._refer_key: TransactionKey | None = None
         self._refer_done = True
+        self._refer_command: api.Refer | None = None
+        # the fallback of a refused REFER: our own call to the target, bridged to this leg's media
+        self._bridge: SipLeg | None = None
+        self._bridged = False
+        self._bridge_frames: deque[bytes] = deque()
+        self.bridge_figures = {"to_target": 0, "to_caller": 0, "dropped": 0}
+        # RFC 4028 session timer: the negotiated session, the refresh we sent, what the peer allows
+        self._session: SessionTimer | None = None
+        self._we_refresh = False
+        self._refresh_key: TransactionKey | None = None
+        self._refresh_cseq = 0
+        self._peer_allow: frozenset[str] = frozenset()
+        self.session_refreshes_sent = 0
+        self.session_refreshes_received = 0
         # figures
         self.dtmf_info_received = 0
         self.dtmf_info_sent = 0
@@ -225,23 +257,53 @@ class SipLeg:
 
     def pull(self) -> bytes | None:
         rtp = self._rtp
-        return rtp.pull() if rtp is not None else None
+        if rtp is None:
+            return None
+        payload = rtp.pull()
+        if payload is not None and self._bridged:
+            bridge = self._bridge
+            if bridge is not None:
+                bridge.send(payload)        # the caller, heard by the transfer target (same codec)
+                self.bridge_figures["to_target"] += 1
+        return payload
 
     def send(self, payload: bytes) -> None:
         rtp = self._rtp
-        if rtp is not None:
-            rtp.send(payload)
+        if rtp is None:
+            return
+        bridge = self._bridge
+        if self._bridged and bridge is not None:
+            # Bridged: the caller hears the target; a tick without a target frame carries what the
+            # call plays (silence, or a `tts`/`play` the application sends over the bridge).
+            frames = self._bridge_frames
+            limit = self.config.rtp.bridge_max_queued
+            for _ in range(limit):
+                heard = bridge.pull()
+                if heard is None:
+                    break
+                if len(frames) >= limit:
+                    frames.popleft()
+                    self.bridge_figures["dropped"] += 1
+                frames.append(heard)
+            if frames:
+                payload = frames.popleft()
+                self.bridge_figures["to_caller"] += 1
+        rtp.send(payload)
 
     def metrics(self, timestamp: int) -> list[api.MetricsEvent]:
         """The RTP figures (loss, jitter, RTCP) as a `metrics` event, for the call's end."""
         rtp = self._rtp
         if rtp is None or rtp.media is None:
             return []
-        return [rtp.stats().metrics_event(timestamp)]
+        event = rtp.stats().metrics_event(timestamp)
+        if any(self.bridge_figures.values()):
+            # A transfer bridged by the gateway (refused REFER): the frames relayed each way.
+            event = dataclasses.replace(event, data={**event.data, "bridge": dict(self.bridge_figures)})
+        return [event]
 
     # --- outbound ----------------------------------------------------------------------------------
 
-    async def dial(self, option: api.CallOption) -> None:
+    async def dial(self, option: api.CallOption, *, codecs: list[str] | None = None) -> None:
         if self.state != "idle":
             raise LegRefused("invite: this SIP leg has already placed its call", 400)
         if not option.callee:
@@ -265,7 +327,8 @@ class SipLeg:
         await self._open_rtp()
         assert self._rtp is not None
         self._sdp = SdpSession(host)
-        self._offer = make_offer(self._sdp, self.config.rtp.codecs, host, self._rtp.port, ptime=self.config.rtp.ptime)
+        self._offer = make_offer(self._sdp, codecs or self.config.rtp.codecs, host, self._rtp.port,
+                                 ptime=self.config.rtp.ptime)
         self._local_sdp = self._offer
         self.call_id = f"{secrets.token_hex(10)}@active-call"
         self.log = self.log.bind(call_id=self.call_id)
@@ -280,6 +343,7 @@ class SipLeg:
             ("CSeq", "1 INVITE"),
             ("Contact", str(contact)),
             ("Allow", endpoint.allow),
+            ("Supported", "timer"),
             ("User-Agent", endpoint.user_agent),
             *extra,
             ("Content-Type", "application/sdp"),
@@ -348,13 +412,18 @@ class SipLeg:
 
     def check_offer(self) -> tuple[int, str, list[tuple[str, str]]] | None:
         """Whether the INVITE can be answered at all (done before a call is made for it): None, or
-        the status, reason and headers to refuse it with. No extension is supported (RFC 3261
-        §8.2.2.3: a Require naming one, e.g. 100rel or timer, is answered 420 with Unsupported)."""
+        the status, reason and headers to refuse it with. Of the extensions only session timers are
+        supported (RFC 4028; a Session-Expires below sip.min_se is answered 422 with Min-SE); a
+        Require naming another, e.g. 100rel, is answered 420 with Unsupported (RFC 3261 §8.2.2.3)."""
         assert self._invite is not None
         required = [token.strip() for value in self._invite.get_all("Require") for token in value.split(",")
-                    if token.strip()]
+                    if token.strip() and token.strip().lower() != "timer"]
         if required:
             return 420, "Bad Extension", [("Unsupported", ", ".join(required))]
+        self._peer_allow = _allowed(self._invite)
+        refused = self._negotiate_session(self._invite)
+        if refused is not None:
+            return refused
         if self._late_offer:
             return None
         try:
@@ -384,6 +453,7 @@ class SipLeg:
         media = await self._local_answer()
         self._respond_invite(200, "OK", sdp=True)
         self.state = "confirmed"
+        self._arm_session()
         return media
 
     async def reject(self, code: int, reason: str) -> None:
@@ -444,6 +514,8 @@ class SipLeg:
             body = bytes(self._local_sdp)
         if status >= 200 or status == 183:
             extra.insert(0, ("Allow", endpoint.allow))
+        if 200 <= status < 300:
+            extra[1:1] = self._session_headers()
         response = self._dialog.create_response(self._invite, status, reason, headers=extra, body=body)
         if status >= 200:
             self._final_sent = True
@@ -479,6 +551,8 @@ class SipLeg:
             raise LegRefused("refer: the SIP call is not established", 400)
         if not self._refer_done:
             raise LegRefused("refer: a transfer is already in progress", 409)
+        if self._bridge is not None:
+            raise LegRefused("refer: the call is already bridged to a transfer target", 409)
         try:
             target = parse_uri(sip_uri_text(command.callee))
         except ProtocolError as exc:
@@ -494,6 +568,7 @@ class SipLeg:
         headers = [("Refer-To", f"<{target}>"), ("Referred-By", f"<{referred_by}>"), *extra]
         self._refer_key = self._send_in_dialog("REFER", headers=headers)
         self._refer_done = False
+        self._refer_command = command
         timeout = options.timeout if options is not None and options.timeout else self.config.sip.refer_timeout
         self._arm("refer", float(timeout), self._refer_timeout)
         self.log.info("sip refer sent", target=str(target))
@@ -506,6 +581,8 @@ class SipLeg:
             return
         self._refer_done = True
         self._disarm("refer")
+        if self._bridge is not None and not self._bridged:
+            self._end_bridge("refer_failed")       # the target did not answer in time
         if 200 <= code < 300:
             self.log.info("sip transfer succeeded")
             self._report(LegTransferred())
@@ -513,9 +590,218 @@ class SipLeg:
             self.log.info("sip transfer failed", code=code, reason=reason)
             self._report(LegTransferFailed(code, reason))
 
+    # --- RFC 4028 session timers -------------------------------------------------------------------
+
+    def _negotiate_session(self, request: Request) -> tuple[int, str, list[tuple[str, str]]] | None:
+        """The session a request from the peer asks for (None: accepted, else how to refuse it)."""
+        sip = self.config.sip
+        try:
+            outcome = negotiate_uas(request, our_max=sip.session_expires, our_min=sip.min_se)
+        except ProtocolError as exc:
+            return 400, f"Bad Request ({exc.message})"[:120], []
+        if isinstance(outcome, TooSmall):
+            self.log.info("sip session interval too small", asked=request.get("Session-Expires"),
+                          min_se=outcome.min_se)
+            return 422, "Session Interval Too Small", [("Min-SE", str(outcome.min_se))]
+        # The refresher is named per transaction: we are the UAS of the peer's request.
+        self._session = outcome
+        self._we_refresh = outcome is not None and outcome.refresher == "uas"
+        return None
+
+    def _session_headers(self) -> list[tuple[str, str]]:
+        session = self._session
+        if session is None:
+            return []
+        headers = [("Session-Expires", session.header()), ("Supported", "timer")]
+        if session.refresher == "uac":
+            headers.append(("Require", "timer"))    # RFC 4028 §9: the UAC is to refresh
+        return headers
+
+    def _session_from_response(self, response: Response) -> None:
+        """The session a 2xx to our INVITE or refresh settles on (we are that transaction's UAC)."""
+        try:
+            session = from_response(response)
+        except ProtocolError as exc:
+            self.log.info("sip session-expires unusable", error=exc.message)
+            session = None
+        self._session = session
+        self._we_refresh = session is not None and session.refresher == "uac"
+        self._arm_session()
+
+    def _arm_session(self) -> None:
+        self._disarm("session")
+        session = self._session
+        if session is None or self.state != "confirmed":
+            return
+        if self._we_refresh:
+            self._arm("session", session.interval / 2, self._refresh_session)
+        else:
+            self._arm("session", session.interval - expiry_margin(session.interval), self._session_expired)
+
+    def _refresh_session(self) -> None:
+        session = self._session
+        if session is None or self.state != "confirmed" or self._refresh_key is not None:
+            return
+        headers = [("Session-Expires", f"{session.interval};refresher=uac"),
+                   ("Supported", "timer")]
+        if "UPDATE" in self._peer_allow:
+            key = self._send_in_dialog("UPDATE", headers=headers)
+        else:
+            sdp = bytes(self._current_sdp())
+            key = self._send_in_dialog("INVITE", headers=[*headers, ("Content-Type", "application/sdp")], body=sdp)
+        self._refresh_key = key
+        if key is None:
+            return
+        self.session_refreshes_sent += 1
+        # Without a 2xx to this refresh, the session ends when it expires.
+        self._arm("session", session.interval / 2 - expiry_margin(session.interval), self._session_expired)
+        self.log.info("sip session refresh sent", interval=session.interval,
+                      method="UPDATE" if "UPDATE" in self._peer_allow else "INVITE")
+
+    def _on_refresh_response(self, response: Response, key: TransactionKey) -> None:
+        pending = self._pending.get(key)
+        method = response.cseq.method
+        if method == "INVITE" and 200 <= response.status < 300:
+            dialog = self._dialog
+            endpoint = self._endpoint
+            if dialog is not None and endpoint is not None:
+                target = self._hop(dialog)
+                try:
+                    endpoint.send_ack(dialog.create_ack(response, via=endpoint.via(target)), target)
+                except (ValueError, EndpointClosed) as exc:
+                    self.log.info("sip ack not sent", error=repr(exc))
+            if response.cseq.number == self._refresh_cseq:
+                return          # a retransmitted 2xx: ACKed again, nothing else
+            self._refresh_cseq = response.cseq.number
+        if response.status < 200:
+            return
+        self._refresh_key = None
+        if pending is not None and self._dialog is not None:
+            self._dialog.receive_response(pending.request, response)
+        if 200 <= response.status < 300:
+            if method == "INVITE" and response.body and self._offer is not None:
+                try:
+                    self._apply_media(process_answer(self._offer, SessionDescription.parse(response.body)))
+                except ProtocolError as exc:
+                    self.log.info("sip refresh answer unusable", error=exc.message)
+            self._session_from_response(response)
+            return
+        self.log.info("sip session refresh refused", status=response.status)
+        if response.status in (408, 481) and self.state == "confirmed":
+            self.state = "ended"
+            self._report(LegHangup("timeout" if response.status == 408 else "dialog_gone", "system"))
+
+    def _session_expired(self) -> None:
+        if self.state != "confirmed":
+            return
+        self.log.info("sip session expired without a refresh")
+        self.state = "ended"
+        asyncio.get_running_loop().create_task(self._bye())
+        self._report(LegHangup("session_expired", "system"))
+
+    # --- the fallback of a refused REFER: call the target ourselves and bridge it ----------------
+
+    def _refer_fallback(self, status: int, reason: str) -> None:
+        """The peer refused REFER (405/501): as the original does, the gateway places the call to
+        the target itself, in the caller's codec, and bridges the two media streams; the music on
+        hold goes on until the target answers. The refer timer still bounds the whole transfer."""
+        command = self._refer_command
+        if command is None or self._media is None or self._rtp is None:
+            self._refer_outcome(status, reason)
+            return
+        session_id = self.context.session_id if self.context is not None else self.call_id
+        self.log.info("sip refer refused, calling the target", status=status, target=command.callee)
+        target = SipLeg(self.env, LegContext(session_id=session_id, report=self._on_bridge_event))
+        self._bridge = target
+        self._report(LegTransferProgress(status, reason or "REFER refused", "fallback"))
+        asyncio.get_running_loop().create_task(self._dial_bridge(target, command))
+
+    async def _dial_bridge(self, target: SipLeg, command: api.Refer) -> None:
+        options = command.options
+        sip = options.sip if options is not None and options.sip is not None else api.SipOption()
+        headers = dict(sip.headers or {})
+        headers.setdefault("X-Referred-Id", self.context.session_id if self.context is not None else self.call_id)
+        option = api.CallOption(callee=command.callee, caller=command.caller or None,
+                                sip=dataclasses.replace(sip, headers=headers))
+        assert self._media is not None
+        try:
+            await target.dial(option, codecs=[self._media.codec.name, "telephone-event"])
+        except LegRefused as exc:
+            if self._bridge is target:
+                self._bridge = None
+            await target.close()
+            self._refer_outcome(exc.code, exc.message)
+
+    def _on_bridge_event(self, event: object) -> None:
+        """What the target's leg reports (synchronously, on the loop)."""
+        target = self._bridge
+        if target is None:
+            return
+        if isinstance(event, LegRinging):
+            if not self._refer_done:
+                code = 183 if event.media is not None else 180
+                self._report(LegTransferProgress(code, "Session Progress" if code == 183 else "Ringing", "invite"))
+        elif isinstance(event, LegAnswered):
+            if self._refer_done or self.closed or self.state == "ended":
+                self._end_bridge("refer_over")         # answered after the refer timed out
+                return
+            ours, theirs = self._media, target._media
+            if ours is None or theirs is None or ours.codec.name.lower() != theirs.codec.name.lower() \
+                    or ours.ptime != theirs.ptime:
+                self._end_bridge("codec")
+                self._refer_outcome(488, "Not Acceptable Here (the target answered in another codec or ptime)")
+                return
+            self._refer_done = True
+            self._disarm("refer")
+            self._bridged = True
+            self.log.info("sip transfer bridged", codec=theirs.codec.name)
+            self._report(LegTransferBridged(event.media.sdp))
+        elif isinstance(event, LegRejected):
+            self._forget_bridge(target)
+            self._refer_outcome(event.code, event.reason)
+        elif isinstance(event, (LegHangup, LegFailed)):
+            bridged = self._bridged
+            self._forget_bridge(target)
+            if not bridged:
+                self._refer_outcome(503, f"Service Unavailable (the call to the target failed: {event})")
+                return
+            # The target hung up: the caller's side ends too.
+            self.log.info("sip transfer target hung up")
+            if self.state != "ended":
+                self.state = "ended"
+                asyncio.get_running_loop().create_task(self._bye())
+                self._report(LegHangup("byRefer", "callee"))
+        else:
+            self.log.info("sip transfer target event not relayed", event=type(event).__name__)
+
+    def _forget_bridge(self, target: SipLeg) -> None:
+        if self._bridge is target:
+            self._bridge = None
+            self._bridged = False
+            self._bridge_frames.clear()
+        asyncio.get_running_loop().create_task(target.close())
+
+    def _end_bridge(self, reason: str) -> None:
+        """Hang up the call to the transfer target (if any): the caller's side has ended."""
+        target = self._bridge
+        if target is None:
+            return
+        self._bridge = None
+        self._bridged = False
+        self._bridge_frames.clear()
+
+        async def end() -> None:
+            try:
+                await target.hangup(reason)
+            finally:
+                await target.close()
+
+        asyncio.get_running_loop().create_task(end())
+
     async def hangup(self, reason: str, headers: Mapping[str, str] | None = None) -> None:
         """End the dialog as its state requires; waits (up to sip.bye_timeout) for the BYE's answer."""
         self._hangup_headers = headers
+        self._end_bridge(reason)
         if self.state == "ended" or self.state == "idle":
             self.state = "ended"
             return
@@ -578,6 +864,7 @@ class SipLeg:
         if self.closed:
             return
         self.closed = True
+        self._end_bridge("closed")
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
@@ -630,6 +917,9 @@ class SipLeg:
 
     def _on_response(self, response: Response, key: TransactionKey) -> None:
         method = response.cseq.method
+        if key == self._refresh_key and key is not None:
+            self._on_refresh_response(response, key)
+            return
         if method == "INVITE" and key == self._invite_key:
             self._on_invite_response(response)
             return
@@ -649,7 +939,10 @@ class SipLeg:
         if self._dialog is not None:
             self._dialog.receive_response(pending.request, response)
         if method == "REFER" and key == self._refer_key and response.status >= 300:
-            self._refer_outcome(response.status, response.reason)
+            if response.status in _REFER_FALLBACK and not self._refer_done:
+                self._refer_fallback(response.status, response.reason)
+            else:
+                self._refer_outcome(response.status, response.reason)
         if method in ("BYE", "CANCEL") or response.status < 300:
             return
         self.log.info("sip in-dialog request refused", method=method, status=response.status)
@@ -738,6 +1031,8 @@ class SipLeg:
                 self._report(LegFailed(f"the answer's SDP cannot be used: {exc.message}"))
                 return
             self.state = "confirmed"
+            self._peer_allow = _allowed(response)
+            self._session_from_response(response)
             assert self._media is not None
             self.log.info("sip call answered", codec=self._media.codec.name)
             self._report(LegAnswered(LegMedia(_codec_of(self._media), response.body.decode("utf-8", "replace"))))
@@ -853,6 +1148,7 @@ class SipLeg:
             return
         who = "caller" if self.role == "uas" else "callee"
         self.log.info("sip bye received")
+        self._end_bridge("byCaller")
         self._report(LegHangup("byCaller" if who == "caller" else "byCallee", who))
 
     def _on_info(self, event: RequestReceived) -> None:
@@ -878,10 +1174,18 @@ class SipLeg:
         if endpoint is None or self._rtp is None or self._media is None:
             self._answer(event, 491 if request.method == "INVITE" else 500, "Request Pending")
             return
+        # Every re-INVITE/UPDATE refreshes the session (RFC 4028 §9): negotiated again, timer re-armed.
+        refused = self._negotiate_session(request)
+        if refused is not None:
+            self._answer(event, refused[0], refused[1], headers=refused[2])
+            return
+        self.session_refreshes_received += 1
+        timer = self._session_headers()
         if not request.body:
             # A refresh, or an offerless re-INVITE (our offer goes in the 200, the answer in the ACK).
             body = b"" if request.method == "UPDATE" else bytes(self._current_sdp())
-            self._answer(event, 200, sdp=body)
+            self._answer(event, 200, sdp=body, headers=timer)
+            self._arm_session()
             return
         try:
             offer = SessionDescription.parse(request.body)
@@ -893,7 +1197,8 @@ class SipLeg:
             self._answer(event, 488, f"Not Acceptable Here ({exc.message})"[:120])
             return
         self._local_sdp = sdp
-        self._answer(event, 200, sdp=bytes(sdp))
+        self._answer(event, 200, sdp=bytes(sdp), headers=timer)
+        self._arm_session()
         self._apply_media(media)
 
     def _current_sdp(self) -> SessionDescription:
@@ -957,6 +1262,8 @@ class SipLeg:
                 self._refer_outcome(code, reason)
                 return
             self.log.info("sip transfer progress", code=code, reason=reason)
+            if not self._refer_done:
+                self._report(LegTransferProgress(code, reason, "notify"))
         if state == "terminated":
             self._refer_outcome(503, "Service Unavailable (subscription ended without an outcome)")
 
@@ -984,9 +1291,10 @@ class SipLeg:
             if event.timer == "L":
                 # Our 200 OK was never ACKed: the session ends (RFC 3261 §13.3.1.4).
                 if self.state != "ended":
+                    self.log.info("sip 200 OK never acknowledged: ending the call")
                     self.state = "confirmed"
                     asyncio.get_running_loop().create_task(self._bye())
-                    self._report(LegFailed("no ACK for the 200 OK"))
+                    self._report(LegHangup("ack_timeout", "system"))
                 return
             if event.timer == "B":
                 self._on_failure(event.key, 408, "Request Timeout (no response)")
@@ -1113,6 +1421,12 @@ class SipLeg:
 # Headers an in-dialog request gets from its dialog (a re-sent one must not carry them twice).
 _IN_DIALOG_BUILT = frozenset({"via", "max-forwards", "route", "from", "to", "call-id", "cseq", "contact",
                               "content-length", "authorization", "proxy-authorization"})
+
+
+def _allowed(message: Request | Response) -> frozenset[str]:
+    """The methods a peer's Allow lists (upper case)."""
+    return frozenset(token.strip().upper() for value in message.get_all("Allow") for token in value.split(",")
+                     if token.strip())
 
 
 def _host_text(host: str) -> str:

@@ -1095,7 +1095,7 @@ OTHER_LEGS = {
     "hold": "a SIP far party puts the call on hold or resumes it",
     "transferRequest": "a SIP far party asks for a transfer (REFER)",
 }
-LEFT_OUT_ON_CALL = {"hangup.ringingTime", "ping.payload"}
+LEFT_OUT_ON_CALL = {"hangup.ringingTime", "ping.payload", "answer.refer"}
 AS_BINARY_FRAMES = {"binary"}
 
 

@@ -1,8 +1,11 @@
 """What happens inside an established SIP call, through the real gateway against SIPp: DTMF as
 RFC 4733 (SIPp's own captures) and as SIP INFO, hold and resume by re-INVITE, a REFER the
-gateway sends (NOTIFY 200, or refused with 405) and one it receives, DTMF the application sends."""
+gateway sends (NOTIFY 200; refused with 405 in test_sip_refer_fallback.py) and one it
+receives, DTMF the application sends."""
 
 from __future__ import annotations
+
+import time
 
 from protocol.dtmf import TelephoneEvent
 from tests.conftest import connect
@@ -80,24 +83,10 @@ async def test_refer_succeeds_and_ends_the_leg(gateway, http, tmp_path):
         assert (hangup["reason"], hangup["initiator"]) == ("transferred", "system")
         assert await sipp.wait(10) == 0, sipp.errors()
     assert not client.of("error")
-
-
-async def test_refer_refused_with_405_is_an_error_and_the_call_goes_on(gateway, http, tmp_path):
-    async with sipp_uas(tmp_path, "uas_refer_405.xml") as (sipp, port):
-        client = await connect(http, gateway, "/call/sip", id="refer-405")
-        await client.send({"command": "invite", "option": {"callee": f"sip:phone@127.0.0.1:{port}"}})
-        await client.wait_event("answer", timeout=10)
-        await client.send({"command": "refer", "caller": "sip:bot@gateway.test",
-                           "callee": "sip:transfer-target@127.0.0.1:5999"})
-        error, = await client.wait_event("error", timeout=10)
-        assert error["sender"] == "refer" and error["code"] == 405
-        # The call is back to answered: media commands work, then it ends normally.
-        await client.send({"command": "tts", "text": "still here", "playId": "after"})
-        await client.wait_event("trackStart", count=2)
-        await client.send({"command": "hangup"})
-        await client.wait_closed(10)
-        assert await sipp.wait(10) == 0, sipp.errors()
-    assert client.of("hangup")[0]["reason"] == "hangup_command"
+    # The NOTIFY's "SIP/2.0 100 Trying" sipfrag reached the application as the refer's progress.
+    progress, = client.of("other")
+    assert progress["sender"] == "refer"
+    assert progress["extra"] == {"code": 100, "reason": "Trying", "source": "notify"}
 
 
 async def test_send_dtmf_goes_out_as_rfc4733(sip_gateway, webhook, peer, http, tmp_path):
@@ -124,3 +113,41 @@ async def test_send_dtmf_goes_out_as_rfc4733(sip_gateway, webhook, peer, http, t
         await client.send({"command": "hangup"})
         await client.wait_closed(10)
         assert await sipp.wait(10) == 0, sipp.errors()
+
+
+async def test_send_dtmf_goes_out_as_sip_info_without_telephone_event(sip_gateway, webhook, peer, http, tmp_path):
+    gw = await sip_gateway()
+    async with sipp_uac(tmp_path, "uac_info_dtmf_out.xml", gw.sip_address[1], keys={"rtp_port": peer.port},
+                        extra=("-trace_msg",)) as sipp:
+        client, _ = await incoming_call(http, gw, webhook)
+        await client.send({"command": "accept", "option": {}})
+        answer, = await client.wait_event("answer")
+        assert "telephone-event" not in answer["sdp"]
+        await client.send({"command": "sendDtmf", "digits": "4#", "duration": 80})
+        # SIPp checks each INFO (application/dtmf-relay, Signal=4 then Signal=#) and answers 200.
+        await until(lambda: any(b"Signal=#" in log.read_bytes() for log in tmp_path.glob("*_messages.log")), 5,
+                    "SIPp receiving the second INFO")
+        await client.send({"command": "hangup"})
+        await client.wait_closed(10)
+        assert await sipp.wait(10) == 0, sipp.errors()
+    assert not client.of("error")
+    # No RFC 4733 packet went out: the digits travelled only as SIP INFO.
+    assert not [p for p in peer.packets if p.payload_type == 101]
+
+
+async def test_a_200_never_acked_is_retransmitted_then_the_call_ends_with_bye(sip_gateway, webhook, peer, http,
+                                                                              tmp_path):
+    gw = await sip_gateway(sip={"t1": 0.05, "t2": 0.2})         # timer L = 64 * T1 = 3.2 s
+    async with sipp_uac(tmp_path, "uac_no_ack.xml", gw.sip_address[1], keys={"rtp_port": peer.port},
+                        extra=("-trace_msg",)) as sipp:
+        client, _ = await incoming_call(http, gw, webhook)
+        await client.send({"command": "accept", "option": {}})
+        await client.wait_event("answer")
+        answered = time.monotonic()
+        hangup, = await client.wait_event("hangup", timeout=10)
+        waited = time.monotonic() - answered
+        assert await sipp.wait(10) == 0, sipp.errors()          # the BYE reached it and was answered
+    assert (hangup["reason"], hangup["initiator"]) == ("ack_timeout", "system")
+    assert 2.5 < waited < 6.0, waited
+    log = b"".join(path.read_bytes() for path in tmp_path.glob("*_messages.log"))
+    assert log.count(b"SIP/2.0 200 OK") >= 5            # the 200 and its retransmissions (timer G)

@@ -146,3 +146,23 @@ async def test_handshake_timeout_cancels_an_unanswered_call(gateway, http, tmp_p
         assert hangup["reason"] == "rejected"
         # The phone saw a CANCEL and answered the INVITE 487.
         assert await sipp.wait(10) == 0, sipp.errors()
+
+
+async def test_a_second_2xx_from_another_fork_is_acked_and_ended_with_bye(gateway, http, tmp_path):
+    async with sipp_uas(tmp_path, "uas_forked_2xx.xml", extra=("-trace_msg",)) as (sipp, port):
+        client = await connect(http, gateway, "/call/sip", id="forked")
+        await client.send({"command": "invite", "option": {"callee": f"sip:phone@127.0.0.1:{port}"}})
+        await client.wait_event("answer", timeout=10)
+
+        def fork_ended() -> bool:
+            # SIPp logs the BYE it received for the second fork's dialog (its To tag checked there).
+            return any(log.read_bytes().count(b"BYE sip:") >= 1 for log in tmp_path.glob("*_messages.log"))
+
+        await until(fork_ended, 5, "the BYE of the second fork")
+        # The call itself goes on with the first fork until the application hangs up.
+        assert not client.of("hangup")
+        await client.send({"command": "hangup"})
+        await client.wait_closed(10)
+        assert await sipp.wait(10) == 0, sipp.errors()
+    assert len(client.of("answer")) == 1
+    assert client.of("hangup")[0]["reason"] == "hangup_command"

@@ -1,4 +1,4 @@
-"""REGISTER for `[[register_users]]` against SIPp as the registrar: a refused first attempt is
+"""REGISTER for `[[register_users]]` against SIPp as the registrar, over UDP and over TCP: a refused first attempt is
 retried with backoff, the digest challenge is answered, the registration is refreshed before it
 runs out, and the binding is removed when the gateway stops."""
 
@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from actors import GetChild
 from tests.support.sip_tools import sipp_uas
 from transports.gateway import start_gateway
 from transports.sip_register import GetRegistrations
 
 
-async def test_register_retry_challenge_refresh_and_unregister(gateway_config, tmp_path):
-    async with sipp_uas(tmp_path, "uas_registrar.xml", rtp_echo=False) as (sipp, port):
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_register_retry_challenge_refresh_and_unregister(gateway_config, tmp_path, transport):
+    async with sipp_uas(tmp_path, "uas_registrar.xml", rtp_echo=False,
+                        transport="t1" if transport == "tcp" else "u1") as (sipp, port):
         gw = await start_gateway(gateway_config(
             register_users=[{"server": f"sip:127.0.0.1:{port}", "username": "1001", "password": "s3cret",
-                             "expires": 600}],
+                             "expires": 600, "transport": transport}],
             sip={"register_retry_initial": 0.2}))
         try:
             registrar = await gw.ref.ask(GetChild("register"), timeout=2)

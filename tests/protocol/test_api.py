@@ -22,6 +22,7 @@ from protocol.api import (
     EVENTS,
     Accept,
     AddHistoryEvent,
+    AnswerEvent,
     ApiError,
     Attendee,
     BinaryEvent,
@@ -47,6 +48,7 @@ from protocol.api import (
     Reject,
     Resume,
     Ringing,
+    RingingEvent,
     SipOption,
     SynthesisOption,
     TranscriptionOption,
@@ -84,6 +86,8 @@ EXTENSIONS: dict[type, set[str]] = {
     CallOption: {"inactivityTimeout", "samplerate"},
     SynthesisOption: {"emotion"},  # in the spec's own SynthesisOption example
     Hangup: {"headers"},           # the BYE's extra headers, as the original carries them
+    AnswerEvent: {"refer"},        # the original's flag: the bridged target of a `refer` answered
+    RingingEvent: {"refer"},       # the original's flag: a `refer`'s progress
 }
 
 

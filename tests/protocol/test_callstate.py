@@ -26,33 +26,34 @@ COLUMNS = [
     I.REFER, I.BRIDGE, I.UNBRIDGE, I.HISTORY, I.CUSTOM, I.SEND_DTMF,
     I.LEG_RINGING, I.LEG_EARLY_MEDIA, I.LEG_ANSWERED, I.LEG_REJECTED, I.LEG_HANGUP, I.LEG_FAILED,
     I.LEG_HOLD, I.LEG_RESUME, I.LEG_TRANSFER_REQUEST, I.LEG_TRANSFERRED, I.LEG_TRANSFER_FAILED,
+    I.LEG_TRANSFER_PROGRESS, I.LEG_TRANSFER_BRIDGED,
     I.APP_ATTACH, I.APP_DETACH, I.ACCEPT_TIMEOUT, I.KILL,
 ]
 LETTERS = {"N": S.NEW, "C": S.CALLING, "I": S.INCOMING, "R": S.RINGING, "E": S.EARLY_MEDIA,
            "A": S.ANSWERED, "H": S.ON_HOLD, "T": S.TRANSFERRING, "X": S.ENDED}
 
-#            inv acc rej rng rne hup | tts ply int pau res mut unm | ref brg ubr his cus dtm | lrg lem lan lrj lhu lfa | lho lre ltq ltd ltf | att det ato kil
+#            inv acc rej rng rne hup | tts ply int pau res mut unm | ref brg ubr his cus dtm | lrg lem lan lrj lhu lfa | lho lre ltq ltd ltf ltp ltb | att det ato kil
 OUTBOUND = {
-    S.NEW:          "C C - - - X   - - - - - - -   - - - . . -   - - - - X X   - - - - -   . X - X",
-    S.CALLING:      "- - - - - X   - - - - - - -   - - - . . -   R E A X X X   - - - - -   . X - X",
-    S.INCOMING:     "- - - - - X   - - - - - - -   - - - . . -   - - - - X X   - - - - -   . X - X",
-    S.RINGING:      "- - - - - X   - - - - - - -   - - - . . -   . E A X X X   - - - - -   . X - X",
-    S.EARLY_MEDIA:  "- - - - - X   . . . . . . .   - - - . . .   . . A X X X   - - - - -   . X - X",
-    S.ANSWERED:     "- - - - - X   . . . . . . .   T . . . . .   - - - - X X   H . . - -   . X - X",
-    S.ON_HOLD:      "- - - - - X   . . . . . . .   T . . . . -   - - - - X X   . A . - -   . X - X",
-    S.TRANSFERRING: "- - - - - X   . . . . . . .   - - - . . -   - - - - X X   . . . X A   . X - X",
-    S.ENDED:        "- - - - - -   - - - - - - -   - - - - - -   - - - - - -   - - - - -   - - - -",
+    S.NEW:          "C C - - - X   - - - - - - -   - - - . . -   - - - - X X   - - - - - - -   . X - X",
+    S.CALLING:      "- - - - - X   - - - - - - -   - - - . . -   R E A X X X   - - - - - - -   . X - X",
+    S.INCOMING:     "- - - - - X   - - - - - - -   - - - . . -   - - - - X X   - - - - - - -   . X - X",
+    S.RINGING:      "- - - - - X   - - - - - - -   - - - . . -   . E A X X X   - - - - - - -   . X - X",
+    S.EARLY_MEDIA:  "- - - - - X   . . . . . . .   - - - . . .   . . A X X X   - - - - - - -   . X - X",
+    S.ANSWERED:     "- - - - - X   . . . . . . .   T . . . . .   - - - - X X   H . . - - - -   . X - X",
+    S.ON_HOLD:      "- - - - - X   . . . . . . .   T . . . . -   - - - - X X   . A . - - - -   . X - X",
+    S.TRANSFERRING: "- - - - - X   . . . . . . .   - - - . . -   - - - - X X   . . . X A . A   . X - X",
+    S.ENDED:        "- - - - - -   - - - - - - -   - - - - - -   - - - - - -   - - - - - - -   - - - -",
 }
 INBOUND = {
-    S.NEW:          "- - - - - X   - - - - - - -   - - - . . -   - - - - X X   - - - - -   . X - X",
-    S.CALLING:      "- - - - - X   - - - - - - -   - - - . . -   - - - - X X   - - - - -   . X - X",
-    S.INCOMING:     "- A X R E X   - - - - - - -   - - - . . -   - - - - X X   - - - - -   . X X X",
-    S.RINGING:      "- A X . E X   - - - - - - -   - - - . . -   - - - - X X   - - - - -   . X X X",
-    S.EARLY_MEDIA:  "- A X . . X   . . . . . . .   - - - . . .   - - - - X X   - - - - -   . X X X",
-    S.ANSWERED:     "- - - - - X   . . . . . . .   T . . . . .   - - - - X X   H . . - -   . X - X",
-    S.ON_HOLD:      "- - - - - X   . . . . . . .   T . . . . -   - - - - X X   . A . - -   . X - X",
-    S.TRANSFERRING: "- - - - - X   . . . . . . .   - - - . . -   - - - - X X   . . . X A   . X - X",
-    S.ENDED:        "- - - - - -   - - - - - - -   - - - - - -   - - - - - -   - - - - -   - - - -",
+    S.NEW:          "- - - - - X   - - - - - - -   - - - . . -   - - - - X X   - - - - - - -   . X - X",
+    S.CALLING:      "- - - - - X   - - - - - - -   - - - . . -   - - - - X X   - - - - - - -   . X - X",
+    S.INCOMING:     "- A X R E X   - - - - - - -   - - - . . -   - - - - X X   - - - - - - -   . X X X",
+    S.RINGING:      "- A X . E X   - - - - - - -   - - - . . -   - - - - X X   - - - - - - -   . X X X",
+    S.EARLY_MEDIA:  "- A X . . X   . . . . . . .   - - - . . .   - - - - X X   - - - - - - -   . X X X",
+    S.ANSWERED:     "- - - - - X   . . . . . . .   T . . . . .   - - - - X X   H . . - - - -   . X - X",
+    S.ON_HOLD:      "- - - - - X   . . . . . . .   T . . . . -   - - - - X X   . A . - - - -   . X - X",
+    S.TRANSFERRING: "- - - - - X   . . . . . . .   - - - . . -   - - - - X X   . . . X A . A   . X - X",
+    S.ENDED:        "- - - - - -   - - - - - - -   - - - - - -   - - - - - -   - - - - - - -   - - - -",
 }
 
 

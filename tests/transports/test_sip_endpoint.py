@@ -475,3 +475,64 @@ async def test_ipv6_loopback():
     finally:
         sock.close()
         await endpoint.close()
+
+
+async def test_a_response_whose_top_via_is_not_ours_is_dropped_and_counted(endpoint, peer):
+    events: list[object] = []
+    endpoint.register("via-1", events.append)
+    target = SipTarget("127.0.0.1", peer.port)
+    key = endpoint.send_request(options_to(endpoint, target, "via-1"), target)
+    data, source = await peer.recv()
+    request = parse_message(data)
+    assert isinstance(request, Request)
+    ours = request.via[0].sent_by.encode()
+    good = bytes(make_response(request, 200))
+    # The same response with another sent-by in its top Via (same branch): not ours, RFC 3261 §18.1.2.
+    peer.send(good.replace(b"Via: SIP/2.0/UDP " + ours, b"Via: SIP/2.0/UDP elsewhere.invalid:5070", 1), source)
+    await until(lambda: endpoint.stats().foreign_via_responses == 1)
+    assert not any(isinstance(e, ResponseReceived) for e in events)
+    peer.send(good, source)
+    await until(lambda: any(isinstance(e, ResponseReceived) for e in events))
+    received, = [e for e in events if isinstance(e, ResponseReceived)]
+    assert received.key == key and received.response.status == 200
+    assert endpoint.stats().foreign_via_responses == 1 and endpoint.stats().stray_responses == 0
+
+
+async def test_a_tcp_peer_that_does_not_read_is_cut_off_at_the_write_buffer_limit():
+    """sip.tcp_write_buffer: requests queued towards a peer that never reads pile up in the
+    kernel, then in our buffer; past the limit the connection is aborted (`slow`) and the
+    transactions waiting on it fail with a transport error."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def never_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        accepted.append(writer)
+
+    server = await asyncio.start_server(never_read, "127.0.0.1", 0)
+    endpoint = await start_endpoint(max_message_size=65536, tcp_write_buffer=65536)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        target = SipTarget("127.0.0.1", port, "tcp")
+        events: list[object] = []
+        endpoint.register("slow-1", events.append)
+        sent = 0
+        for n in range(400):                # 400 x 60 kB = 24 MB at most, far beyond any socket buffer
+            if endpoint.stats().tcp_closed.get("slow"):
+                break
+            request = options_to(endpoint, target, "slow-1")
+            request.set("CSeq", f"{n + 1} OPTIONS")
+            request.body = b"x" * 60000
+            request.set("Content-Type", "text/plain")
+            endpoint.send_request(request, target)
+            sent += 1
+            await asyncio.sleep(0.001)     # the connection opens and the kernel takes what it can
+        await until(lambda: endpoint.stats().tcp_closed.get("slow") == 1, 5)
+        await until(lambda: any(isinstance(e, TransportError) for e in events), 5)
+        assert sent < 400
+        assert endpoint.stats().tcp_connections == 0
+    finally:
+        await endpoint.close()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()

@@ -189,6 +189,8 @@ class Config:
     playback_buffer_seconds: float = 300.0  # synthesised audio one tts may hold ahead of playback
     recorder_pending_bytes: int = 64 << 20  # recording audio waiting for the disk, whole process
     event_queue_bytes: int = 16 << 20  # events queued for one client that does not read them
+    text_frame_bytes: int = 4 << 20    # one command (text frame): larger ones get error 413, the call goes on
+    frame_close_bytes: int = 8 << 20   # any frame larger than this is not read: error 1009, then close 1009
     # Access control (docs/security.md). With no tokens every route is open to whoever can connect.
     api_tokens: tuple[str, ...] = ()
     admin_tokens: tuple[str, ...] = ()     # reach every call; the only tokens /metrics accepts
@@ -291,6 +293,11 @@ def _validate(cfg: Config) -> None:
                           "max_seconds and decode_memory must be positive")
     if cfg.dump.max_bytes < 1024 or cfg.dump.queue_bytes < 1024:
         raise ConfigError("dump: max_bytes and queue_bytes must be at least 1024")
+    if cfg.text_frame_bytes < 1024 or cfg.frame_close_bytes < cfg.text_frame_bytes:
+        raise ConfigError("text_frame_bytes must be at least 1024 and frame_close_bytes at least text_frame_bytes, "
+                          f"got {cfg.text_frame_bytes} and {cfg.frame_close_bytes}")
+    if cfg.event_queue_bytes < 1024:
+        raise ConfigError(f"event_queue_bytes: must be at least 1024, got {cfg.event_queue_bytes}")
     if cfg.max_calls < 1:
         raise ConfigError(f"max_calls: must be at least 1, got {cfg.max_calls}")
     p = cfg.providers

@@ -61,14 +61,13 @@ from .event_dump import DumpWriter, EventDump
 from .leg_maker import LegMaker, LegProvider
 from .metrics import CONTENT_TYPE, CountedPipe, Counters, Telemetry, render
 from .ws_leg import UnavailableLeg, WebSocketLeg
-from .ws_session import Outbox, session_id_ok
+from .ws_session import ApiWebSocket, Outbox, session_id_ok
 
 log = structlog.get_logger("http")
 
 # Wire names of the call types, as the original active-call serialises them.
 CALL_TYPE_WIRE = {"websocket": "webSocket", "sip": "sip", "webrtc": "webrtc"}
 URGENT_COMMANDS = (api.Interrupt, api.Hangup)
-MAX_TEXT_FRAME = 4 << 20  # a base64 `tts` of ~90 s of 16 kHz audio fits
 # How long a finished connection may take to receive what is still queued before it is dropped.
 CLOSE_GRACE = 2.0
 STATIC_ROOT = Path(__file__).resolve().parents[1] / "static"   # the demo page beside the package
@@ -338,7 +337,9 @@ class CallRouter:
         return handler
 
     async def _serve_call(self, request: web.Request, call_type: str, params: CallParams) -> web.StreamResponse:
-        ws = web.WebSocketResponse(max_msg_size=MAX_TEXT_FRAME, autoping=True)
+        # Text arrives as bytes: invalid UTF-8 is a malformed command (an `error`, the call goes
+        # on), not a protocol violation that closes the socket.
+        ws = ApiWebSocket(max_msg_size=self.config.frame_close_bytes, autoping=True, decode_text=False)
         await ws.prepare(request)
         sid = params.session_id
         clog = log.bind(session_id=sid, call_type=call_type)
@@ -359,6 +360,18 @@ class CallRouter:
                 dump.event(text)
             outbox.event(text)
 
+        async def refused_frame(code: int) -> str:
+            limit = self.config.frame_close_bytes
+            if code == 1009:
+                reason, status = f"frame larger than the {limit}-byte limit (frame_close_bytes); closing", 413
+            else:
+                reason, status = "malformed WebSocket frame; closing", 400
+            clog.warning("frame refused; closing", code=code, error=reason)
+            emit(api.ErrorEvent(track_id=sid, timestamp=now_ms(), sender="server", error=reason, code=status))
+            await outbox.flush(CLOSE_GRACE)
+            return reason
+
+        ws.before_refusal = refused_frame
         provider = self.legs.get(call_type)
         if provider is not None:
             maker = provider(sid, outbox)
@@ -444,14 +457,25 @@ class CallRouter:
     async def _read(self, ws: web.WebSocketResponse, call: ActorRef, maker: LegMaker,
                     dump: EventDump | None, clog: structlog.typing.FilteringBoundLogger) -> None:
         binary = maker.binary
+        limit = self.config.text_frame_bytes
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
+                data: bytes = msg.data
+                if len(data) > limit:
+                    # Not parsed, not dumped (it would spend the dump's budget): the error says it all.
+                    message: object = BadCommand(f"command of {len(data)} bytes is larger than the {limit}-byte "
+                                                 "limit (text_frame_bytes); it was not read", 413)
+                    try:
+                        call.tell(message)
+                    except ActorDeadError:
+                        break
+                    continue
                 if dump is not None:
-                    dump.command(msg.data)
+                    dump.command(data.decode("utf-8", "replace"))
                 try:
-                    cmd = api.parse_command(msg.data)
+                    cmd = api.parse_command(data)
                 except api.ApiError as exc:
-                    message: object = BadCommand(str(exc))
+                    message = BadCommand(str(exc))
                 else:
                     if isinstance(cmd, api.LEG_COMMANDS):
                         message = _leg_command(maker, cmd)

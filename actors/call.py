@@ -252,6 +252,7 @@ class Call(Supervisor):
 
     async def _release(self) -> None:
         """Stop what runs beside the children: media loads, the media pass, the VAD; hang the leg up."""
+        await self._tally_playout()
         await self.playback.cancel_loads()
         self.listening.release()
         leg = self.leg
@@ -491,6 +492,7 @@ class Call(Supervisor):
         if isinstance(cmd, api.Reject):
             self.disarm("accept")
             await self._decline(cmd.code or 486, cmd.reason)
+            self._outcome = "rejected"       # the reason is the client's text; counted as its command
             self._end_by(I.REJECT, cmd.reason or "rejected", "user")
             return True
         if isinstance(cmd, api.Refer):
@@ -504,6 +506,7 @@ class Call(Supervisor):
             return True
         if isinstance(cmd, api.Hangup):
             self._hangup_headers = cmd.headers
+            self._outcome = "hangup_command"
             self._end_by(I.HANGUP, cmd.reason or "hangup_command", cmd.initiator or "user")
             return True
         if isinstance(cmd, (api.Mute, api.Unmute)):
@@ -697,6 +700,21 @@ class Call(Supervisor):
         except ChildUnavailable:
             pass  # the track is going too; it takes its taps with it
 
+    async def on_child_restarted(self, spec: ChildSpec, ref: ActorRef) -> None:
+        self.services.tally.restarted(spec.id)
+        await super().on_child_restarted(spec, ref)
+
+    async def _tally_playout(self) -> None:
+        """The call's playout jitter (the p99 of its ticks' deviation from ptime) into /metrics."""
+        if self.child("track") is None:
+            return
+        try:
+            stats = await self.ask_child("track", GetTrackStats(), timeout=0.5)
+        except ChildUnavailable:
+            return
+        if stats.frames_out:
+            self.services.tally.playout_jitter.observe(stats.jitter_ms_p99 / 1000.0)
+
     async def on_child_gave_up(self, spec: ChildSpec, error: BaseException | None) -> None:
         if spec.id == "mediaPass":
             await self._media_pass_over()
@@ -734,6 +752,7 @@ class Call(Supervisor):
     # --- ending -----------------------------------------------------------------------------
 
     _end_reason = "hangup"
+    _outcome: str | None = None       # what /metrics counts the end as, when not its reason
 
     def hangup(self, reason: str, initiator: str) -> None:
         """End the call from inside (autohangup, inactivity, a failure)."""
@@ -753,6 +772,7 @@ class Call(Supervisor):
         else:
             self.machine.process(I.KILL)
         self._end_reason = reason
+        self.services.tally.call_ended(self._outcome or reason)
         self.disarm("accept")
         self.playback.end_all()
         hangup_at = time.time()

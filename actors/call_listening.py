@@ -49,6 +49,7 @@ class Listening:
         elif isinstance(message, AsrText):
             self._asr_text(message)
         elif isinstance(message, AsrFailed):
+            call.services.tally.provider_error("asr", message.provider, message.permanent)
             call.emit_error("asr", f"{message.provider}: {message.error}", message.code)
         elif isinstance(message, WaitInputExpired):
             call.emit(api.SilenceEvent(track_id=call.settings.server_side_track, timestamp=now_ms(),

@@ -62,6 +62,7 @@ class Playback:
                                        duration=message.ttfb_ms,
                                        data={"playId": message.play_id, "provider": message.provider}))
         elif isinstance(message, TtsFailed):
+            call.services.tally.provider_error("tts", message.provider, message.permanent)
             call.emit_error("tts", f"{message.provider}: {message.error}", message.code,
                             track_id=call.settings.server_side_track)
         elif isinstance(message, PlayFailed):

@@ -99,6 +99,7 @@ class EngineStats:
     cancelled: int            # skipped while queued, or stopped early by its consumer
     failed: int
     busy_seconds: float       # engine-thread time spent in jobs
+    restarts: int = 0         # times its thread died and was started again
 
     @property
     def queued(self) -> int:
@@ -419,6 +420,7 @@ class EngineHost:
             cancelled=counters.cancelled,
             failed=counters.failed,
             busy_seconds=counters.busy_seconds,
+            restarts=self.restarts.get(name, 0),
         )
 
     async def start(self, name: str) -> None:

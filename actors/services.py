@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .tally import Tally
+
 
 # --- speech synthesis --------------------------------------------------------------------------
 
@@ -177,3 +179,4 @@ class CallServices:
     asr: Mapping[str, AsrFactory] = field(default_factory=dict)
     default_asr: str | None = None
     silero: Any = None      # the gateway's SileroEngine (actors/vad.py): one batched model for all calls
+    tally: Tally = field(default_factory=Tally)   # the gateway's counts (/metrics)

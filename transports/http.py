@@ -153,6 +153,7 @@ class CallRouter:
         self.legs: Mapping[str, LegProvider] = {"websocket": counted, **(legs or {})}
         self.started_at = time.time()
         self.binary_dropped = 0
+        self.outboxes: set[Outbox] = set()    # of the open API connections (queued event bytes)
         self.dump_writer = DumpWriter(config.dump.queue_bytes)
 
     def open_dump(self, session_id: str) -> EventDump:
@@ -319,6 +320,7 @@ class CallRouter:
             "dump": {"pending": self.dump_writer.pending, "lost_lines": self.dump_writer.lost_lines,
                      "written_bytes": self.dump_writer.written_bytes},
             "binary_frames_dropped": self.binary_dropped,
+            "tally": t.tally, "event_queues": [o.queued_bytes for o in self.outboxes],
             "recordings": len(t.claims) if t.claims is not None else 0, "open_fds": _open_fds(), "tasks": len(asyncio.all_tasks()),
         })
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
@@ -352,6 +354,7 @@ class CallRouter:
                     ref.tell(Kill(reason="client_too_slow", initiator="system"))
 
         outbox = Outbox(ws, event_budget=self.config.event_queue_bytes, on_too_slow=too_slow)
+        self.outboxes.add(outbox)
         dump = self.open_dump(sid) if params.dump else None
 
         def emit(event: object) -> None:
@@ -434,6 +437,7 @@ class CallRouter:
                     await call.stop(timeout=1.0)
             outbox.close()
             await outbox.wait_closed(CLOSE_GRACE)
+            self.outboxes.discard(outbox)
             if dump is not None:
                 dump.close()
         return ws

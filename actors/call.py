@@ -612,7 +612,7 @@ class Call(Supervisor):
         track = await self.start_child(ChildSpec(
             id="track",
             start=lambda parent: Track.start(self.session_id, codec, leg, self.clock,
-                                             report=parent.tell, parent=parent, name="track"),
+                                             report=parent.tell_quietly, parent=parent, name="track"),
             restart=CHILDREN["track"],
             shutdown=self.settings.child_shutdown_timeout,
         ))

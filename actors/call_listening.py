@@ -112,7 +112,7 @@ class Listening:
         await call.start_service(
             "asr",
             # A fresh provider for every start: a restart must not inherit a broken client.
-            lambda parent: Asr.start(factory(option), option, audio, ring, report=parent.tell,
+            lambda parent: Asr.start(factory(option), option, audio, ring, report=parent.tell_quietly,
                                      session_id=session_id, parent=parent, name="asr"))
 
     def _vad_event(self, ev: Any) -> None:

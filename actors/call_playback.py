@@ -225,7 +225,7 @@ class Playback:
         session_id = call.session_id
         return await call.start_service(
             "tts",
-            lambda parent: Tts.start(lambda name: factories[name](option), report=parent.tell,
+            lambda parent: Tts.start(lambda name: factories[name](option), report=parent.tell_quietly,
                                      session_id=session_id, parent=parent, name="tts"))
 
     def _tts_active(self) -> bool:

@@ -73,11 +73,11 @@ CLOSE_GRACE = 2.0
 STATIC_ROOT = Path(__file__).resolve().parents[1] / "static"   # the demo page beside the package
 
 
-def websocket_legs(session_id: str, outbox: Outbox, counters: Counters | None = None) -> LegMaker:
-    """`/call`: the audio rides the application's own WebSocket. With `counters`, the frames its
-    inbound pipe drops are counted for /metrics."""
-    pipe: AudioPipe[bytes] = (AudioPipe(50, name=f"{session_id}.ws-in") if counters is None
-                              else CountedPipe(50, counters, name=f"{session_id}.ws-in"))
+def websocket_legs(session_id: str, outbox: Outbox, counters: Counters | None = None, capacity: int = 50) -> LegMaker:
+    """`/call`: the audio rides the application's own WebSocket, into a pipe of `capacity` frames
+    (`audio_in_frames`). With `counters`, the frames its inbound pipe drops are counted for /metrics."""
+    pipe: AudioPipe[bytes] = (AudioPipe(capacity, name=f"{session_id}.ws-in") if counters is None
+                              else CountedPipe(capacity, counters, name=f"{session_id}.ws-in"))
 
     def leg(context: LegContext) -> WebSocketLeg:
         return WebSocketLeg(context, pipe, outbox.audio)
@@ -149,7 +149,8 @@ class CallRouter:
         self.services = services
         # Call types whose transport is not here answer invite/accept with 501 (UnavailableLeg).
         self.telemetry = telemetry if telemetry is not None else Telemetry(engines=None, media=None, claims=None)
-        counted = functools.partial(websocket_legs, counters=self.telemetry.counters)
+        counted = functools.partial(websocket_legs, counters=self.telemetry.counters,
+                                    capacity=config.audio_in_frames)
         self.legs: Mapping[str, LegProvider] = {"websocket": counted, **(legs or {})}
         self.started_at = time.time()
         self.binary_dropped = 0
@@ -312,6 +313,7 @@ class CallRouter:
         body = render({
             "calls_by_type": by_type, "admissions": admissions,
             "inbound_frames_dropped": t.counters.inbound_frames_dropped,
+            "outbound_frames_dropped": t.counters.outbound_frames_dropped + sum(o.audio_dropped for o in self.outboxes),
             "clock": self.clock.stats(),
             "loop_lag": t.loop_lag, "engines": engines,
             "media": {"cache_bytes": t.media.cached_bytes if t.media else 0,
@@ -353,7 +355,8 @@ class CallRouter:
                 if ref.is_alive():
                     ref.tell(Kill(reason="client_too_slow", initiator="system"))
 
-        outbox = Outbox(ws, event_budget=self.config.event_queue_bytes, on_too_slow=too_slow)
+        outbox = Outbox(ws, audio_capacity=self.config.audio_out_frames, event_budget=self.config.event_queue_bytes,
+                        on_too_slow=too_slow)
         self.outboxes.add(outbox)
         dump = self.open_dump(sid) if params.dump else None
 
@@ -438,6 +441,7 @@ class CallRouter:
             outbox.close()
             await outbox.wait_closed(CLOSE_GRACE)
             self.outboxes.discard(outbox)
+            self.telemetry.counters.outbound_frames_dropped += outbox.audio_dropped
             if dump is not None:
                 dump.close()
         return ws

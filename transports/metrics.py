@@ -33,6 +33,7 @@ class Counters:
     """Process-wide counts kept by the transports."""
 
     inbound_frames_dropped: int = 0
+    outbound_frames_dropped: int = 0     # of connections that have closed (live ones are added when scraped)
 
 
 class CountedPipe(AudioPipe[np.ndarray]):
@@ -137,6 +138,9 @@ def render(figures: dict[str, Any]) -> bytes:
         _counter("activecall_inbound_frames_dropped",
                  "Caller audio frames dropped because the call did not consume them in time",
                  figures["inbound_frames_dropped"]),
+        _counter("activecall_outbound_frames_dropped",
+                 "Audio frames for /call clients dropped because the client read them too slowly",
+                 figures["outbound_frames_dropped"]),
         _counter("activecall_binary_frames_dropped",
                  "Binary frames received on a connection whose leg takes no audio from it",
                  figures["binary_frames_dropped"]),

@@ -203,3 +203,22 @@ async def test_event_bytes_queued_for_a_client_that_does_not_read_are_a_gauge(ga
         await ws.close()
     finally:
         await gw.stop()
+
+
+
+async def test_the_inbound_audio_queue_follows_audio_in_frames(gateway_config, http):
+    gw = await start_gateway(gateway_config(audio_in_frames=5))
+    try:
+        client = await connect(http, gw, id="burst")
+        await client.send({"command": "invite", "option": {"codec": "pcm"}})
+        await client.wait_event("answer")
+        # 100 frames at once: a pipe of 5 frames keeps the last few and drops the rest (the default
+        # of 50 drops about half of such a burst, see above).
+        for frame in frames(tone(440, 2.0, 16000), 320):
+            await client.ws.send_bytes(frame.tobytes())
+        figures = await poll_scrape(http, gw, lambda f: f[("activecall_inbound_frames_dropped_total", ())] >= 80)
+        assert figures[("activecall_inbound_frames_dropped_total", ())] <= 95
+        assert figures[("activecall_outbound_frames_dropped_total", ())] == 0    # this client reads its audio
+        await client.ws.close()
+    finally:
+        await gw.stop()

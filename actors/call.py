@@ -126,6 +126,7 @@ class CallSettings:
     detached_backlog: int = 256         # events kept for an application that has not attached yet
     leg_timeout: float = 5.0            # how long one leg operation (dial, answer, BYE) may take
     playback_buffer_seconds: float = 300.0  # synthesised audio a tts may hold ahead of playback
+    tts_text_bytes: int = 16 << 20          # tts text a call holds that is not spoken yet
     handshake_timeout: float = 30.0     # a connection that places no call (invite/accept) is closed
     media_pass_restarts: int = 10       # mediaPass connections made again within media_pass_period
     media_pass_period: float = 60.0

@@ -101,7 +101,8 @@ def call_settings(config: Config, server_side_track: str) -> CallSettings:
                         backoff=Backoff(initial=sup.backoff_initial, factor=2.0, maximum=sup.backoff_max),
                         accept_timeout=config.accept_timeout, handshake_timeout=config.handshake_timeout,
                         media_pass_restarts=sup.media_pass_restarts, media_pass_period=sup.media_pass_period,
-                        playback_buffer_seconds=config.playback_buffer_seconds)
+                        playback_buffer_seconds=config.playback_buffer_seconds,
+                        tts_text_bytes=config.tts_text_bytes)
 
 
 class BadParams(Exception):

@@ -75,6 +75,7 @@ from .messages import (
     ClientCommand,
     Describe,
     Detach,
+    Drained,
     GetTrackStats,
     Kill,
     MediaError,
@@ -349,6 +350,8 @@ class Call(Supervisor):
             return None
         if isinstance(message, GetTrackStats):
             return None if self.child("track") is None else await self.ask_child("track", message)
+        if isinstance(message, Drained):
+            return None
         return await super().on_receive(message)
 
     def _child_unavailable(self, exc: ChildUnavailable) -> None:

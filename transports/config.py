@@ -191,6 +191,8 @@ class Config:
     event_queue_bytes: int = 16 << 20  # events queued for one client that does not read them
     text_frame_bytes: int = 4 << 20    # one command (text frame): larger ones get error 413, the call goes on
     frame_close_bytes: int = 8 << 20   # any frame larger than this is not read: error 1009, then close 1009
+    command_queue: int = 64            # commands read ahead of their call before the connection stops reading
+    command_queue_bytes: int = 8 << 20 # ... and their bytes
     tts_text_bytes: int = 16 << 20     # tts text one call holds that is not spoken yet; past it: error 413
     audio_in_frames: int = 50          # caller frames (20 ms) queued for a /call call; past it the oldest go
     audio_out_frames: int = 50         # frames queued for a /call client that reads audio slowly; oldest go
@@ -302,6 +304,9 @@ def _validate(cfg: Config) -> None:
     for name in ("audio_in_frames", "audio_out_frames"):
         if not 1 <= getattr(cfg, name) <= 3000:
             raise ConfigError(f"{name}: must be 1..3000 frames of 20 ms, got {getattr(cfg, name)}")
+    if cfg.command_queue < 1 or cfg.command_queue_bytes < 1024:
+        raise ConfigError("command_queue must be at least 1 and command_queue_bytes at least 1024, got "
+                          f"{cfg.command_queue} and {cfg.command_queue_bytes}")
     if cfg.tts_text_bytes < 1024:
         raise ConfigError(f"tts_text_bytes: must be at least 1024, got {cfg.tts_text_bytes}")
     if cfg.event_queue_bytes < 1024:

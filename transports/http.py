@@ -45,6 +45,7 @@ from actors.messages import (
     ClientCommand,
     Describe,
     Detach,
+    Drained,
     Kill,
     Owner,
     UrgentCommand,
@@ -467,9 +468,18 @@ class CallRouter:
                     dump: EventDump | None, clog: structlog.typing.FilteringBoundLogger) -> None:
         binary = maker.binary
         limit = self.config.text_frame_bytes
+        ahead, ahead_bytes = 0, 0        # commands told to the call since it was last known to be idle
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 data: bytes = msg.data
+                ahead += 1
+                ahead_bytes += len(data)
+                if ahead >= self.config.command_queue or ahead_bytes >= self.config.command_queue_bytes:
+                    # The call is behind its client: stop reading until it has caught up, so a fast
+                    # client fills its own TCP window, not the call's mailbox.
+                    if not await _caught_up(call):
+                        break
+                    ahead, ahead_bytes = 1, len(data)
                 if len(data) > limit:
                     # Not parsed, not dumped (it would spend the dump's budget): the error says it all.
                     message: object = BadCommand(f"command of {len(data)} bytes is larger than the {limit}-byte "
@@ -509,6 +519,21 @@ class CallRouter:
         while True:
             await asyncio.sleep(interval)
             emit(api.PingEvent(timestamp=now_ms()))
+
+
+async def _caught_up(call: ActorRef) -> bool:
+    """Wait until `call` has handled what was told to it; False if it ended meanwhile. A call that
+    stays busy for a minute (it should not) is read again rather than waited on for ever."""
+    for _ in range(12):
+        try:
+            await call.ask(Drained(), timeout=5.0)
+            return True
+        except TimeoutError:
+            continue      # busy for long (a slow leg operation): still alive, keep waiting
+        except ActorDeadError:
+            return False
+    log.warning("call did not catch up with its commands within 60 s; reading on", call=repr(call))
+    return True
 
 
 def _leg_command(maker: LegMaker, cmd: object) -> BadCommand | None:

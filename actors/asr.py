@@ -24,7 +24,7 @@ import structlog
 
 from .base import Actor
 from .pipes import AudioPipe, PipeClosed
-from .services import AsrProvider, AsrResult, ProviderError, ServiceMetric
+from .services import AsrNotice, AsrProvider, AsrResult, ProviderError, ServiceMetric
 
 FRAME_MS = 20
 
@@ -164,7 +164,10 @@ class Asr(Actor):
 
     async def _results(self) -> None:
         async for result in self._session.results():
-            self._deliver(result)
+            if isinstance(result, AsrNotice):
+                self.report(AsrFailed(self.provider.name, result.error, result.code, False))
+            else:
+                self._deliver(result)
 
     def _deliver(self, result: AsrResult) -> None:
         t0 = self._t0 or time.time() * 1000

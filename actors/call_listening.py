@@ -20,7 +20,7 @@ from protocol.vad_events import SilenceDetected, SpeechStarted
 
 from .asr import Asr, AsrFailed, AsrText, PrerollRing
 from .call_context import CallContext
-from .call_messages import CheckInactivity, Dtmf, Vad, WaitInputExpired, now_ms
+from .call_messages import CheckInactivity, Dtmf, Vad, VadSkipped, WaitInputExpired, now_ms
 from .messages import GetTrackStats
 from .ref import ActorRef
 from .track import Listen, Subscribe
@@ -28,7 +28,8 @@ from .vad import VadOptionError, create_vad
 
 
 class Listening:
-    handles: ClassVar[tuple[type, ...]] = (Vad, Dtmf, AsrText, AsrFailed, WaitInputExpired, CheckInactivity)
+    handles: ClassVar[tuple[type, ...]] = (Vad, VadSkipped, Dtmf, AsrText, AsrFailed, WaitInputExpired,
+                                           CheckInactivity)
 
     def __init__(self, call: CallContext) -> None:
         self.call = call
@@ -42,6 +43,11 @@ class Listening:
         call = self.call
         if isinstance(message, Vad):
             self._vad_event(message.event)
+        elif isinstance(message, VadSkipped):
+            # The application decides on turns from speaking/silence: it must know they were
+            # decided on part of the audio.
+            call.emit(api.MetricsEvent(timestamp=now_ms(), key="vad.skipped", duration=round(message.ms),
+                                       data={"windows": message.windows, "backlogMs": round(call.services.silero.max_backlog_ms)}))
         elif isinstance(message, Dtmf):
             if self._dtmf.offer(message.digit, message.at_ms, message.source):
                 self.caller_input()
@@ -63,7 +69,8 @@ class Listening:
         listeners = []
         if option.vad is not None:
             try:
-                detector = create_vad(option.vad, lambda ev: ref.tell(Vad(ev)), engine=self.call.services.silero)
+                detector = create_vad(option.vad, lambda ev: ref.tell(Vad(ev)), engine=self.call.services.silero,
+                                      on_lag=lambda windows, ms: ref.tell(VadSkipped(windows, ms)))
             except VadOptionError as exc:
                 self.call.refuse("vad", f"vad: {exc}", exc.status)
             else:
@@ -100,7 +107,10 @@ class Listening:
 
     async def _start_asr(self, option: api.TranscriptionOption) -> None:
         call = self.call
-        name = (option.provider or call.services.default_asr or "").lower()
+        services = call.services
+        wants_grammar = isinstance(option.extra, dict) and ("grammar" in option.extra or "keywords" in option.extra)
+        default = services.grammar_asr if wants_grammar and services.grammar_asr else services.default_asr
+        name = (option.provider or default or "").lower()
         factory = call.services.asr.get(name)
         if factory is None:
             known = ", ".join(sorted(call.services.asr)) or "none"

@@ -64,6 +64,14 @@ class Vad:
 
 
 @dataclass(frozen=True, slots=True)
+class VadSkipped:
+    """The VAD dropped audio it could not keep up with (its backlog bound)."""
+
+    windows: int
+    ms: float
+
+
+@dataclass(frozen=True, slots=True)
 class WaitInputExpired:
     since_ms: int
     duration_ms: int

@@ -41,6 +41,7 @@ import pykka
 from .base import Actor
 
 __all__ = [
+    "EngineBusy",
     "EngineGaveUp",
     "EngineHostActor",
     "Emitter",
@@ -75,6 +76,11 @@ class _EngineDied(Exception):
     """What ends an engine's thread when a job raised a BaseException."""
 
 
+class EngineBusy(EngineError):
+    """A bounded submission found the engine's queue full: the job was refused, not queued (and
+    counted in ``EngineStats.refused``)."""
+
+
 class EngineStalled(EngineError):
     """A stream's consumer left its in-flight items unread for longer than the stall timeout."""
 
@@ -100,6 +106,7 @@ class EngineStats:
     failed: int
     busy_seconds: float       # engine-thread time spent in jobs
     restarts: int = 0         # times its thread died and was started again
+    refused: int = 0          # bounded submissions turned away because the queue was full
 
     @property
     def queued(self) -> int:
@@ -109,9 +116,10 @@ class EngineStats:
 
 class _Counters:
     # `submitted` is written by the loop thread, the rest by the engine thread only.
-    __slots__ = ("submitted", "completed", "cancelled", "failed", "busy_seconds", "thread")
+    __slots__ = ("submitted", "completed", "cancelled", "failed", "busy_seconds", "thread", "refused")
 
     def __init__(self) -> None:
+        self.refused = 0        # written by the loop thread
         self.submitted = 0
         self.completed = 0
         self.cancelled = 0
@@ -385,9 +393,15 @@ class EngineHost:
         """Why engine ``name`` was given up, or None while it may still be started."""
         return self._given_up.get(name)
 
-    def submit(self, name: str, method: str, /, *args: Any) -> asyncio.Future[Any]:
+    def submit(self, name: str, method: str, /, *args: Any, max_queued: int | None = None) -> asyncio.Future[Any]:
         """``engine.method(*args)`` on the engine's thread, as a future for callback-style callers
-        (a media-clock tick cannot await). Cancelling the future skips a job still queued."""
+        (a media-clock tick cannot await). Cancelling the future skips a job still queued.
+
+        With ``max_queued``, a job that would find that many jobs of this engine already queued
+        (the running one included) is refused with ``EngineBusy`` and counted in ``refused``:
+        a caller that must not wait behind an overloaded engine learns it at once."""
+        if max_queued is not None:
+            self.check_room(name, max_queued)
         ticket = _CallTicket(asyncio.get_running_loop())
         self._submit(name, _Job(method, args, {}, ticket))
 
@@ -397,6 +411,16 @@ class EngineHost:
 
         ticket.future.add_done_callback(done)
         return ticket.future
+
+    def check_room(self, name: str, max_queued: int) -> None:
+        """Raise ``EngineBusy`` (and count it) if ``name`` has ``max_queued`` or more jobs queued."""
+        counters = self._counters.get(name)
+        if counters is None:
+            raise EngineError(f"no engine named {name!r}")
+        queued = counters.submitted - counters.completed - counters.cancelled - counters.failed
+        if queued >= max_queued:
+            counters.refused += 1
+            raise EngineBusy(f"engine {name!r} has {queued} jobs queued (limit {max_queued})")
 
     def is_running(self, name: str) -> bool:
         ref = self._refs.get(name)
@@ -421,6 +445,7 @@ class EngineHost:
             failed=counters.failed,
             busy_seconds=counters.busy_seconds,
             restarts=self.restarts.get(name, 0),
+            refused=counters.refused,
         )
 
     async def start(self, name: str) -> None:

@@ -91,9 +91,19 @@ class AsrResult:
     end_ms: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class AsrNotice:
+    """Something a stream could not do that does not end it (an utterance an overloaded engine had
+    no room for): the call reports it as an `error` event with `code`, and the stream goes on."""
+
+    error: str
+    code: int = 503
+
+
 class AsrSession(Protocol):
     """One recognition stream. The provider segments utterances itself: it yields interim results
-    (final=False) while an utterance goes on and one final result when it ends."""
+    (final=False) while an utterance goes on and one final result when it ends; it may also yield
+    an `AsrNotice`."""
 
     async def send(self, pcm: np.ndarray) -> None:
         """Feed 16 kHz int16 mono audio (any length; the call sends 20 ms frames)."""
@@ -178,5 +188,8 @@ class CallServices:
     media_pass: OpenMediaPass | None = None
     asr: Mapping[str, AsrFactory] = field(default_factory=dict)
     default_asr: str | None = None
+    # When `asr.provider` is unset and `asr.extra` gives a grammar or keywords: the provider that
+    # does grammars (the default one, for open vocabulary, may not). None: `default_asr`.
+    grammar_asr: str | None = None
     silero: Any = None      # the gateway's SileroEngine (actors/vad.py): one batched model for all calls
     tally: Tally = field(default_factory=Tally)   # the gateway's counts (/metrics)

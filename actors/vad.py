@@ -30,6 +30,14 @@ machine so the end of speech is dated correctly. TEN runs on 16 kHz only; 8 kHz 
 upsampled with soxr. TEN is optional: its wheel needs the system's libc++1, and its licence adds
 conditions to Apache-2.0 (no deployment that competes with Agora's offerings).
 
+A call's queue of windows is bounded (``max_backlog_ms``, config ``vad_backlog_ms``): when the
+engine cannot keep up, or a client sends audio much faster than real time, the oldest windows are
+dropped, counted on the detector and the engine, and reported through ``on_lag`` (at most once a
+second of stream time) so the call can tell its application that its VAD skipped audio. When a
+round leaves some call behind (more than one window due), the engine starts the next round as soon
+as the last is delivered, so a burst drains at the speed of inference rather than one window per
+call per tick; steady traffic keeps one large batch per tick.
+
 ``create_vad(option, on_event, engine=...)`` picks the detector for ``option.type``; an unknown
 type or an unsupported sample rate raises ``VadOptionError`` naming it.
 """
@@ -72,6 +80,11 @@ TEN_HOP = 256  # 16 ms; with 160 the library repeats each probability twice, whi
 EventSink = Callable[[VadEvent], None]
 WindowSink = Callable[[float, float, float | bool], None]
 """Optional per-window listener: (start_ms, duration_ms, probability or yes/no)."""
+LagSink = Callable[[int, float], None]
+"""Optional listener for skipped audio: (windows dropped since the last report, their ms)."""
+
+DEFAULT_BACKLOG_MS = 5000.0
+LAG_REPORT_INTERVAL_MS = 1000.0
 
 
 class VadOptionError(ProtocolError):
@@ -206,9 +219,12 @@ class SileroEngine:
     """
 
     def __init__(self, model_path: Path | str | None = None, *, max_batch: int | None = None,
-                 runner: InferenceRunner | None = None) -> None:
+                 runner: InferenceRunner | None = None, max_backlog_ms: float = DEFAULT_BACKLOG_MS) -> None:
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if max_backlog_ms < 100:
+            raise ValueError(f"max_backlog_ms must be at least 100, got {max_backlog_ms}")
+        self.max_backlog_ms = float(max_backlog_ms)
         self.model = SileroModel(model_path) if runner is None else None
         self.runner = runner
         self.max_batch = max_batch
@@ -218,6 +234,7 @@ class SileroEngine:
         self.windows = 0
         self.failed_batches = 0
         self.lost_windows = 0
+        self.dropped_windows = 0                # over every call's backlog bound, ever
 
     @property
     def session(self) -> Any:
@@ -255,6 +272,8 @@ class SileroEngine:
                 self.infer(batch)
             self.deliver(batches)
             return True
+        # Calls still due right after collect() hold more than one window: they are behind.
+        behind = bool(self._due)
         future = self.runner(batches)
 
         def done(fut: asyncio.Future[None]) -> None:
@@ -266,9 +285,18 @@ class SileroEngine:
                 self._in_flight = None
                 return
             self.deliver(batches)
+            if behind and self._due:
+                # Catch up now rather than at the next tick: a call with a burst of windows due
+                # needs one round per window. Calls that are not behind wait for the tick, so
+                # steady traffic keeps its one large batch per tick.
+                self.start_flush()
 
         future.add_done_callback(done)
         return True
+
+    def backlog_windows(self, rate: int) -> int:
+        """The most windows one call may have waiting at `rate`."""
+        return max(1, int(self.max_backlog_ms * rate / 1000.0) // SILERO_WINDOW[rate])
 
     def collect(self) -> list[SileroBatch] | None:
         """Take the next window of every call with one due; None when nothing is due."""
@@ -347,6 +375,7 @@ class SileroVad:
         on_event: EventSink,
         *,
         on_window: WindowSink | None = None,
+        on_lag: LagSink | None = None,
     ) -> None:
         if option.samplerate not in SILERO_WINDOW:
             raise VadOptionError(
@@ -360,6 +389,11 @@ class SileroVad:
         self._windows: deque[tuple[float, np.ndarray]] = deque()
         self._state = np.zeros((2, SILERO_STATE), dtype=np.float32)
         self._context = np.zeros(SILERO_CONTEXT[self.rate], dtype=np.float32)
+        self._limit = engine.backlog_windows(self.rate)
+        self._on_lag = on_lag
+        self._unreported = 0
+        self._reported_at: float | None = None
+        self.dropped_windows = 0
         self.closed = False
 
     def push(self, frame: np.ndarray, now_ms: float) -> None:
@@ -369,6 +403,17 @@ class SileroVad:
         windows = self._framer.push(frame, now_ms)
         if windows:
             self._windows.extend(windows)
+            over = len(self._windows) - self._limit
+            if over > 0:
+                for _ in range(over):
+                    self._windows.popleft()
+                self.dropped_windows += over
+                self.engine.dropped_windows += over
+                self._unreported += over
+            if self._unreported and self._on_lag is not None and (
+                    self._reported_at is None or now_ms - self._reported_at >= LAG_REPORT_INTERVAL_MS):
+                dropped, self._unreported, self._reported_at = self._unreported, 0, now_ms
+                self._on_lag(dropped, dropped * SILERO_WINDOW[self.rate] * 1000.0 / self.rate)
             self.engine._enqueue(self)
 
     def close(self) -> None:
@@ -477,6 +522,7 @@ def create_vad(
     *,
     engine: SileroEngine | None = None,
     on_window: WindowSink | None = None,
+    on_lag: LagSink | None = None,
 ) -> VoiceDetector:
     """The detector for ``option.type``: silero (on ``engine``, the gateway's shared one),
     webrtc or ten. Raises ``VadOptionError`` for a type or sample rate it cannot run."""
@@ -484,7 +530,7 @@ def create_vad(
     if kind == "silero":
         if engine is None:
             raise VadOptionError("silero VAD is not available on this gateway", 501)
-        return SileroVad(option, engine, on_event, on_window=on_window)
+        return SileroVad(option, engine, on_event, on_window=on_window, on_lag=on_lag)
     if kind == "webrtc":
         return WebRtcVad(option, on_event, on_window=on_window)
     if kind == "ten":

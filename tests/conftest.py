@@ -27,6 +27,8 @@ def gateway_config(tmp_path):
             # SIP on an ephemeral loopback port (UDP and TCP share it), so gateways run side by side.
             "sip_addr": "127.0.0.1",
             "udp_port": 0,
+            # Most tests never recognise speech: the ones that do load the model themselves.
+            "whisper": {"preload": False},
         }
         table.update(overrides)
         return parse_config(table)

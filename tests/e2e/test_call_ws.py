@@ -36,6 +36,14 @@ def ToneItem(pcm: np.ndarray) -> Enqueue:
     return Enqueue(PlaySpec(10_000, "tone", "play"), feed)
 
 
+async def until(predicate, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.02)
+
+
 def parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -58,16 +66,21 @@ async def test_audio_both_ways_in_every_codec(gateway, http, codec, rate, frame_
     for chunk in frames(tone(440, 1.0, 16000), 320):
         await client.ws.send_bytes(enc.encode(chunk))
         await asyncio.sleep(0.005)
-    await asyncio.sleep(0.2)
-    heard = np.concatenate(tap.drain())
-    assert len(heard) >= 14000  # ~1 s at 16 kHz reached the media plane
+    taken: list[np.ndarray] = []
+
+    async def reached() -> bool:
+        taken.extend(tap.drain())
+        return sum(len(f) for f in taken) >= 14000     # ~1 s at 16 kHz reached the media plane
+
+    await until(reached)
+    heard = np.concatenate(taken)
     assert abs(dominant_frequency(heard[1600:], 16000) - 440) < 10
     assert rms(heard[1600:]) > 4000
 
     # Gateway -> caller: a 1 kHz tone played out, paced, in the same codec and rate.
     client.audio.clear()
     await track.ask(ToneItem(tone(1000, 0.6, 16000)), timeout=2)
-    await asyncio.sleep(0.8)
+    await client.wait_audio(40)             # the 30 frames of the tone and silence after them
     sizes = {len(f) for f in client.audio}
     assert sizes == {frame_bytes}, sizes
     dec = Decoder(codec_info(codec))
@@ -149,7 +162,11 @@ async def test_ten_malformed_commands_mid_call_then_audio_still_flows(gateway, h
     for chunk in frames(tone(300, 0.4, 16000), 320):
         await client.ws.send_bytes(chunk.tobytes())
         await asyncio.sleep(0.01)
-    await asyncio.sleep(0.2)
+
+    async def all_in() -> bool:
+        return (await call.ask(GetTrackStats(), timeout=2)).frames_in - before.frames_in >= 20
+
+    await until(all_in)
     after = await call.ask(GetTrackStats(), timeout=2)
     assert after.frames_in - before.frames_in == 20
     assert len(client.audio) >= 10
@@ -292,17 +309,17 @@ async def test_server_side_track_id_for_mute(gateway, http):
     await client.wait_event("answer")
     track = await track_ref(gateway, "m")
     await track.ask(ToneItem(tone(1000, 2.0, 16000)), timeout=2)
-    await asyncio.sleep(0.2)
+    await client.wait_audio(len(client.audio) + 10)
     await client.send({"command": "mute", "trackId": "bot"})
-    await asyncio.sleep(0.1)
+    await client.wait_audio(len(client.audio) + 5)     # frames already on their way
     client.audio.clear()
-    await asyncio.sleep(0.3)
+    await client.wait_audio(15)
     muted = np.concatenate([np.frombuffer(a, dtype="<i2") for a in client.audio])
     assert rms(muted) == 0
     await client.send({"command": "unmute", "trackId": "bot"})
-    await asyncio.sleep(0.1)
+    await client.wait_audio(len(client.audio) + 5)
     client.audio.clear()
-    await asyncio.sleep(0.3)
+    await client.wait_audio(15)
     assert rms(np.concatenate([np.frombuffer(a, dtype="<i2") for a in client.audio])) > 3000
     await client.send({"command": "mute", "trackId": "nobody"})
     err, = await client.wait_event("error")

@@ -179,3 +179,29 @@ async def test_asr_deltas_then_one_final_per_utterance(gateway, http):
     metric = [m for m in client.of("metrics") if m["key"] == "ttfb.asr.pocketsphinx"]
     assert len(metric) == len(finals) and all(0 < m["duration"] < 3000 for m in metric)
     await client.ws.close()
+
+
+async def test_vad_that_falls_behind_says_how_much_audio_it_skipped(gateway_config, http):
+    from transports.gateway import start_gateway
+
+    gw = await start_gateway(gateway_config(vad_backlog_ms=100))   # 3 windows of 32 ms
+    try:
+        pcm, _ = load_fixture("speech_16k")
+        client = await connect(http, gw, id="vad-behind")
+        await client.send({"command": "invite", "option": {"codec": "pcm", "vad": {"type": "silero"}}})
+        await client.wait_event("answer")
+        # One second at once: the track works off 25 frames a tick, 15 windows, more than the bound.
+        for chunk in frames(pcm[:16000], 320):
+            await client.ws.send_bytes(chunk.tobytes())
+        deadline = asyncio.get_running_loop().time() + 5
+        while not [m for m in client.of("metrics") if m["key"] == "vad.skipped"]:
+            assert asyncio.get_running_loop().time() < deadline, client.events
+            await asyncio.sleep(0.02)
+        skipped = next(m for m in client.of("metrics") if m["key"] == "vad.skipped")
+        assert skipped["data"]["backlogMs"] == 100 and skipped["data"]["windows"] >= 1
+        assert skipped["duration"] == round(skipped["data"]["windows"] * 32)
+        await client.send({"command": "hangup"})              # the call goes on and ends normally
+        await client.wait_closed()
+        assert client.events[-1]["event"] == "hangup"
+    finally:
+        await gw.stop()

@@ -32,6 +32,21 @@ def received(client, since: int = 0) -> np.ndarray:
     return np.concatenate([np.frombuffer(a, dtype="<i2") for a in client.audio[since:]])
 
 
+async def played_for(client, since: int, frames: int, timeout: float = 5.0) -> None:
+    """Until `frames` loud frames (20 ms each) have arrived after `since`: how far the playback
+    got, measured on the audio itself rather than on this test's clock."""
+    deadline = time.monotonic() + timeout
+    while sum(rms(np.frombuffer(f, dtype="<i2")) > 100 for f in client.audio[since:]) < frames:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"fewer than {frames} loud frames within {timeout} s")
+        await client.wait_audio(len(client.audio) + 1, timeout=max(0.01, deadline - time.monotonic()))
+
+
+async def frames_after(client, frames: int) -> None:
+    """Until `frames` more frames (whatever they carry) have arrived: what follows a command."""
+    await client.wait_audio(len(client.audio) + frames)
+
+
 class Timed:
     """Arrival time of every audio frame the client receives."""
 
@@ -69,14 +84,15 @@ async def test_tts_audio_plays_with_track_events(gateway, http):
 
 async def test_interrupt_cuts_audio_within_40ms_and_reports_position(gateway, http):
     client = await answered(http, gateway, "t2")
+    mark = len(client.audio)
     await client.send(tts_tone(1000, 3.0, playId="long"))
     await client.wait_event("trackStart", count=2)
     timed = Timed(client)
-    await asyncio.sleep(0.5)
+    await played_for(client, mark, 25)
     sent_at = time.monotonic()
     await client.send({"command": "interrupt"})
     interruption, = await client.wait_event("interruption")
-    await asyncio.sleep(0.3)
+    await frames_after(client, 15)
     timed.stop()
     loud_at = [t - sent_at for t, frame in timed.times if rms(np.frombuffer(frame, dtype="<i2")) > 100]
     assert any(-0.1 < t < 0 for t in loud_at), "audio was playing when the interrupt was sent"
@@ -91,13 +107,14 @@ async def test_interrupt_cuts_audio_within_40ms_and_reports_position(gateway, ht
 
 async def test_graceful_interrupt_fades_then_stops(gateway, http):
     client = await answered(http, gateway, "t3")
+    mark = len(client.audio)
     await client.send(tts_tone(500, 3.0, playId="g"))
     await client.wait_event("trackStart", count=2)
-    await asyncio.sleep(0.4)
+    await played_for(client, mark, 20)
     mark = len(client.audio)
     await client.send({"command": "interrupt", "graceful": True})
     await client.wait_event("interruption")
-    await asyncio.sleep(0.3)
+    await frames_after(client, 15)
     levels = [rms(np.frombuffer(f, dtype="<i2")) for f in client.audio[mark:]]
     loud = [i for i, level in enumerate(levels) if level > 50]
     assert loud and len(loud) <= 6          # the fade lasts 60 ms (3 frames) plus frames in flight
@@ -108,13 +125,14 @@ async def test_graceful_interrupt_fades_then_stops(gateway, http):
 
 async def test_pause_and_resume(gateway, http):
     client = await answered(http, gateway, "t4")
+    mark = len(client.audio)
     await client.send(tts_tone(1000, 1.0, playId="pr"))
     await client.wait_event("trackStart", count=2)
-    await asyncio.sleep(0.3)
+    await played_for(client, mark, 15)
     await client.send({"command": "pause"})
-    await asyncio.sleep(0.1)
+    await frames_after(client, 5)           # frames already on their way when the pause came
     mark = len(client.audio)
-    await asyncio.sleep(0.4)
+    await frames_after(client, 20)
     assert rms(received(client, mark)) == 0
     assert client.of("trackEnd") == []
     await client.send({"command": "resume"})
@@ -131,9 +149,10 @@ async def test_same_play_id_queues_and_a_new_one_replaces(gateway, http):
     assert [e.get("playId") for e in client.of("trackStart")[1:]] == ["a", "a"]
     assert client.of("interruption") == []
 
+    mark = len(client.audio)
     await client.send(tts_tone(700, 3.0, playId="b"))
     await client.wait_event("trackStart", count=4)
-    await asyncio.sleep(0.3)
+    await played_for(client, mark, 15)
     await client.send(tts_tone(900, 0.4, playId="c"))
     await client.wait_event("trackEnd", count=4, timeout=4)
     interruption, = client.of("interruption")

@@ -44,6 +44,30 @@ async def recognise(session: Any, pcm: np.ndarray, *, speed: float = 4.0, tail_s
     return results, (failure[0] if failure else None)
 
 
+async def failures_while_idle(session: Any, seconds: float,
+                              before: Callable[[], Any] | None = None) -> list[ProviderError]:
+    """Read `session`'s results for `seconds` of silence from the caller (after `before`, if given),
+    then close it: the errors its stream ended with meanwhile. Waiting out the provider's idle
+    limit is the point: nothing observable happens when the keep-alive works."""
+    failures: list[ProviderError] = []
+
+    async def read() -> None:
+        try:
+            async for _ in session.results():
+                pass
+        except ProviderError as exc:
+            failures.append(exc)
+
+    reader = asyncio.create_task(read())
+    if before is not None:
+        await before()
+    await asyncio.sleep(seconds)
+    seen = list(failures)
+    await session.close()
+    await asyncio.wait_for(reader, 10)
+    return seen
+
+
 def finals(results: list[AsrResult]) -> list[AsrResult]:
     return [r for r in results if r.final]
 

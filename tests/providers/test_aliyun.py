@@ -3,7 +3,6 @@ paraformer recognition heard by pocketsphinx, cosyvoice synthesis spoken by espe
 
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 
@@ -14,7 +13,7 @@ from transports.providers.aliyun import AliyunAsr, AliyunTts
 from transports.providers.tts_cache import TtsCache
 from transports.providers.wire import ProviderSettings
 
-from .clients import eventually, finals, recognise, similar_speech, speak, wer
+from .clients import eventually, failures_while_idle, finals, recognise, similar_speech, speak, wer
 from .dashscope_server import DashScopeServer
 from .support import asr_truth, load_pcm
 
@@ -113,20 +112,7 @@ async def test_a_stall_inside_a_sentence_is_a_504(server):
 async def test_an_idle_task_is_kept_alive(server):
     server.silence_timeout = 1.0            # DashScope fails a task after 23 s without audio
     session = await AliyunAsr(FAST).open(asr_option(server))
-    failures = []
-
-    async def read():
-        try:
-            async for _ in session.results():
-                pass
-        except ProviderError as exc:
-            failures.append(exc)
-
-    reader = asyncio.create_task(read())
-    await asyncio.sleep(2.5)
-    assert failures == []
-    await session.close()
-    await reader
+    assert await failures_while_idle(session, 2.5) == []
 
 
 # --- synthesis --------------------------------------------------------------------------------

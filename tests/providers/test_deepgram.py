@@ -3,7 +3,6 @@ pocketsphinx on the audio actually sent, what it says is espeak-ng on the text a
 
 from __future__ import annotations
 
-import asyncio
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from transports.providers.wire import ProviderSettings
 
 from tests.support.audio import rms
 
-from .clients import eventually, finals, recognise, similar_speech, speak, wer
+from .clients import eventually, failures_while_idle, finals, recognise, similar_speech, speak, wer
 from .deepgram_server import DeepgramServer
 from .support import asr_truth, load_pcm
 
@@ -127,21 +126,8 @@ async def test_a_provider_that_stalls_mid_utterance_is_a_504(server):
 async def test_an_idle_stream_is_kept_alive(server):
     server.idle_close = 1.0                 # the provider closes a stream idle this long
     session = await DeepgramAsr(FAST).open(asr_option(server))
-    failures = []
-
-    async def read():
-        try:
-            async for _ in session.results():
-                pass
-        except ProviderError as exc:
-            failures.append(exc)
-
-    reader = asyncio.create_task(read())
-    await session.send(np.zeros(320, np.int16))
-    await asyncio.sleep(2.5)                # well past the provider's idle limit
-    assert failures == [] and server.keepalives >= 4
-    await session.close()
-    await reader
+    failures = await failures_while_idle(session, 2.5, lambda: session.send(np.zeros(320, np.int16)))
+    assert failures == [] and server.keepalives >= 4   # 2.5 s is well past the provider's idle limit
 
 
 # --- synthesis --------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ its recognition and stream_wsv2 synthesis messages (pocketsphinx hears, espeak-n
 
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 
@@ -14,7 +13,7 @@ from transports.providers.tencent import (TencentAsr, TencentTts, asr_sign_strin
 from transports.providers.tts_cache import TtsCache
 from transports.providers.wire import ProviderSettings
 
-from .clients import eventually, finals, recognise, similar_speech, speak, wer
+from .clients import eventually, failures_while_idle, finals, recognise, similar_speech, speak, wer
 from .support import asr_truth, load_pcm
 from .tencent_server import TencentServer
 
@@ -138,20 +137,7 @@ async def test_a_stall_inside_a_sentence_is_a_504(server):
 async def test_an_idle_stream_is_kept_open_with_silence(server):
     server.idle_close = 1.0                 # Tencent answers 4008 after this long without audio
     session = await TencentAsr(FAST).open(asr_option(server))
-    failures = []
-
-    async def read():
-        try:
-            async for _ in session.results():
-                pass
-        except ProviderError as exc:
-            failures.append(exc)
-
-    reader = asyncio.create_task(read())
-    await asyncio.sleep(2.5)
-    assert failures == []
-    await session.close()
-    await reader
+    assert await failures_while_idle(session, 2.5) == []
     await eventually(lambda: bool(server.audio_ms))
     assert server.audio_ms[0] >= 500        # keep-alive silence reached the server
 

@@ -354,7 +354,43 @@ async def test_an_open_cancelled_while_the_decoder_is_built_frees_it_once_built(
         return stats.opened == 1 and stats.live_streams == 0
 
     await until(built_and_freed)
-    assert live_decoders() == 0
+    # The language-model decoder waits for the next open-vocabulary stream; nothing else is left.
+    assert (await host.call(ENGINE_NAME, "stats")).spare == 1
+    assert live_decoders() == 1
+
+
+async def test_a_language_model_decoder_is_reused_and_decodes_as_a_new_one(provider, host):
+    """Building one holds the GIL (and so the loop) for 0.15-0.5 s: the next stream gets the last
+    one's decoder, reset, and hears the same audio exactly as the first did."""
+    first = await run_file(provider, "sentence_a.wav")
+    stats = await host.call(ENGINE_NAME, "stats")
+    assert (stats.built, stats.spare) == (1, 1)
+    lateness: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            due = time.perf_counter() + 0.002
+            await asyncio.sleep(0.002)
+            lateness.append(time.perf_counter() - due)
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0.02)
+    session = await provider.open(OPEN)
+    ticking.cancel()
+    again = await transcribe(session, pcm_of("sentence_a.wav"))
+    stats = await host.call(ENGINE_NAME, "stats")
+    assert (stats.built, stats.opened) == (1, 2)
+    assert [(r.text, r.final, r.start_ms, r.end_ms) for r in again.results] == \
+        [(r.text, r.final, r.start_ms, r.end_ms) for r in first.results]
+    print(f"\nopening on a reused decoder: the loop's longest wait {max(lateness) * 1e3:.1f} ms")
+    assert max(lateness) < 0.080
+    # Two streams at once need two decoders; both are kept, up to the spare limit.
+    sessions = [await provider.open(OPEN) for _ in range(3)]
+    for s in sessions:
+        await s.close()
+    stats = await host.call(ENGINE_NAME, "stats")
+    assert (stats.built, stats.spare, stats.live_streams) == (3, 2, 0)
+    assert live_decoders() == 2
 
 
 async def test_stopping_the_host_frees_open_decoders_and_fails_their_streams(host):

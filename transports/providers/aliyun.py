@@ -39,13 +39,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import numpy as np
 
 from actors.services import AsrResult, ProviderError, SynthChunk, SynthRequest
 from protocol.api import SynthesisOption, TranscriptionOption
 
 from .tts_cache import TtsCache, cache_key
-from .wire import ProviderSettings, closed_error, connect_ws, credential, join_url, json_message
+from .wire import ProviderSettings, SynthAudio, closed_error, connect_ws, credential, join_url, json_message
 from .ws_recognition import WsRecognition
 
 __all__ = ["AliyunAsr", "AliyunRecognition", "AliyunTts", "DASHSCOPE_ENDPOINT", "task_error"]
@@ -292,10 +291,8 @@ class AliyunTts:
         task_id = uuid.uuid4().hex
         rate = int(params["sample_rate"])
         word_starts = [m.start() for m in _WORD.finditer(request.text)]
-        pending: list[tuple[int, int]] = []
-        produced = 0
+        audio = SynthAudio(rate)
         last_word = -1
-        carry = b""
         clean = False
         try:
             try:
@@ -313,16 +310,9 @@ class AliyunTts:
                 except asyncio.TimeoutError:
                     raise ProviderError(f"{NAME}: no audio for {self.settings.stall_timeout:g} s", code=504) from None
                 if msg.type == aiohttp.WSMsgType.BINARY:
-                    data = carry + msg.data
-                    whole = len(data) - len(data) % 2
-                    carry = data[whole:]
-                    if not whole:
-                        continue
-                    pcm = np.frombuffer(data[:whole], dtype="<i2").copy()
-                    marks = tuple((index, sample - produced) for index, sample in pending)
-                    pending = []
-                    produced += len(pcm)
-                    yield SynthChunk(pcm, rate, marks)
+                    chunk = audio.audio(msg.data)
+                    if chunk is not None:
+                        yield chunk
                 elif msg.type == aiohttp.WSMsgType.TEXT:
                     message = json_message(NAME, msg.data)
                     event = (message.get("header") or {}).get("event")
@@ -338,11 +328,11 @@ class AliyunTts:
                                 continue
                             if index > last_word:
                                 last_word = index
-                                pending.append((index, begin))
+                                audio.mark(index, begin)
                     elif event == "task-finished":
-                        if pending:
-                            yield SynthChunk(np.zeros(0, np.int16), rate,
-                                             tuple((index, sample - produced) for index, sample in pending))
+                        chunk = audio.finish()
+                        if chunk is not None:
+                            yield chunk
                         clean = True
                         return
                 else:

@@ -33,14 +33,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import numpy as np
 from yarl import URL
 
 from actors.services import AsrResult, ProviderError, SynthChunk, SynthRequest
 from protocol.api import SynthesisOption, TranscriptionOption
 
 from .tts_cache import TtsCache, cache_key
-from .wire import ProviderSettings, closed_error, connect_ws, credential, gain, http_error, join_url, json_message
+from .wire import ProviderSettings, SynthAudio, closed_error, connect_ws, credential, gain, http_error, join_url, json_message
 from .ws_recognition import WsRecognition
 
 __all__ = ["DEEPGRAM_ENDPOINT", "DeepgramAsr", "DeepgramRecognition", "DeepgramTts", "gain"]
@@ -337,18 +336,16 @@ class DeepgramTts:
                 await ws.send_json({"type": "Flush"})
             except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
                 raise ProviderError(f"{NAME}: connection lost while sending text: {exc}", code=502) from None
-            carry = b""
+            audio = SynthAudio(request.sample_rate)
             while True:
                 try:
                     msg = await asyncio.wait_for(ws.receive(), self.settings.stall_timeout)
                 except asyncio.TimeoutError:
                     raise ProviderError(f"{NAME}: no audio for {self.settings.stall_timeout:g} s", code=504) from None
                 if msg.type == aiohttp.WSMsgType.BINARY:
-                    data = carry + msg.data
-                    whole = len(data) - len(data) % 2
-                    carry = data[whole:]
-                    if whole:
-                        yield SynthChunk(np.frombuffer(data[:whole], dtype="<i2").copy(), request.sample_rate)
+                    chunk = audio.audio(msg.data)
+                    if chunk is not None:
+                        yield chunk
                 elif msg.type == aiohttp.WSMsgType.TEXT:
                     message = json_message(NAME, msg.data)
                     kind = message.get("type")
@@ -382,13 +379,11 @@ class DeepgramTts:
                         payload = json_message(NAME, body)
                         body = str(payload.get("err_msg") or payload.get("message") or body)
                     raise http_error(NAME, response.status, body)
-                carry = b""
+                audio = SynthAudio(request.sample_rate)
                 async for data in response.content.iter_any():
-                    data = carry + data
-                    whole = len(data) - len(data) % 2
-                    carry = data[whole:]
-                    if whole:
-                        yield SynthChunk(np.frombuffer(data[:whole], dtype="<i2").copy(), request.sample_rate)
+                    chunk = audio.audio(data)
+                    if chunk is not None:
+                        yield chunk
         except ProviderError:
             raise
         except asyncio.TimeoutError:

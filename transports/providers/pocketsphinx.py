@@ -49,8 +49,14 @@ returns, and a pump task per session hands the audio over in jobs of at most ``m
 sessions take turns on the thread. Past ``max_backlog_ms`` of unprocessed audio ``send`` waits
 for the engine to catch up, which pushes back on the caller's (dropping) audio pipe.
 
+Reuse: building a language-model decoder holds the GIL for 0.15-0.5 s on the engine thread, which
+stalls the event loop as surely as building it there would. So a stream's language-model decoder
+is not freed when it closes but kept (at most ``SPARE_DECODERS``, ~60 MB each) for the next
+open-vocabulary stream, its cepstral mean set back to a new decoder's: only a new peak of
+concurrent open-vocabulary streams builds one. Grammar decoders (~10 ms) are built per stream.
+
 Freeing: ``close`` flushes the utterance in progress (a last final result may come), then frees
-the decoder on its thread, even if the task awaiting ``close`` is cancelled; an ``open`` cancelled
+(or keeps for reuse) the decoder on its thread, even if the task awaiting ``close`` is cancelled; an ``open`` cancelled
 while its decoder is being built frees that decoder once built. Stopping the host frees all.
 """
 
@@ -102,6 +108,7 @@ INTERIM_MS = 400
 MAX_FEED_MS = 200
 MAX_BACKLOG_MS = 2000       # a supervised restart replays ~2 s of pre-roll: it fits without waiting
 MAX_STREAMS = 32            # open-vocabulary decoders weigh ~60 MB each
+SPARE_DECODERS = 2          # language-model decoders kept built between streams, for the next ones
 ENDPOINT_WINDOW = 0.3       # pocketsphinx's defaults: seconds of voting window, fraction to switch
 ENDPOINT_RATIO = 0.9
 VAD_MODE = 0                # loose: telephone speech is quiet and band-limited
@@ -211,6 +218,8 @@ class PocketsphinxStats:
     audio_seconds: float      # audio received by all streams
     speech_seconds: float     # of which the endpointer passed to a decoder
     cpu_seconds: float        # engine-thread CPU time spent building, feeding and flushing decoders
+    built: int = 0            # language-model decoders built (the others were reused)
+    spare: int = 0            # language-model decoders built and waiting for a stream
 
     @property
     def real_time_factor(self) -> float:
@@ -256,10 +265,11 @@ class _Stream:
 
     __slots__ = ("decoder", "endpointer", "interim_samples", "pending", "received", "speech", "recent",
                  "preroll", "decoded_until", "in_utterance", "start_ms", "decoded", "since_interim",
-                 "last_text", "interims")
+                 "last_text", "interims", "cmn")
 
-    def __init__(self, decoder: Any, endpointer: Any, spec: RecognizerSpec) -> None:
+    def __init__(self, decoder: Any, endpointer: Any, spec: RecognizerSpec, cmn: str | None = None) -> None:
         self.decoder = decoder
+        self.cmn = cmn                  # a language-model decoder's initial cepstral mean: it is reused
         self.endpointer = endpointer
         self.interim_samples = spec.interim_ms * SAMPLE_RATE // 1000
         self.pending = bytearray()      # less than one endpointer frame
@@ -391,7 +401,7 @@ class PocketsphinxEngine:
     Methods are called by the EngineHost on that thread only; stream ids are handed to the loop side.
     """
 
-    def __init__(self, *, max_streams: int = MAX_STREAMS) -> None:
+    def __init__(self, *, max_streams: int = MAX_STREAMS, spare_decoders: int = SPARE_DECODERS) -> None:
         import pocketsphinx
 
         self._ps = pocketsphinx
@@ -402,6 +412,9 @@ class PocketsphinxEngine:
             if not os.path.exists(path):
                 raise RuntimeError(f"pocketsphinx model file missing: {path}")
         self.max_streams = max_streams
+        self.spare_decoders = spare_decoders
+        self._spare: list[tuple[Any, str]] = []     # (decoder, its initial cepstral mean)
+        self._built = 0
         self._lm: Any = None
         self._streams: dict[int, _Stream] = {}
         self._next_id = 1
@@ -417,15 +430,19 @@ class PocketsphinxEngine:
         if len(self._streams) >= self.max_streams:
             raise ProviderError(f"pocketsphinx: {self.max_streams} streams already open")
         started = time.thread_time()
+        cmn: str | None = None
         try:
-            decoder = self._grammar_decoder(spec.grammar) if spec.grammar else self._lm_decoder()
+            if spec.grammar:
+                decoder = self._grammar_decoder(spec.grammar)
+            else:
+                decoder, cmn = self._take_lm_decoder()
             endpointer = self._ps.Endpointer(window=spec.endpoint_window, ratio=spec.endpoint_ratio,
                                              vad_mode=spec.vad_mode, sample_rate=SAMPLE_RATE)
         finally:
             self._cpu += time.thread_time() - started
         stream_id = self._next_id
         self._next_id += 1
-        self._streams[stream_id] = _Stream(decoder, endpointer, spec)
+        self._streams[stream_id] = _Stream(decoder, endpointer, spec, cmn)
         self._opened += 1
         return stream_id
 
@@ -469,11 +486,14 @@ class PocketsphinxEngine:
             audio_seconds=self._audio / SAMPLE_RATE,
             speech_seconds=speech / SAMPLE_RATE,
             cpu_seconds=self._cpu,
+            built=self._built,
+            spare=len(self._spare),
         )
 
     def close(self) -> None:
         for stream_id in list(self._streams):
             self._release(stream_id)
+        self._spare.clear()
         self._lm = None
 
     # building decoders
@@ -482,7 +502,20 @@ class PocketsphinxEngine:
         return self._ps.Decoder(hmm=self._hmm, samprate=SAMPLE_RATE, fwdflat=False, fillprob=FILLER_PROB,
                                 loglevel=LOG_LEVEL, **config)
 
+    def _take_lm_decoder(self) -> tuple[Any, str]:
+        # Building one holds the GIL for 0.15-0.5 s (the dictionary, then the search over the
+        # language model), and so the event loop with it: a decoder a stream has finished with
+        # serves the next one instead, its cepstral mean set back to where a new decoder's starts,
+        # so that a reused decoder decodes exactly as a new one does.
+        if self._spare:
+            decoder, cmn = self._spare.pop()
+            decoder.set_cmn(cmn)
+            return decoder, cmn
+        decoder = self._lm_decoder()
+        return decoder, decoder.get_cmn()
+
     def _lm_decoder(self) -> Any:
+        self._built += 1
         decoder = self._decoder(lm=None, dict=self._dict)
         if self._lm is None:
             self._lm = self._ps.NGramModel(decoder.config, decoder.logmath, self._lm_path)
@@ -529,6 +562,13 @@ class PocketsphinxEngine:
         if stream is None:
             return False
         self._speech_freed += stream.speech
+        if stream.cmn is not None and len(self._spare) < self.spare_decoders:
+            try:
+                if stream.in_utterance:
+                    stream.decoder.end_utt()
+                self._spare.append((stream.decoder, stream.cmn))
+            except Exception:  # noqa: BLE001 - a decoder in a bad state is freed, not reused
+                pass
         return True
 
 

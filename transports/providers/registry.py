@@ -1,6 +1,6 @@
 """Every speech provider the gateway offers, by the names `asr.provider` and `tts.provider` take.
 
-The embedded engines (espeak-ng, pocketsphinx) run on the EngineHost; the cloud clients get the
+The embedded engines (espeak-ng, pocketsphinx, Whisper) run on the EngineHost; the cloud clients get the
 `[providers]` limits and the `[supervision]` restart budget, and share one cache of synthesised
 speech per process.
 """
@@ -20,9 +20,10 @@ from .pocketsphinx import pocketsphinx_factories
 from .tencent import TencentAsr, TencentTts
 from .tts_cache import TtsCache
 from .voiceapi import VoiceApiAsr, VoiceApiTts
+from .whisper import WhisperSettings, whisper_factories
 from .wire import ProviderSettings
 
-__all__ = ["Providers", "provider_factories", "provider_settings"]
+__all__ = ["Providers", "provider_factories", "provider_settings", "whisper_settings"]
 
 Factory = Callable[[Any], Any]
 
@@ -44,11 +45,20 @@ def provider_settings(config: Any) -> ProviderSettings:
                             backoff_max=sup.backoff_max)
 
 
+def whisper_settings(config: Any) -> WhisperSettings:
+    """The embedded Whisper recogniser's settings from a gateway `Config`."""
+    w = config.whisper
+    return WhisperSettings(model_dir=w.model_dir, cpu_threads=w.cpu_threads, num_workers=w.num_workers,
+                           compute_type=w.compute_type, beam_size=w.beam_size, max_pending=w.max_pending,
+                           max_utterance_seconds=w.max_utterance_seconds, vad_mode=w.vad_mode)
+
+
 def provider_factories(config: Any, engines: EngineHost) -> Providers:
     settings = provider_settings(config)
     cache = TtsCache(config.providers.tts_cache_bytes)
     tts: dict[str, Factory] = dict(espeak_factories(engines))
     asr: dict[str, Factory] = dict(pocketsphinx_factories(engines))
+    asr.update(whisper_factories(engines, whisper_settings(config)))
     tts["deepgram"] = lambda option: DeepgramTts(option, settings, cache)
     asr["deepgram"] = lambda option: DeepgramAsr(settings)
     tts["tencent"] = lambda option: TencentTts(option, settings, cache)

@@ -51,13 +51,12 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import numpy as np
 
 from actors.services import AsrResult, ProviderError, SynthChunk, SynthRequest
 from protocol.api import SynthesisOption, TranscriptionOption
 
 from .tts_cache import TtsCache, cache_key
-from .wire import ProviderSettings, closed_error, connect_ws, credential, join_url, json_message
+from .wire import ProviderSettings, SynthAudio, closed_error, connect_ws, credential, join_url, json_message
 from .ws_recognition import WsRecognition
 
 __all__ = ["TencentAsr", "TencentRecognition", "TencentTts", "asr_sign_string", "sign", "tencent_speed",
@@ -397,9 +396,7 @@ class TencentTts:
         ws = session.ws
         rate = int(params["SampleRate"])
         word_starts = [m.start() for m in _WORD.finditer(request.text)]
-        pending: list[tuple[int, int]] = []          # (word index, sample from synthesis start)
-        produced = 0
-        carry = b""
+        audio = SynthAudio(rate)
         last_word = -1
         try:
             try:
@@ -414,16 +411,9 @@ class TencentTts:
                 except asyncio.TimeoutError:
                     raise ProviderError(f"{NAME}: no audio for {self.settings.stall_timeout:g} s", code=504) from None
                 if msg.type == aiohttp.WSMsgType.BINARY:
-                    data = carry + msg.data
-                    whole = len(data) - len(data) % 2
-                    carry = data[whole:]
-                    if not whole:
-                        continue
-                    pcm = np.frombuffer(data[:whole], dtype="<i2").copy()
-                    marks = tuple((index, sample - produced) for index, sample in pending)
-                    pending = []
-                    produced += len(pcm)
-                    yield SynthChunk(pcm, rate, marks)
+                    chunk = audio.audio(msg.data)
+                    if chunk is not None:
+                        yield chunk
                 elif msg.type == aiohttp.WSMsgType.TEXT:
                     message = json_message(NAME, msg.data)
                     if message.get("code", 0):
@@ -438,11 +428,11 @@ class TencentTts:
                                 continue
                             if index > last_word:
                                 last_word = index
-                                pending.append((index, begin))
+                                audio.mark(index, begin)
                     if message.get("final") == 1:
-                        if pending:
-                            yield SynthChunk(np.zeros(0, np.int16), rate,
-                                             tuple((index, sample - produced) for index, sample in pending))
+                        chunk = audio.finish()
+                        if chunk is not None:
+                            yield chunk
                         return
                 else:
                     raise closed_error(NAME, ws, "synthesis")

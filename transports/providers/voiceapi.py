@@ -29,14 +29,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import numpy as np
 from yarl import URL
 
 from actors.services import AsrResult, ProviderError, SynthChunk, SynthRequest
 from protocol.api import SynthesisOption, TranscriptionOption
 
 from .tts_cache import TtsCache, cache_key
-from .wire import ProviderSettings, closed_error, connect_ws, credential, gain, join_url, json_message
+from .wire import ProviderSettings, SynthAudio, closed_error, connect_ws, credential, gain, join_url, json_message
 from .ws_recognition import WsRecognition
 
 __all__ = ["CHUNK_SIZE", "VoiceApiAsr", "VoiceApiRecognition", "VoiceApiTts"]
@@ -209,7 +208,7 @@ class VoiceApiTts:
     async def _speak(self, url: str, request: SynthRequest) -> AsyncIterator[SynthChunk]:
         ws = await self._checkout(url)
         clean = False
-        carry = b""
+        audio = SynthAudio(request.sample_rate)
         try:
             try:
                 await ws.send_str(request.text)
@@ -221,11 +220,9 @@ class VoiceApiTts:
                 except asyncio.TimeoutError:
                     raise ProviderError(f"{NAME}: no audio for {self.settings.stall_timeout:g} s", code=504) from None
                 if msg.type == aiohttp.WSMsgType.BINARY:
-                    data = carry + msg.data
-                    whole = len(data) - len(data) % 2
-                    carry = data[whole:]
-                    if whole:
-                        yield SynthChunk(np.frombuffer(data[:whole], dtype="<i2").copy(), request.sample_rate)
+                    chunk = audio.audio(msg.data)
+                    if chunk is not None:
+                        yield chunk
                 elif msg.type == aiohttp.WSMsgType.TEXT:
                     message = json_message(NAME, msg.data)
                     if float(message.get("progress", 0) or 0) >= 1.0:

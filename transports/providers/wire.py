@@ -21,11 +21,13 @@ import aiohttp
 import numpy as np
 from yarl import URL
 
-from actors.services import ProviderError
+from actors.services import ProviderError, SynthChunk
+from protocol.pcm16 import Pcm16Assembler
 
 __all__ = [
     "PERMANENT_STATUSES",
     "ProviderSettings",
+    "SynthAudio",
     "closed_error",
     "gain",
     "connect_ws",
@@ -141,3 +143,37 @@ def gain(pcm: np.ndarray, volume: float) -> np.ndarray:
         return pcm
     scaled = pcm.astype(np.float32) * (volume / 5)
     return np.clip(np.rint(scaled), -32768, 32767).astype(np.int16)
+
+
+class SynthAudio:
+    """One synthesis's audio messages as `SynthChunk`s: whole samples (a message may split one),
+    with the words the provider placed since the previous chunk, positioned within the chunk
+    they start in."""
+
+    __slots__ = ("rate", "_samples", "_marks", "_produced")
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._samples = Pcm16Assembler()
+        self._marks: list[tuple[int, int]] = []     # (word index, sample from the synthesis start)
+        self._produced = 0
+
+    def mark(self, index: int, sample: int) -> None:
+        self._marks.append((index, sample))
+
+    def audio(self, data: bytes) -> SynthChunk | None:
+        pcm = self._samples.push(data)
+        if not len(pcm):
+            return None
+        chunk = SynthChunk(pcm.copy(), self.rate, self._placed())
+        self._produced += len(pcm)
+        return chunk
+
+    def finish(self) -> SynthChunk | None:
+        """Words placed after the last audio, as an empty chunk; None when there are none."""
+        return SynthChunk(np.zeros(0, np.int16), self.rate, self._placed()) if self._marks else None
+
+    def _placed(self) -> tuple[tuple[int, int], ...]:
+        marks = tuple((index, sample - self._produced) for index, sample in self._marks)
+        self._marks.clear()
+        return marks

@@ -161,6 +161,19 @@ async def settled(http: aiohttp.ClientSession, url: str, proc: psutil.Process, t
         await asyncio.sleep(0.25)
 
 
+async def quiet(proc: psutil.Process, timeout: float = 60.0) -> None:
+    """Until the process's RSS holds within 1 MiB over a second: what it loads at start in the
+    background (the Whisper model, when preloaded) is in before anything is measured."""
+    deadline = time.monotonic() + timeout
+    last = proc.memory_info().rss
+    while time.monotonic() < deadline:
+        await asyncio.sleep(1.0)
+        now = proc.memory_info().rss
+        if abs(now - last) < MiB:
+            return
+        last = now
+
+
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
     frames = speech_frames()
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -169,6 +182,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         gw = psutil.Process(proc.pid)
         try:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+                await quiet(gw)
                 await run_calls(http, url, "warm", args.calls, args.warmup, args.vad, frames)
                 start = await settled(http, url, gw)
                 end: dict[str, Any] = {}

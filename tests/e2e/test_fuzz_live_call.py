@@ -182,7 +182,10 @@ class LiveCall:
 
 @pytest.mark.timeout(120)
 def test_malformed_commands_and_random_frames_on_a_live_call(tmp_path):
-    gw = GatewayProcess(tmp_path, text_frame_bytes=TEXT_LIMIT, frame_close_bytes=CLOSE_LIMIT)
+    # No Whisper preload: its model (~110 MB) loading in the background would be read as growth;
+    # the fuzzed call uses no recogniser.
+    gw = GatewayProcess(tmp_path, text_frame_bytes=TEXT_LIMIT, frame_close_bytes=CLOSE_LIMIT,
+                        whisper={"preload": False})
     proc = psutil.Process(gw.proc.pid)
     loop = asyncio.new_event_loop()
     call = LiveCall(gw.url)

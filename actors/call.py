@@ -77,6 +77,7 @@ from .messages import (
     ClientCommand,
     Describe,
     Detach,
+    Drained,
     GetTrackStats,
     Kill,
     MediaError,
@@ -128,6 +129,7 @@ class CallSettings:
     detached_backlog: int = 256         # events kept for an application that has not attached yet
     leg_timeout: float = 5.0            # how long one leg operation (dial, answer, BYE) may take
     playback_buffer_seconds: float = 300.0  # synthesised audio a tts may hold ahead of playback
+    tts_text_bytes: int = 16 << 20          # tts text a call holds that is not spoken yet
     handshake_timeout: float = 30.0     # a connection that places no call (invite/accept) is closed
     media_pass_restarts: int = 10       # mediaPass connections made again within media_pass_period
     media_pass_period: float = 60.0
@@ -254,6 +256,7 @@ class Call(Supervisor):
 
     async def _release(self) -> None:
         """Stop what runs beside the children: media loads, the media pass, the VAD; hang the leg up."""
+        await self._tally_playout()
         await self.playback.cancel_loads()
         self.listening.release()
         leg = self.leg
@@ -349,6 +352,8 @@ class Call(Supervisor):
             return None
         if isinstance(message, GetTrackStats):
             return None if self.child("track") is None else await self.ask_child("track", message)
+        if isinstance(message, Drained):
+            return None
         return await super().on_receive(message)
 
     def _child_unavailable(self, exc: ChildUnavailable) -> None:
@@ -493,6 +498,7 @@ class Call(Supervisor):
         if isinstance(cmd, api.Reject):
             self.disarm("accept")
             await self._decline(cmd.code or 486, cmd.reason)
+            self._outcome = "rejected"       # the reason is the client's text; counted as its command
             self._end_by(I.REJECT, cmd.reason or "rejected", "user")
             return True
         if isinstance(cmd, api.Refer):
@@ -506,6 +512,7 @@ class Call(Supervisor):
             return True
         if isinstance(cmd, api.Hangup):
             self._hangup_headers = cmd.headers
+            self._outcome = "hangup_command"
             self._end_by(I.HANGUP, cmd.reason or "hangup_command", cmd.initiator or "user")
             return True
         if isinstance(cmd, (api.Mute, api.Unmute)):
@@ -625,7 +632,7 @@ class Call(Supervisor):
         track = await self.start_child(ChildSpec(
             id="track",
             start=lambda parent: Track.start(self.session_id, codec, leg, self.clock,
-                                             report=parent.tell, parent=parent, name="track"),
+                                             report=parent.tell_quietly, parent=parent, name="track"),
             restart=CHILDREN["track"],
             shutdown=self.settings.child_shutdown_timeout,
         ))
@@ -713,6 +720,21 @@ class Call(Supervisor):
         except ChildUnavailable:
             pass  # the track is going too; it takes its taps with it
 
+    async def on_child_restarted(self, spec: ChildSpec, ref: ActorRef) -> None:
+        self.services.tally.restarted(spec.id)
+        await super().on_child_restarted(spec, ref)
+
+    async def _tally_playout(self) -> None:
+        """The call's playout jitter (the p99 of its ticks' deviation from ptime) into /metrics."""
+        if self.child("track") is None:
+            return
+        try:
+            stats = await self.ask_child("track", GetTrackStats(), timeout=0.5)
+        except ChildUnavailable:
+            return
+        if stats.frames_out:
+            self.services.tally.playout_jitter.observe(stats.jitter_ms_p99 / 1000.0)
+
     async def on_child_gave_up(self, spec: ChildSpec, error: BaseException | None) -> None:
         if spec.id == "mediaPass":
             await self._media_pass_over()
@@ -750,6 +772,7 @@ class Call(Supervisor):
     # --- ending -----------------------------------------------------------------------------
 
     _end_reason = "hangup"
+    _outcome: str | None = None       # what /metrics counts the end as, when not its reason
 
     def hangup(self, reason: str, initiator: str) -> None:
         """End the call from inside (autohangup, inactivity, a failure)."""
@@ -769,6 +792,7 @@ class Call(Supervisor):
         else:
             self.machine.process(I.KILL)
         self._end_reason = reason
+        self.services.tally.call_ended(self._outcome or reason)
         self.disarm("accept")
         self.playback.end_all()
         hangup_at = time.time()

@@ -55,6 +55,7 @@ class Listening:
         elif isinstance(message, AsrText):
             self._asr_text(message)
         elif isinstance(message, AsrFailed):
+            call.services.tally.provider_error("asr", message.provider, message.permanent)
             call.emit_error("asr", f"{message.provider}: {message.error}", message.code)
         elif isinstance(message, WaitInputExpired):
             call.emit(api.SilenceEvent(track_id=call.settings.server_side_track, timestamp=now_ms(),
@@ -121,7 +122,7 @@ class Listening:
         await call.start_service(
             "asr",
             # A fresh provider for every start: a restart must not inherit a broken client.
-            lambda parent: Asr.start(factory(option), option, audio, ring, report=parent.tell,
+            lambda parent: Asr.start(factory(option), option, audio, ring, report=parent.tell_quietly,
                                      session_id=session_id, parent=parent, name="asr"))
 
     def _vad_event(self, ev: Any) -> None:

@@ -40,6 +40,7 @@ class _Record:
     feed: PlayFeed
     auto_hangup: bool
     wait_input_timeout: float | None
+    text_bytes: int = 0       # of the tts text it holds (counted against tts_text_bytes)
 
 
 class Playback:
@@ -52,6 +53,7 @@ class Playback:
         self._current_tts_play_id: str | None = None
         self._loads: set[asyncio.Task[None]] = set()
         self._tokens = itertools.count(1)
+        self._text_bytes = 0                              # tts text of the open playbacks
 
     async def receive(self, message: object) -> None:
         call = self.call
@@ -62,6 +64,7 @@ class Playback:
                                        duration=message.ttfb_ms,
                                        data={"playId": message.play_id, "provider": message.provider}))
         elif isinstance(message, TtsFailed):
+            call.services.tally.provider_error("tts", message.provider, message.permanent)
             call.emit_error("tts", f"{message.provider}: {message.error}", message.code,
                             track_id=call.settings.server_side_track)
         elif isinstance(message, PlayFailed):
@@ -91,9 +94,13 @@ class Playback:
                 self._end_unplayed(cmd.play_id, "tts")
             return
         play_id = cmd.play_id
+        size = len(cmd.text.encode("utf-8", "replace"))
         if stream is None:
             if play_id is not None and play_id != self._current_tts_play_id and self._tts_active():
                 await self.interrupt(graceful=False)
+            if self._over_text_limit(size):
+                self._end_unplayed(cmd.play_id, "tts")
+                return
             stream = self._open(play_id, "tts", auto_hangup=cmd.auto_hangup,
                                 wait_input_timeout=cmd.wait_input_timeout,
                                 feed=PlayFeed(self._feed_capacity(), text="" if cmd.base64 else cmd.text.strip()))
@@ -101,12 +108,16 @@ class Playback:
                 self._streams[play_id] = stream
             await call.ask_child("track", Enqueue(stream.spec, stream.feed))
         else:
+            if self._over_text_limit(size):
+                return
             if not cmd.base64:
                 stream.feed.append_text(cmd.text)
             stream.auto_hangup = stream.auto_hangup or cmd.auto_hangup
             # The piece that ends a stream is where a bot knows it wants to wait for an answer.
             if cmd.wait_input_timeout is not None:
                 stream.wait_input_timeout = cmd.wait_input_timeout
+        stream.text_bytes += size
+        self._text_bytes += size
         if cmd.streaming and cmd.end_of_stream:
             self._streams.pop(play_id, None)
         self._current_tts_play_id = play_id
@@ -120,6 +131,16 @@ class Playback:
         tts.tell(Synthesize(stream.feed, play_id, request, provider, streaming=cmd.streaming,
                             end_of_stream=cmd.end_of_stream, max_concurrent=option.max_concurrent_tasks or 1,
                             base64_pcm=raw))
+
+    def _over_text_limit(self, size: int) -> bool:
+        """Queued items hold their text until they are spoken: without a bound, a client could make
+        one call hold any amount of it. True (and the `error` sent) when `size` more would pass it."""
+        limit = self.call.settings.tts_text_bytes
+        if self._text_bytes + size <= limit:
+            return False
+        self._refuse("tts", f"tts: {size} bytes of text would pass the {limit}-byte limit of text waiting to be "
+                            f"spoken (tts_text_bytes; {self._text_bytes} bytes wait now); not queued", 413)
+        return True
 
     async def play(self, cmd: api.Play) -> None:
         call = self.call
@@ -172,6 +193,7 @@ class Playback:
             self._emit_end(record, at, record.feed.taken * 1000 // MEDIA_RATE)
         self._records.clear()
         self._streams.clear()
+        self._text_bytes = 0
 
     def _refuse(self, sender: str, error: str, code: int) -> None:
         """One rule for errors: what concerns a playback (provider, voice, text, source) names the
@@ -224,7 +246,7 @@ class Playback:
         session_id = call.session_id
         return await call.start_service(
             "tts",
-            lambda parent: Tts.start(lambda name: factories[name](option), report=parent.tell,
+            lambda parent: Tts.start(lambda name: factories[name](option), report=parent.tell_quietly,
                                      session_id=session_id, parent=parent, name="tts"))
 
     def _tts_active(self) -> bool:
@@ -273,6 +295,7 @@ class Playback:
                                           play_id=report.play_id))
             return
         del self._records[report.token]
+        self._text_bytes -= record.text_bytes
         if record.feed.overflowed:
             call.emit_error(report.kind, f"{report.kind}: {record.feed.failed}", 413,
                             track_id=call.settings.server_side_track)

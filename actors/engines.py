@@ -105,6 +105,7 @@ class EngineStats:
     cancelled: int            # skipped while queued, or stopped early by its consumer
     failed: int
     busy_seconds: float       # engine-thread time spent in jobs
+    restarts: int = 0         # times its thread died and was started again
     refused: int = 0          # bounded submissions turned away because the queue was full
 
     @property
@@ -443,6 +444,7 @@ class EngineHost:
             cancelled=counters.cancelled,
             failed=counters.failed,
             busy_seconds=counters.busy_seconds,
+            restarts=self.restarts.get(name, 0),
             refused=counters.refused,
         )
 

@@ -73,6 +73,12 @@ class Kill(SystemMessage):
 
 
 @dataclass(frozen=True, slots=True)
+class Drained:
+    """Answered (None) once the call has handled everything queued before it: a connection's
+    reader waits on it so that it never reads commands far ahead of its call."""
+
+
+@dataclass(frozen=True, slots=True)
 class Describe:
     """Ask a call for its CallInfo (REST listing)."""
 

@@ -112,6 +112,14 @@ class ActorRef:
         """Queue a message and return at once. Raises ``ActorDeadError`` if the actor is dead."""
         self._mailbox.put(Envelope(message))
 
+    def tell_quietly(self, message: object) -> None:
+        """``tell`` for a child's reports to its parent: a parent that is ending (its mailbox
+        closed while its children still run) has nobody left to serve them, so they are dropped."""
+        try:
+            self._mailbox.put(Envelope(message))
+        except ActorDeadError:
+            pass
+
     async def ask(self, message: object, *, timeout: float | None = 5.0) -> object:
         """Send a message and wait for what ``on_receive`` returns.
 

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .tally import Tally
+
 
 # --- speech synthesis --------------------------------------------------------------------------
 
@@ -190,3 +192,4 @@ class CallServices:
     # does grammars (the default one, for open vocabulary, may not). None: `default_asr`.
     grammar_asr: str | None = None
     silero: Any = None      # the gateway's SileroEngine (actors/vad.py): one batched model for all calls
+    tally: Tally = field(default_factory=Tally)   # the gateway's counts (/metrics)

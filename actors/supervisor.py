@@ -149,6 +149,7 @@ class Supervisor(Actor):
         strategy: Strategy = Strategy.ONE_FOR_ONE,
         intensity: int = 3,
         period: float = 5.0,
+        on_restart: Callable[[str], None] | None = None,
     ) -> None:
         if intensity < 0 or period <= 0:
             raise ValueError("intensity must be >= 0 and period > 0")
@@ -158,6 +159,7 @@ class Supervisor(Actor):
         self.strategy = strategy
         self.intensity = intensity
         self.period = period
+        self.on_restart = on_restart    # told the id of every child started again (a counter)
         self._initial: tuple[ChildSpec, ...] = tuple(children)
         # Start order: a dict keeps insertion order, and shutdown walks it backwards.
         self._specs: dict[str, ChildSpec] = {}
@@ -420,6 +422,8 @@ class Supervisor(Actor):
                     return  # that failure restarts the rest of the group with it
                 continue
             self._set_ref(id, ref)
+            if self.on_restart is not None:
+                self.on_restart(id)
             await self.on_child_restarted(spec, ref)
 
 

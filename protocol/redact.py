@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-__all__ = ["REDACTED", "is_secret_key", "redact", "redact_json_text", "redact_text"]
+__all__ = ["REDACTED", "TOO_DEEP", "is_secret_key", "redact", "redact_json_text", "redact_text"]
 
 REDACTED = "[redacted]"
 
@@ -43,13 +43,25 @@ def redact_text(text: str) -> str:
     return _BEARER.sub(lambda m: f"{m['lead']}{REDACTED}", text)
 
 
+# What stands for a value nested too deeply to be walked (JSON a client sent can come close to the
+# interpreter's recursion limit): nothing of it is shown rather than something unmasked.
+TOO_DEEP = f"{REDACTED}: nested too deeply to be shown"
+
+
 def redact(value: Any) -> Any:
     """A copy of a JSON-like value with every credential replaced by ``REDACTED``."""
+    try:
+        return _redact(value)
+    except RecursionError:
+        return TOO_DEEP
+
+
+def _redact(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: (REDACTED if isinstance(k, str) and is_secret_key(k) and v is not None else redact(v))
+        return {k: (REDACTED if isinstance(k, str) and is_secret_key(k) and v is not None else _redact(v))
                 for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [redact(v) for v in value]
+        return [_redact(v) for v in value]
     if isinstance(value, str):
         return redact_text(value)
     return value
@@ -65,7 +77,12 @@ def redact_json_text(text: str) -> str:
     except ValueError:
         masked = _PAIR.sub(lambda m: f'{m["lead"]}"{REDACTED}"' if is_secret_key(m["key"]) else m[0], text)
         return redact_text(masked)
-    cleaned = redact(parsed)
-    if cleaned == parsed:
-        return text
-    return json.dumps(cleaned, ensure_ascii=False, separators=(",", ":"))
+    except RecursionError:
+        return json.dumps(TOO_DEEP)
+    try:
+        cleaned = _redact(parsed)
+        if cleaned == parsed:
+            return text
+        return json.dumps(cleaned, ensure_ascii=False, separators=(",", ":"))
+    except RecursionError:
+        return json.dumps(TOO_DEEP)

@@ -209,6 +209,13 @@ class Config:
     vad_backlog_ms: int = 5000           # silero windows one call may have waiting; older ones dropped
     recorder_pending_bytes: int = 64 << 20  # recording audio waiting for the disk, whole process
     event_queue_bytes: int = 16 << 20  # events queued for one client that does not read them
+    text_frame_bytes: int = 4 << 20    # one command (text frame): larger ones get error 413, the call goes on
+    frame_close_bytes: int = 8 << 20   # any frame larger than this is not read: error 1009, then close 1009
+    command_queue: int = 64            # commands read ahead of their call before the connection stops reading
+    command_queue_bytes: int = 8 << 20 # ... and their bytes
+    tts_text_bytes: int = 16 << 20     # tts text one call holds that is not spoken yet; past it: error 413
+    audio_in_frames: int = 50          # caller frames (20 ms) queued for a /call call; past it the oldest go
+    audio_out_frames: int = 50         # frames queued for a /call client that reads audio slowly; oldest go
     # Access control (docs/security.md). With no tokens every route is open to whoever can connect.
     api_tokens: tuple[str, ...] = ()
     admin_tokens: tuple[str, ...] = ()     # reach every call; the only tokens /metrics accepts
@@ -312,6 +319,19 @@ def _validate(cfg: Config) -> None:
                           "max_seconds and decode_memory must be positive")
     if cfg.dump.max_bytes < 1024 or cfg.dump.queue_bytes < 1024:
         raise ConfigError("dump: max_bytes and queue_bytes must be at least 1024")
+    if cfg.text_frame_bytes < 1024 or cfg.frame_close_bytes < cfg.text_frame_bytes:
+        raise ConfigError("text_frame_bytes must be at least 1024 and frame_close_bytes at least text_frame_bytes, "
+                          f"got {cfg.text_frame_bytes} and {cfg.frame_close_bytes}")
+    for name in ("audio_in_frames", "audio_out_frames"):
+        if not 1 <= getattr(cfg, name) <= 3000:
+            raise ConfigError(f"{name}: must be 1..3000 frames of 20 ms, got {getattr(cfg, name)}")
+    if cfg.command_queue < 1 or cfg.command_queue_bytes < 1024:
+        raise ConfigError("command_queue must be at least 1 and command_queue_bytes at least 1024, got "
+                          f"{cfg.command_queue} and {cfg.command_queue_bytes}")
+    if cfg.tts_text_bytes < 1024:
+        raise ConfigError(f"tts_text_bytes: must be at least 1024, got {cfg.tts_text_bytes}")
+    if cfg.event_queue_bytes < 1024:
+        raise ConfigError(f"event_queue_bytes: must be at least 1024, got {cfg.event_queue_bytes}")
     if cfg.max_calls < 1:
         raise ConfigError(f"max_calls: must be at least 1, got {cfg.max_calls}")
     p = cfg.providers

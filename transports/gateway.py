@@ -33,6 +33,7 @@ from actors.call_supervisor import CallSupervisor
 from actors.clock import MediaClock, MediaClockActor
 from actors.engines import EngineHost, EngineHostActor
 from actors.services import CallServices
+from actors.tally import Tally
 from actors.supervisor import Backoff, ChildSpec, Restart, Strategy, Supervisor
 from actors.vad import SileroEngine, SileroModel
 
@@ -116,6 +117,8 @@ def build_services(config: Config, engines: EngineHost, media: MediaLoader, writ
         default_asr="whisper",
         grammar_asr="pocketsphinx",
         silero=silero,
+        # Provider errors are counted by provider name when it is one of these (else `other`).
+        tally=Tally().with_providers({*providers.tts, *providers.asr, "base64"}),
     )
 
 
@@ -133,7 +136,8 @@ def gateway_children(config: Config, clock: MediaClock, engines: EngineHost, ser
     """The gateway's children, in start order (TREE)."""
     sup = config.supervision
     claims = claims if claims is not None else RecordingClaims()
-    telemetry = telemetry if telemetry is not None else Telemetry(engines=engines, media=None, claims=claims)
+    telemetry = telemetry if telemetry is not None else Telemetry(engines=engines, media=None, claims=claims,
+                                                                  tally=services.tally)
     sip = sip if sip is not None else SipCalls(config, calls=lambda: current.get("calls"), clock=clock,
                                                services=services)
     legs = transport_legs(config)
@@ -196,12 +200,13 @@ async def start_gateway(config: Config) -> Gateway:
     writer = FileWriter(config.recorder_pending_bytes)
     claims = RecordingClaims()
     services = build_services(config, engines, media, writer, claims)
-    telemetry = Telemetry(engines=engines, media=media, claims=claims)
+    telemetry = Telemetry(engines=engines, media=media, claims=claims, tally=services.tally)
     current: dict[str, ActorRef] = {}
     sip = SipCalls(config, calls=lambda: current.get("calls"), clock=clock, services=services)
     children = gateway_children(config, clock, engines, services, current, claims, telemetry, sip)
     ref = Supervisor.start(children, strategy=Strategy.ONE_FOR_ONE, intensity=sup.gateway_restarts,
-                           period=sup.gateway_period, name="gateway")
+                           period=sup.gateway_period, name="gateway",
+                           on_restart=lambda id: services.tally.restarted(f"gateway.{id}"))
     if config.whisper.preload:
         # Loading the model holds the GIL for ~90 ms (its tokenizer); at start, not in a call.
         preload = asyncio.ensure_future(engines.start(whisper_engine_names(config)[0]))

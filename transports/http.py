@@ -45,6 +45,7 @@ from actors.messages import (
     ClientCommand,
     Describe,
     Detach,
+    Drained,
     Kill,
     Owner,
     UrgentCommand,
@@ -61,24 +62,23 @@ from .event_dump import DumpWriter, EventDump
 from .leg_maker import LegMaker, LegProvider
 from .metrics import CONTENT_TYPE, CountedPipe, Counters, Telemetry, render
 from .ws_leg import UnavailableLeg, WebSocketLeg
-from .ws_session import Outbox, session_id_ok
+from .ws_session import ApiWebSocket, Outbox, session_id_ok
 
 log = structlog.get_logger("http")
 
 # Wire names of the call types, as the original active-call serialises them.
 CALL_TYPE_WIRE = {"websocket": "webSocket", "sip": "sip", "webrtc": "webrtc"}
 URGENT_COMMANDS = (api.Interrupt, api.Hangup)
-MAX_TEXT_FRAME = 4 << 20  # a base64 `tts` of ~90 s of 16 kHz audio fits
 # How long a finished connection may take to receive what is still queued before it is dropped.
 CLOSE_GRACE = 2.0
 STATIC_ROOT = Path(__file__).resolve().parents[1] / "static"   # the demo page beside the package
 
 
-def websocket_legs(session_id: str, outbox: Outbox, counters: Counters | None = None) -> LegMaker:
-    """`/call`: the audio rides the application's own WebSocket. With `counters`, the frames its
-    inbound pipe drops are counted for /metrics."""
-    pipe: AudioPipe[bytes] = (AudioPipe(50, name=f"{session_id}.ws-in") if counters is None
-                              else CountedPipe(50, counters, name=f"{session_id}.ws-in"))
+def websocket_legs(session_id: str, outbox: Outbox, counters: Counters | None = None, capacity: int = 50) -> LegMaker:
+    """`/call`: the audio rides the application's own WebSocket, into a pipe of `capacity` frames
+    (`audio_in_frames`). With `counters`, the frames its inbound pipe drops are counted for /metrics."""
+    pipe: AudioPipe[bytes] = (AudioPipe(capacity, name=f"{session_id}.ws-in") if counters is None
+                              else CountedPipe(capacity, counters, name=f"{session_id}.ws-in"))
 
     def leg(context: LegContext) -> WebSocketLeg:
         return WebSocketLeg(context, pipe, outbox.audio)
@@ -102,7 +102,8 @@ def call_settings(config: Config, server_side_track: str) -> CallSettings:
                         backoff=Backoff(initial=sup.backoff_initial, factor=2.0, maximum=sup.backoff_max),
                         accept_timeout=config.accept_timeout, handshake_timeout=config.handshake_timeout,
                         media_pass_restarts=sup.media_pass_restarts, media_pass_period=sup.media_pass_period,
-                        playback_buffer_seconds=config.playback_buffer_seconds)
+                        playback_buffer_seconds=config.playback_buffer_seconds,
+                        tts_text_bytes=config.tts_text_bytes)
 
 
 class BadParams(Exception):
@@ -150,10 +151,12 @@ class CallRouter:
         self.services = services
         # Call types whose transport is not here answer invite/accept with 501 (UnavailableLeg).
         self.telemetry = telemetry if telemetry is not None else Telemetry(engines=None, media=None, claims=None)
-        counted = functools.partial(websocket_legs, counters=self.telemetry.counters)
+        counted = functools.partial(websocket_legs, counters=self.telemetry.counters,
+                                    capacity=config.audio_in_frames)
         self.legs: Mapping[str, LegProvider] = {"websocket": counted, **(legs or {})}
         self.started_at = time.time()
         self.binary_dropped = 0
+        self.outboxes: set[Outbox] = set()    # of the open API connections (queued event bytes)
         self.dump_writer = DumpWriter(config.dump.queue_bytes)
 
     def open_dump(self, session_id: str) -> EventDump:
@@ -312,6 +315,7 @@ class CallRouter:
         body = render({
             "calls_by_type": by_type, "admissions": admissions,
             "inbound_frames_dropped": t.counters.inbound_frames_dropped,
+            "outbound_frames_dropped": t.counters.outbound_frames_dropped + sum(o.audio_dropped for o in self.outboxes),
             "clock": self.clock.stats(),
             "loop_lag": t.loop_lag, "engines": engines,
             "media": {"cache_bytes": t.media.cached_bytes if t.media else 0,
@@ -320,6 +324,7 @@ class CallRouter:
             "dump": {"pending": self.dump_writer.pending, "lost_lines": self.dump_writer.lost_lines,
                      "written_bytes": self.dump_writer.written_bytes},
             "binary_frames_dropped": self.binary_dropped,
+            "tally": t.tally, "event_queues": [o.queued_bytes for o in self.outboxes],
             "recordings": len(t.claims) if t.claims is not None else 0, "open_fds": _open_fds(), "tasks": len(asyncio.all_tasks()),
         })
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
@@ -338,7 +343,9 @@ class CallRouter:
         return handler
 
     async def _serve_call(self, request: web.Request, call_type: str, params: CallParams) -> web.StreamResponse:
-        ws = web.WebSocketResponse(max_msg_size=MAX_TEXT_FRAME, autoping=True)
+        # Text arrives as bytes: invalid UTF-8 is a malformed command (an `error`, the call goes
+        # on), not a protocol violation that closes the socket.
+        ws = ApiWebSocket(max_msg_size=self.config.frame_close_bytes, autoping=True, decode_text=False)
         await ws.prepare(request)
         sid = params.session_id
         clog = log.bind(session_id=sid, call_type=call_type)
@@ -350,7 +357,9 @@ class CallRouter:
                 if ref.is_alive():
                     ref.tell(Kill(reason="client_too_slow", initiator="system"))
 
-        outbox = Outbox(ws, event_budget=self.config.event_queue_bytes, on_too_slow=too_slow)
+        outbox = Outbox(ws, audio_capacity=self.config.audio_out_frames, event_budget=self.config.event_queue_bytes,
+                        on_too_slow=too_slow)
+        self.outboxes.add(outbox)
         dump = self.open_dump(sid) if params.dump else None
 
         def emit(event: object) -> None:
@@ -359,6 +368,18 @@ class CallRouter:
                 dump.event(text)
             outbox.event(text)
 
+        async def refused_frame(code: int) -> str:
+            limit = self.config.frame_close_bytes
+            if code == 1009:
+                reason, status = f"frame larger than the {limit}-byte limit (frame_close_bytes); closing", 413
+            else:
+                reason, status = "malformed WebSocket frame; closing", 400
+            clog.warning("frame refused; closing", code=code, error=reason)
+            emit(api.ErrorEvent(track_id=sid, timestamp=now_ms(), sender="server", error=reason, code=status))
+            await outbox.flush(CLOSE_GRACE)
+            return reason
+
+        ws.before_refusal = refused_frame
         provider = self.legs.get(call_type)
         if provider is not None:
             maker = provider(sid, outbox)
@@ -421,6 +442,8 @@ class CallRouter:
                     await call.stop(timeout=1.0)
             outbox.close()
             await outbox.wait_closed(CLOSE_GRACE)
+            self.outboxes.discard(outbox)
+            self.telemetry.counters.outbound_frames_dropped += outbox.audio_dropped
             if dump is not None:
                 dump.close()
         return ws
@@ -444,14 +467,34 @@ class CallRouter:
     async def _read(self, ws: web.WebSocketResponse, call: ActorRef, maker: LegMaker,
                     dump: EventDump | None, clog: structlog.typing.FilteringBoundLogger) -> None:
         binary = maker.binary
+        limit = self.config.text_frame_bytes
+        ahead, ahead_bytes = 0, 0        # commands told to the call since it was last known to be idle
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
+                data: bytes = msg.data
+                ahead += 1
+                ahead_bytes += len(data)
+                if ahead >= self.config.command_queue or ahead_bytes >= self.config.command_queue_bytes:
+                    # The call is behind its client: stop reading until it has caught up, so a fast
+                    # client fills its own TCP window, not the call's mailbox.
+                    if not await _caught_up(call):
+                        break
+                    ahead, ahead_bytes = 1, len(data)
+                if len(data) > limit:
+                    # Not parsed, not dumped (it would spend the dump's budget): the error says it all.
+                    message: object = BadCommand(f"command of {len(data)} bytes is larger than the {limit}-byte "
+                                                 "limit (text_frame_bytes); it was not read", 413)
+                    try:
+                        call.tell(message)
+                    except ActorDeadError:
+                        break
+                    continue
                 if dump is not None:
-                    dump.command(msg.data)
+                    dump.command(data.decode("utf-8", "replace"))
                 try:
-                    cmd = api.parse_command(msg.data)
+                    cmd = api.parse_command(data)
                 except api.ApiError as exc:
-                    message: object = BadCommand(str(exc))
+                    message = BadCommand(str(exc))
                 else:
                     if isinstance(cmd, api.LEG_COMMANDS):
                         message = _leg_command(maker, cmd)
@@ -476,6 +519,21 @@ class CallRouter:
         while True:
             await asyncio.sleep(interval)
             emit(api.PingEvent(timestamp=now_ms()))
+
+
+async def _caught_up(call: ActorRef) -> bool:
+    """Wait until `call` has handled what was told to it; False if it ended meanwhile. A call that
+    stays busy for a minute (it should not) is read again rather than waited on for ever."""
+    for _ in range(12):
+        try:
+            await call.ask(Drained(), timeout=5.0)
+            return True
+        except TimeoutError:
+            continue      # busy for long (a slow leg operation): still alive, keep waiting
+        except ActorDeadError:
+            return False
+    log.warning("call did not catch up with its commands within 60 s; reading on", call=repr(call))
+    return True
 
 
 def _leg_command(maker: LegMaker, cmd: object) -> BadCommand | None:

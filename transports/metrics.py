@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from actors.pipes import AudioPipe
+from actors.tally import Histogram, Tally
 
 __all__ = ["CONTENT_TYPE", "CountedPipe", "Counters", "LoopLagMonitor", "render"]
 
@@ -32,6 +33,7 @@ class Counters:
     """Process-wide counts kept by the transports."""
 
     inbound_frames_dropped: int = 0
+    outbound_frames_dropped: int = 0     # of connections that have closed (live ones are added when scraped)
 
 
 class CountedPipe(AudioPipe[np.ndarray]):
@@ -136,6 +138,9 @@ def render(figures: dict[str, Any]) -> bytes:
         _counter("activecall_inbound_frames_dropped",
                  "Caller audio frames dropped because the call did not consume them in time",
                  figures["inbound_frames_dropped"]),
+        _counter("activecall_outbound_frames_dropped",
+                 "Audio frames for /call clients dropped because the client read them too slowly",
+                 figures["outbound_frames_dropped"]),
         _counter("activecall_binary_frames_dropped",
                  "Binary frames received on a connection whose leg takes no audio from it",
                  figures["binary_frames_dropped"]),
@@ -189,9 +194,49 @@ def render(figures: dict[str, Any]) -> bytes:
         _gauge("activecall_open_fds", "Open file descriptors of the process", figures["open_fds"] or 0),
         _gauge("activecall_asyncio_tasks", "asyncio tasks of the process", figures["tasks"]),
     ]
+    families += _tally_families(figures["tally"], figures["engines"])
+    queues = figures["event_queues"]
+    families += [
+        _gauge("activecall_event_queue_bytes", "Event bytes queued for clients, all connections", sum(queues)),
+        _gauge("activecall_event_queue_bytes_max", "Event bytes queued for the most backed-up connection",
+               max(queues, default=0)),
+    ]
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(families))
     return generate_latest(registry)
+
+
+def _histogram(name: str, doc: str, hist: Histogram) -> HistogramMetricFamily:
+    cumulative, running = [], 0
+    for bound, count in zip((*hist.buckets, float("inf")), hist.counts):
+        running += count
+        cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
+    return HistogramMetricFamily(name, doc, buckets=cumulative, sum_value=hist.total)
+
+
+def _tally_families(tally: Tally, engines: list[Any]) -> list[Metric]:
+    ended = CounterMetricFamily("activecall_calls_ended", "Calls ended, by outcome (the hangup reason; "
+                                "a hangup or reject command counts as hangup_command or rejected)",
+                                labels=["outcome"])
+    for outcome, count in sorted(tally.calls_ended.items()):
+        ended.add_metric([outcome], count)
+    errors = CounterMetricFamily("activecall_provider_errors", "ASR/TTS provider failures reported to calls",
+                                 labels=["service", "provider", "kind"])
+    for (service, provider, kind), count in sorted(tally.provider_errors.items()):
+        errors.add_metric([service, provider, kind], count)
+    restarts = CounterMetricFamily("activecall_actor_restarts", "Supervised children started again after they "
+                                   "ended: a call's asr/tts/recorder/mediaPass, gateway.<child>, engine.<name>",
+                                   labels=["kind"])
+    counts = dict(tally.restarts)
+    for stats in engines:
+        if getattr(stats, "restarts", 0):
+            counts[f"engine.{stats.name}"] = stats.restarts
+    for kind, count in sorted(counts.items()):
+        restarts.add_metric([kind], count)
+    jitter = _histogram("activecall_call_playout_jitter_seconds",
+                        "Each ended call's playout jitter: the p99 of its media ticks' deviation from 20 ms",
+                        tally.playout_jitter)
+    return [ended, errors, restarts, jitter]
 
 
 @dataclass
@@ -201,5 +246,6 @@ class Telemetry:
     engines: Any                       # actors.engines.EngineHost
     media: Any                         # transports.media_loader.MediaLoader
     claims: Any                        # transports.recording_paths.RecordingClaims
+    tally: Tally = field(default_factory=Tally)   # what calls and supervisors count as it happens
     counters: Counters = field(default_factory=Counters)
     loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 
 log = structlog.get_logger("ws")
@@ -43,6 +45,8 @@ class Outbox:
         self.queued_bytes = 0
         self.too_slow = False
         self.on_too_slow = on_too_slow
+        self._sent_seq = 0
+        self._progress = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ws-outbox")
 
     def event(self, text: str) -> None:
@@ -92,6 +96,20 @@ class Outbox:
             self._close_code = code
             self._wake.set()
 
+    async def flush(self, timeout: float) -> None:
+        """Until everything queued so far is sent, the outbox stops, or `timeout` passes."""
+        target = self._seq
+
+        async def until() -> None:
+            while self._sent_seq < target and not self._task.done():
+                self._progress.clear()
+                await self._progress.wait()
+
+        try:
+            await asyncio.wait_for(until(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
     async def wait_closed(self, timeout: float) -> None:
         """Until what was queued is sent and the socket closed; a client that does not take it
         within `timeout` (its window full) has its connection dropped, so that nobody (a shutdown
@@ -115,11 +133,14 @@ class Outbox:
                     if ws.closed:
                         return
                     if self._events and (not self._audio or self._events[0][0] < self._audio[0][0]):
-                        text = self._events.popleft()[1]
+                        seq, text = self._events.popleft()
                         await ws.send_str(text)
                         self.queued_bytes -= len(text)
                     else:
-                        await ws.send_bytes(self._audio.popleft()[1])
+                        seq, payload = self._audio.popleft()
+                        await ws.send_bytes(payload)
+                    self._sent_seq = seq
+                    self._progress.set()
                 if self._closing:
                     break
                 self._wake.clear()
@@ -128,10 +149,33 @@ class Outbox:
             # The peer went away mid-send; the reader side sees the close and ends the call.
             log.debug("outbox send failed", error=repr(exc))
             return
+        finally:
+            self._progress.set()   # a flush waiting on a stopped outbox returns
         if self.audio_dropped:
             log.info("client read audio too slowly; oldest frames dropped", frames=self.audio_dropped)
         if not ws.closed:
             await ws.close(code=self._close_code)
+
+
+class ApiWebSocket(web.WebSocketResponse):
+    """The server side of an API WebSocket. aiohttp refuses a frame over its size limit (1009) or
+    a malformed frame (1002) inside `receive()` and closes the socket before the handler sees
+    anything; `before_refusal` runs first, so the client reads an `error` saying which limit (and
+    which config key) it crossed, and the close carries the same reason."""
+
+    REFUSALS = frozenset({WSCloseCode.MESSAGE_TOO_BIG, WSCloseCode.PROTOCOL_ERROR, WSCloseCode.INVALID_TEXT})
+
+    def __init__(self, *, before_refusal: Callable[[int], Awaitable[str]] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.before_refusal = before_refusal
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
+        hook, self.before_refusal = self.before_refusal, None
+        if hook is not None and code in self.REFUSALS and not self.closed:
+            reason = await hook(code)
+            if not message:
+                message = reason.encode()[:120]
+        return await super().close(code=code, message=message, drain=drain)
 
 
 def session_id_ok(session_id: str) -> bool:

@@ -368,3 +368,15 @@ def test_duplicate_ids_in_the_initial_specs_are_refused() -> None:
     with pytest.raises(ValueError, match="duplicate child ids"):
         Supervisor([worker_spec("a", []), worker_spec("a", [])])
 
+
+
+async def test_on_restart_is_told_the_id_of_every_child_started_again() -> None:
+    log: list[str] = []
+    told: list[str] = []
+    sup = Supervisor.start([worker_spec(n, log) for n in "ab"], on_restart=told.append)
+    for _ in range(2):
+        old = await child_of(sup, "b")
+        await end_child(old, "failure")
+        await restarted(sup, "b", old)
+    assert told == ["b", "b"]
+    assert await sup.stop()

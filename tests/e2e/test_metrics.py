@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
+import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -84,5 +86,139 @@ async def test_health_stays_open(gateway_config, http, path):
     try:
         async with http.get(f"{base_url(gw)}{path}") as resp:
             assert resp.status == 200 and (await resp.json())["status"] == "ok"
+    finally:
+        await gw.stop()
+
+
+async def poll_scrape(http, gw, ready, timeout: float = 10.0) -> dict[tuple[str, tuple], float]:
+    """Scrape until `ready(figures)` holds (the figures move when calls let go, not at once)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        figures = await scrape(http, gw)
+        if ready(figures):
+            return figures
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"metrics did not reach the expected figures: "
+                                 f"{ {k: v for k, v in figures.items() if 'ended' in k[0] or 'jitter' in k[0]} }")
+        await asyncio.sleep(0.05)
+
+
+def ended(outcome: str):
+    return ("activecall_calls_ended_total", (("outcome", outcome),))
+
+
+async def test_calls_are_counted_by_outcome_and_their_playout_jitter_observed(gateway_config, http):
+    gw = await start_gateway(gateway_config())
+    try:
+        clients = {}
+        for sid in ("by-command", "by-close", "by-kill"):
+            clients[sid] = await connect(http, gw, id=sid)
+            await clients[sid].send({"command": "invite", "option": {"codec": "pcm"}})
+            await clients[sid].wait_event("answer")
+        for client in clients.values():
+            await client.wait_audio(5)           # paced playout has run: the track has ticks to judge
+        before = await scrape(http, gw)
+        assert before.get(("activecall_call_playout_jitter_seconds_count", ())) == 0
+        # A hangup's own reason is the client's text: counted as the command, not as a new series.
+        await clients["by-command"].send({"command": "hangup", "reason": "customer said goodbye"})
+        await clients["by-close"].ws.close()
+        async with http.post(f"{base_url(gw)}/call/kill/by-kill") as resp:
+            assert resp.status == 200
+        for client in clients.values():
+            await client.wait_closed()
+        figures = await poll_scrape(http, gw, lambda f: f.get(("activecall_call_playout_jitter_seconds_count", ())) == 3)
+        assert figures[ended("hangup_command")] == 1
+        assert figures[ended("client_disconnected")] == 1
+        assert figures[ended("killed")] == 1
+        assert not [k for k in figures if k[0] == "activecall_calls_ended_total" and "goodbye" in str(k[1])]
+        # Each call's p99 deviation of its ticks: a few ms at most on an idle loopback.
+        assert 0 <= figures[("activecall_call_playout_jitter_seconds_sum", ())] < 3 * 0.1
+        assert figures[("activecall_call_playout_jitter_seconds_bucket", (("le", "+Inf"),))] == 3
+    finally:
+        await gw.stop()
+
+
+async def test_provider_errors_and_actor_restarts_are_counted(gateway_config, http):
+    from actors.engines import EngineHost
+    from tests.providers.kits import DEEPGRAM
+    from tests.providers.support import Hearing, Speaking
+
+    gw = await start_gateway(gateway_config())
+    hearing_host = EngineHost()
+    try:
+        server = DEEPGRAM.server(Hearing(hearing_host), Speaking(gw.engines))
+        async with server:
+            # ASR: its socket is cut after half a second of audio: a transient error, the ASR restarts.
+            server.faults.drop_after = (25,)
+            client = await connect(http, gw, id="asr-drop")
+            await client.send({"command": "invite", "option": {"codec": "pcm", "asr": DEEPGRAM.asr(server)}})
+            await client.wait_event("answer")
+            for frame in frames(tone(440, 1.5, 16000), 320):
+                await client.ws.send_bytes(frame.tobytes())
+                await asyncio.sleep(0.02)
+            await client.wait_event("metrics", timeout=10)      # reconnect.asr.deepgram: restarted
+            figures = await poll_scrape(http, gw, lambda f: f.get(
+                ("activecall_actor_restarts_total", (("kind", "asr"),)), 0) >= 1)
+            assert figures[("activecall_provider_errors_total",
+                            (("kind", "transient"), ("provider", "deepgram"), ("service", "asr")))] == 1
+            await client.send({"command": "hangup"})
+            await client.wait_closed()
+            # TTS: refused credentials, a permanent error (not retried, no restart).
+            server.faults.drop_after = ()
+            server.faults.reject = 401
+            client = await connect(http, gw, id="tts-401")
+            await client.send({"command": "invite", "option": {"codec": "pcm", "tts": DEEPGRAM.tts(server)}})
+            await client.wait_event("answer")
+            await client.send({"command": "tts", "text": "not heard", "playId": "no"})
+            err, = await client.wait_event("error", timeout=5)
+            assert err["sender"] == "tts" and err["code"] == 401
+            figures = await scrape(http, gw)
+            assert figures[("activecall_provider_errors_total",
+                            (("kind", "permanent"), ("provider", "deepgram"), ("service", "tts")))] == 1
+            assert ("activecall_actor_restarts_total", (("kind", "tts"),)) not in figures
+            await client.send({"command": "hangup"})
+            await client.wait_closed()
+    finally:
+        await gw.stop()
+        await hearing_host.stop()
+
+
+async def test_event_bytes_queued_for_a_client_that_does_not_read_are_a_gauge(gateway_config, http):
+    gw = await start_gateway(gateway_config(event_queue_bytes=64 << 20))
+    try:
+        ws = await http.ws_connect(f"{base_url(gw)}/call?id=not-reading", max_msg_size=0)
+        await ws.send_json({"command": "invite", "option": {"codec": "pcm", "vad": None}})
+        blob = "q" * (512 << 10)
+        for _ in range(40):      # 20 MiB echoed as `custom` events: more than the sockets' buffers hold
+            await ws.send_str(json.dumps({"command": "custom", "data": blob}))
+        figures = await poll_scrape(http, gw, lambda f: f[("activecall_event_queue_bytes", ())] > 1 << 20)
+        assert figures[("activecall_event_queue_bytes_max", ())] == figures[("activecall_event_queue_bytes", ())]
+        # The client reads again: the queue drains to nothing.
+        customs = 0
+        while customs < 40:
+            msg = await asyncio.wait_for(ws.receive(), 10)
+            if msg.type == aiohttp.WSMsgType.TEXT and json.loads(msg.data).get("event") == "custom":
+                customs += 1
+        await poll_scrape(http, gw, lambda f: f[("activecall_event_queue_bytes", ())] < 1024)
+        await ws.close()
+    finally:
+        await gw.stop()
+
+
+
+async def test_the_inbound_audio_queue_follows_audio_in_frames(gateway_config, http):
+    gw = await start_gateway(gateway_config(audio_in_frames=5))
+    try:
+        client = await connect(http, gw, id="burst")
+        await client.send({"command": "invite", "option": {"codec": "pcm"}})
+        await client.wait_event("answer")
+        # 100 frames at once: a pipe of 5 frames keeps the last few and drops the rest (the default
+        # of 50 drops about half of such a burst, see above).
+        for frame in frames(tone(440, 2.0, 16000), 320):
+            await client.ws.send_bytes(frame.tobytes())
+        figures = await poll_scrape(http, gw, lambda f: f[("activecall_inbound_frames_dropped_total", ())] >= 80)
+        assert figures[("activecall_inbound_frames_dropped_total", ())] <= 95
+        assert figures[("activecall_outbound_frames_dropped_total", ())] == 0    # this client reads its audio
+        await client.ws.close()
     finally:
         await gw.stop()

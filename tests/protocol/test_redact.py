@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.redact import REDACTED, is_secret_key, redact, redact_json_text, redact_text
+from protocol.redact import REDACTED, TOO_DEEP, is_secret_key, redact, redact_json_text, redact_text
 
 OPTION = {
     "codec": "pcm",
@@ -72,3 +73,19 @@ def test_any_json_value_survives_redaction(value):
     json.dumps(out)
     redact_json_text(json.dumps(value))
     redact_json_text(json.dumps(value)[:-1])
+
+
+
+@pytest.mark.parametrize("depth", [50, 900, 5000])
+def test_json_nested_near_or_past_the_recursion_limit_shows_nothing_unmasked(depth):
+    deep = "[" * depth + "]" * depth
+    text = '{"command": "custom", "token": "s3cr3t-value", "data": ' + deep + "}"
+    out = redact_json_text(text)          # a dump line of that command: never an exception
+    assert "s3cr3t-value" not in out
+    nested: object = {"password": "s3cr3t-value"}
+    for _ in range(depth):
+        nested = [nested]
+    shown = redact({"extra": nested})
+    assert shown == TOO_DEEP or "s3cr3t-value" not in json.dumps(shown)
+    if depth == 50:
+        assert shown != TOO_DEEP           # ordinary nesting is walked and masked as before

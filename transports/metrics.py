@@ -189,9 +189,35 @@ def render(figures: dict[str, Any]) -> bytes:
         _gauge("activecall_open_fds", "Open file descriptors of the process", figures["open_fds"] or 0),
         _gauge("activecall_asyncio_tasks", "asyncio tasks of the process", figures["tasks"]),
     ]
+    families += _worker_families(figures.get("workers", []), figures.get("worker_request_errors", 0))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(families))
     return generate_latest(registry)
+
+
+def _worker_families(workers: list[dict[str, Any]], errors: int) -> list[Metric]:
+    """The worker processes of WebRTC calls (webrtc.workers), one series per worker."""
+    up = GaugeMetricFamily("activecall_worker_up", "Whether the worker process answers and takes calls",
+                           labels=["worker"])
+    calls = GaugeMetricFamily("activecall_worker_calls", "Calls placed on the worker process", labels=["worker"])
+    restarts = CounterMetricFamily("activecall_worker_restarts", "Times the worker process was started again",
+                                   labels=["worker"])
+    late = CounterMetricFamily("activecall_worker_clock_late_ticks",
+                               "Media clock ticks of the worker process that ran after their deadline",
+                               labels=["worker"])
+    lateness = GaugeMetricFamily("activecall_worker_clock_lateness_p99_seconds",
+                                 "p99 of how late the worker process's clock ticks ran (last ~60 s)", labels=["worker"])
+    for w in workers:
+        label = [str(w["index"])]
+        up.add_metric(label, 1 if w["ready"] else 0)
+        calls.add_metric(label, w["calls"])
+        restarts.add_metric(label, w["restarts"])
+        clock = w.get("clock")
+        if clock is not None:
+            late.add_metric(label, clock["late_ticks"])
+            lateness.add_metric(label, clock["lateness_ms_p99"] / 1000)
+    return [up, calls, restarts, late, lateness,
+            _counter("activecall_worker_request_errors", "REST requests to worker processes that failed", errors)]
 
 
 @dataclass

@@ -151,7 +151,6 @@ class CallRouter:
         self.calls = calls
         # The WorkerPool's current ref when WebRTC calls run in worker processes (webrtc.workers).
         self.workers = workers if config.webrtc.workers > 0 else None
-        self.relayed: set[str] = set()     # session ids of this front's calls that run in a worker
         self.behind_front = behind_front    # this process is a worker: its front checked the requests
         self.worker_errors = 0              # REST requests to a worker that failed (lists, health)
         self.health_extra = health     # the transports' own figures (SIP endpoint, RTP ports) for /health
@@ -215,10 +214,7 @@ class CallRouter:
 
     async def _describe_all(self, owner: Owner | None) -> list[CallInfo]:
         """This process's own calls (a call relayed to a worker is listed by its worker)."""
-        sup = self.calls()
-        ids = [i for i in await sup.ask(ListCalls(owner), timeout=2.0) if i not in self.relayed]
-        refs = [ref for ref in await asyncio.gather(*(sup.ask(GetCall(i), timeout=2.0) for i in ids))
-                if ref is not None]
+        refs = [ref for ref in await self._call_refs(owner) if ref.actor_class is not RelayedCall]
 
         async def describe(ref: ActorRef) -> CallInfo | None:
             try:
@@ -528,6 +524,7 @@ class CallRouter:
         pool = self.workers() if self.workers is not None else None
         worker: WorkerAddress | None = None
         relayed: ActorRef | None = None
+        relay: Relay | None = None
         created = iso8601(time.time())
         try:
             try:
@@ -551,7 +548,6 @@ class CallRouter:
                     return await refuse(503, 1013, str(exc))
                 return await refuse(503, 1013, "the gateway is shutting down or overloaded")
             held.append(relayed)
-            self.relayed.add(sid)
             if outbox.too_slow:
                 too_slow("")
             relay = Relay(sid, worker, outbox, emit, created, binary, self.config.supervision.call_shutdown_timeout)
@@ -565,7 +561,6 @@ class CallRouter:
                 if not relay.saw_hangup and not relay.client_left:
                     relay.lost()
         finally:
-            self.relayed.discard(sid)
             if relayed is not None and relayed.is_alive():
                 try:
                     relayed.tell(Detach())
@@ -577,7 +572,7 @@ class CallRouter:
                     await relayed.stop(timeout=1.0)
             if worker is not None and pool is not None:
                 try:
-                    pool.tell(CallLeft(sid))
+                    pool.tell(CallLeft(sid, lost=relay is not None and relay.lost_worker))
                 except ActorDeadError:
                     pass
             outbox.close()
@@ -700,7 +695,7 @@ class HttpServer(Actor):
         sockets = site._server.sockets if site._server is not None else []  # noqa: SLF001 - bound port for :0
         self.address = sockets[0].getsockname()[:2] if sockets else (host, port)
         log.info("http listening", address=f"{self.address[0]}:{self.address[1]}")
-        warning = exposure_warning(self.config)
+        warning = exposure_warning(self.config) if self.unix_path is None else None
         if warning is not None:
             log.warning(warning)
 

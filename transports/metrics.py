@@ -202,6 +202,8 @@ def _worker_families(workers: list[dict[str, Any]], errors: int) -> list[Metric]
     calls = GaugeMetricFamily("activecall_worker_calls", "Calls placed on the worker process", labels=["worker"])
     restarts = CounterMetricFamily("activecall_worker_restarts", "Times the worker process was started again",
                                    labels=["worker"])
+    lost = CounterMetricFamily("activecall_worker_calls_lost", "Calls ended because their worker process died",
+                               labels=["worker"])
     late = CounterMetricFamily("activecall_worker_clock_late_ticks",
                                "Media clock ticks of the worker process that ran after their deadline",
                                labels=["worker"])
@@ -212,11 +214,12 @@ def _worker_families(workers: list[dict[str, Any]], errors: int) -> list[Metric]
         up.add_metric(label, 1 if w["ready"] else 0)
         calls.add_metric(label, w["calls"])
         restarts.add_metric(label, w["restarts"])
+        lost.add_metric(label, w.get("lost_calls", 0))
         clock = w.get("clock")
         if clock is not None:
             late.add_metric(label, clock["late_ticks"])
             lateness.add_metric(label, clock["lateness_ms_p99"] / 1000)
-    return [up, calls, restarts, late, lateness,
+    return [up, calls, restarts, lost, late, lateness,
             _counter("activecall_worker_request_errors", "REST requests to worker processes that failed", errors)]
 
 

@@ -100,6 +100,7 @@ class Relay:
         self.session_id = session_id
         self.shutdown_timeout = shutdown_timeout
         self.client_left = False
+        self.lost_worker = False     # the worker died under the call
         self.worker = worker
         self.outbox = outbox
         self.emit = emit
@@ -163,6 +164,7 @@ class Relay:
     def lost(self) -> None:
         """The worker went away mid-call: say so, and end the call as a lost leg ends one."""
         w = self.worker
+        self.lost_worker = True
         log.error("worker lost a call", worker=w.index, pid=w.pid, session_id=self.session_id)
         self.emit(api.ErrorEvent(track_id=self.session_id, timestamp=now_ms(), sender="server",
                                  error=f"the worker process running this call ended (worker {w.index}, pid {w.pid})",

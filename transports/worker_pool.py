@@ -72,6 +72,7 @@ class CallLeft:
     """Tell the pool: the call placed on a worker has ended (or was never made)."""
 
     session_id: str
+    lost: bool = False    # it ended because its worker died
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,24 +204,27 @@ class WorkerPool(Supervisor):
 
     def __init__(self, config: Config) -> None:
         webrtc = config.webrtc
-        self.runtime = tempfile.mkdtemp(prefix="active-call-workers-")   # 0700: only this user connects
-        self.config_path = os.path.join(self.runtime, "config.json")
-        with open(self.config_path, "w") as fh:
-            json.dump(worker_config(config), fh)
+        self.runtime: str | None = None
+        self.config_path = ""
+        if webrtc.workers:
+            self.runtime = tempfile.mkdtemp(prefix="active-call-workers-")   # 0700: only this user connects
+            self.config_path = os.path.join(self.runtime, "config.json")
+            with open(self.config_path, "w") as fh:
+                json.dump(worker_config(config), fh)
         sup = config.supervision
         specs = [
             ChildSpec(id=f"worker-{i}", restart=Restart.PERMANENT,
                       shutdown=webrtc.worker_drain_timeout + 2.0,
                       backoff=Backoff(initial=sup.backoff_initial, factor=2.0, maximum=sup.backoff_max),
                       intensity=webrtc.worker_restarts, period=webrtc.worker_period,
-                      start=_starter(i, self.runtime, self.config_path, config))
+                      start=_starter(i, self.runtime or "", self.config_path, config))
             for i in range(webrtc.workers)
         ]
         super().__init__(specs, strategy=Strategy.ONE_FOR_ONE)
         self.ready: dict[int, WorkerAddress] = {}
         self.calls: dict[int, set[str]] = {i: set() for i in range(webrtc.workers)}
         self.placed: dict[str, int] = {}
-        self.lost_calls = 0     # calls a worker took with it when it died
+        self.lost_calls = dict.fromkeys(range(webrtc.workers), 0)   # calls each worker took with it as it died
 
     async def on_receive(self, message: object) -> object:
         if isinstance(message, PlaceCall):
@@ -229,6 +233,7 @@ class WorkerPool(Supervisor):
             index = self.placed.pop(message.session_id, None)
             if index is not None:
                 self.calls[index].discard(message.session_id)
+                self.lost_calls[index] += message.lost
             return None
         if isinstance(message, WorkerReady):
             self.ready[message.address.index] = message.address
@@ -237,7 +242,8 @@ class WorkerPool(Supervisor):
             counts = self.restart_counts()
             return [{"index": i, "ready": i in self.ready, "pid": self.ready[i].pid if i in self.ready else None,
                      "path": self.ready[i].path if i in self.ready else None,
-                     "calls": len(self.calls[i]), "restarts": counts.get(f"worker-{i}", 0)}
+                     "calls": len(self.calls[i]), "restarts": counts.get(f"worker-{i}", 0),
+                     "lost_calls": self.lost_calls[i]}
                     for i in sorted(self.calls)]
         return await super().on_receive(message)
 
@@ -251,21 +257,22 @@ class WorkerPool(Supervisor):
 
     async def on_child_exited(self, spec: ChildSpec, exit: ChildExited) -> None:
         index = int(spec.id.rsplit("-", 1)[1])
+        # Its calls are gone with it; their connections end them at the front (CallLeft, lost).
         self.ready.pop(index, None)
-        # Its calls are gone with it; their connections end them at the front (CallLeft follows).
-        self.lost_calls += len(self.calls[index]) if exit.reason == "failure" else 0
 
     async def on_stop(self) -> None:
         try:
             await super().on_stop()
         finally:
-            shutil.rmtree(self.runtime, ignore_errors=True)
+            if self.runtime is not None:
+                shutil.rmtree(self.runtime, ignore_errors=True)
 
     async def on_failure(self, error: BaseException) -> None:
         try:
             await super().on_failure(error)
         finally:
-            shutil.rmtree(self.runtime, ignore_errors=True)
+            if self.runtime is not None:
+                shutil.rmtree(self.runtime, ignore_errors=True)
 
 
 def _starter(index: int, runtime: str, config_path: str, config: Config) -> Callable[[ActorRef], ActorRef]:

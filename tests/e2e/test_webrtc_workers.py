@@ -185,6 +185,11 @@ async def test_a_worker_killed_mid_call_ends_its_calls_and_is_restarted(worker_g
 
         after = await asyncio.wait_for(restarted(), 20)
         assert after[0]["restarts"] == 1 and after[1]["pid"] == before[1]["pid"]
+        assert (after[0]["lost_calls"], after[1]["lost_calls"]) == (1, 0)
+        async with http.get(f"{base_url(gw)}/metrics") as resp:
+            text = await resp.text()
+        assert 'activecall_worker_restarts_total{worker="0"} 1.0' in text
+        assert 'activecall_worker_calls_lost_total{worker="0"} 1.0' in text
         assert not pid_alive(victim["pid"])
         # the next call goes to the restarted worker (it has the fewest calls) and works
         c = await place(http, gw, peers[2], "wk-again")

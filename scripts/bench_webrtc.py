@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 OUT_TONE, IN_TONE = 440.0, 300.0
 # What one line per run says with --workers (the full figures are in the last line).
-SUMMARY = ("legs", "clean", "gateway_cpu_pct_by_process", "out_packets_per_s_min", "out_arrival_jitter_ms_p99",
+SUMMARY = ("legs", "clean", "legs_ended_early", "gateway_cpu_pct_by_process", "out_packets_per_s_min", "out_arrival_jitter_ms_p99",
            "in_legs_impaired", "in_late_fraction", "clock_lateness_ms_p99", "loadavg_before")
 
 
@@ -119,6 +119,7 @@ async def peer_worker(args: argparse.Namespace) -> None:
             self.pcm: list[np.ndarray] = []
             self.pcm_rate = 16000
             self.keep = index < args.recorded
+            self.ended: str | None = None     # the hangup reason of a leg the gateway ended mid-run
             self.measuring = False
             self.ws = None
             if args.aiortc_path:
@@ -170,8 +171,12 @@ async def peer_worker(args: argparse.Namespace) -> None:
 
     async def replay(leg: Leg) -> None:
         async for msg in leg.ws:
-            if '"trackEnd"' in msg.data and '"serverSideTrack"' in msg.data:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            if '"trackEnd"' in msg.data and '"serverSideTrack"' in msg.data and not leg.ws.closed:
                 await leg.ws.send_json({"command": "play", "url": "tone.wav"})
+            elif '"hangup"' in msg.data and not stop.is_set():
+                leg.ended = json.loads(msg.data).get("reason")    # the gateway ended it mid-run
 
     stop = asyncio.Event()
 
@@ -230,13 +235,18 @@ async def peer_worker(args: argparse.Namespace) -> None:
                 spectrum[0] = 0
                 sampled.append(float(np.argmax(spectrum) * rate / len(pcm)))
         for leg in legs:
-            await leg.ws.send_json({"command": "hangup"})
+            if not leg.ws.closed:
+                try:
+                    await leg.ws.send_json({"command": "hangup"})
+                except ConnectionError:
+                    pass          # ended by the gateway meanwhile: counted below
             await leg.ws.close()
             await leg.pc.close()
     dev = np.concatenate(deviations) if deviations else np.zeros(1)
     sent = {f"bench-{leg.index}": leg.out.sent for leg in legs if leg.keep}
     print(json.dumps({"rates": rates, "sent": sent, "dev_p50": float(np.percentile(dev, 50)), "dev_p99": float(np.percentile(dev, 99)),
-                      "dev_max": float(dev.max()), "sampled_hz": sampled, "cpu_pct": 100 * cpu / elapsed}), flush=True)
+                      "dev_max": float(dev.max()), "sampled_hz": sampled, "cpu_pct": 100 * cpu / elapsed,
+                      "ended_early": [leg.ended for leg in legs if leg.ended is not None]}), flush=True)
 
 
 # --- the gateway and the run --------------------------------------------------------------------
@@ -387,7 +397,8 @@ async def run(args: argparse.Namespace) -> dict:
     sampled = [hz for res in results for hz in res["sampled_hz"]]
     out_p99 = max(res["dev_p99"] for res in results)
     impaired = sum(1 for r in legs_closed if r["gaps"] > 0.01 * max(1, r["played"] + r["gaps"]))
-    clean = (min(rates) >= 49.0 and out_p99 < 20.0 and clock["lateness_ms_p99"] < 10.0 and impaired == 0
+    ended_early = [reason for res in results for reason in res["ended_early"]]
+    clean = (not ended_early and min(rates) >= 49.0 and out_p99 < 20.0 and clock["lateness_ms_p99"] < 10.0 and impaired == 0
              and len(legs_closed) == args.legs
              and all(abs(hz - OUT_TONE) < 10 for hz in sampled)
              and all(r["hz"] is not None and abs(r["hz"] - IN_TONE) < 10 and r["loss"] < 0.01 for r in recordings))
@@ -415,6 +426,7 @@ async def run(args: argparse.Namespace) -> dict:
         # cost per leg (without it they only packetise pre-encoded frames and count packets)
         "peers_media_path": "aiortc" if args.aiortc_path else "pre-encoded",
         "peers_cpu_pct_per_leg": round(sum(res["cpu_pct"] for res in results) / args.legs, 3),
+        "legs_ended_early": ended_early,      # hangup reasons of legs the gateway ended mid-run
         "out_packets_per_s_min": round(min(rates), 2),
         "out_packets_per_s_mean": round(float(np.mean(rates)), 2),
         "out_arrival_jitter_ms_p50": round(max(res["dev_p50"] for res in results), 3),

@@ -82,7 +82,9 @@ class Gateway:
 
     async def stop(self) -> bool:
         self.sip.draining = True      # INVITEs arriving during the drain are answered 503
-        stopped = await self.ref.stop(timeout=self.config.supervision.call_shutdown_timeout + 10.0)
+        # Worker processes drain after the calls (each within webrtc.worker_drain_timeout).
+        workers = self.config.webrtc.worker_drain_timeout + 5.0 if self.config.webrtc.workers else 0.0
+        stopped = await self.ref.stop(timeout=self.config.supervision.call_shutdown_timeout + 10.0 + workers)
         await self.sip.close()
         await self.media.close()
         await asyncio.to_thread(self.writer.stop)

@@ -336,3 +336,31 @@ async def test_a_relayed_client_that_never_reads_is_cut_as_in_process(worker_gat
     contents = [json.loads(x["content"]) for x in lines if x.get("type") == "event"]
     hangups = [c for c in contents if isinstance(c, dict) and c.get("event") == "hangup"]
     assert hangups and hangups[-1]["reason"] == "client_too_slow"
+
+
+async def test_past_its_restart_limit_the_pool_is_restarted_by_the_gateway(worker_gateway, http):
+    from actors import GetChild, GetRestartCounts
+
+    gw = await worker_gateway(webrtc={"worker_restarts": 0})
+    pool = await gw.ref.ask(GetChild("workers"), timeout=2)
+    before = await worker_gateway.seen(gw)
+    os.kill(before[1]["pid"], signal.SIGKILL)
+
+    async def replaced() -> list[dict]:
+        while True:
+            now = await gw.ref.ask(GetChild("workers"), timeout=2)
+            if now is not None and now is not pool:
+                workers = await worker_gateway.seen(gw)
+                if all(w["ready"] for w in workers):
+                    return workers
+            await asyncio.sleep(0.05)
+
+    after = await asyncio.wait_for(replaced(), 20)
+    # a new pool with new workers: the one that stayed up was stopped with its pool, not orphaned
+    assert {w["pid"] for w in after}.isdisjoint(w["pid"] for w in before)
+    assert (await gw.ref.ask(GetRestartCounts(), timeout=2))["workers"] == 1
+    assert not any(pid_alive(w["pid"]) for w in before)
+    client = await connect(http, gw, path="/call/webrtc", id="after-restart")
+    async with http.get(f"{base_url(gw)}/call/lists") as resp:
+        assert [c["id"] for c in (await resp.json())["calls"]] == ["after-restart"]
+    await client.ws.close()

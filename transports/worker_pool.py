@@ -126,6 +126,13 @@ class WorkerProcess(Actor):
         except WorkerStartFailed:
             await self._kill()
             raise
+        except BaseException:
+            # Stopped while starting (the gateway stops meanwhile): the process goes with it; the
+            # loop's child watcher reaps it.
+            if self.proc.returncode is None:
+                self.proc.kill()
+            self._close_stdin()
+            raise
         died = self.outside(self._died)
         proc = self.proc
         self.watcher = asyncio.create_task(self._watch(proc, died), name=f"worker-{self.index}-watch")

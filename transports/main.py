@@ -7,6 +7,7 @@ import asyncio
 import gc
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -53,6 +54,7 @@ async def serve(config: Config, worker_socket: str | None = None) -> int:
     # and its pause (~20 ms for the start-up heap alone) no longer lands on the media clock's ticks.
     gc.freeze()
     stop = asyncio.Event()
+    front_gone = asyncio.Event()
     loop = asyncio.get_running_loop()
     if worker_socket is None:
         host, port = gateway.http_address
@@ -65,7 +67,11 @@ async def serve(config: Config, worker_socket: str | None = None) -> int:
         # Its front stops it with SIGTERM; a Ctrl-C in the terminal is the front's to handle.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signals = (signal.SIGTERM,)
-        watch_front(lambda: loop.call_soon_threadsafe(stop.set))
+        def gone() -> None:
+            front_gone.set()
+            stop.set()
+
+        watch_front(lambda: loop.call_soon_threadsafe(gone))
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     waiter = asyncio.create_task(gateway.ref.wait_stopped())
@@ -78,6 +84,10 @@ async def serve(config: Config, worker_socket: str | None = None) -> int:
     log.info("shutting down: draining calls")
     stopper.cancel()
     await gateway.stop()
+    if worker_socket is not None and front_gone.is_set():
+        # Nobody is left to remove the front's runtime directory (its socket and config): the
+        # workers do, whichever ends last.
+        shutil.rmtree(os.path.dirname(worker_socket), ignore_errors=True)
     waiter.cancel()
     log.info("stopped")
     return 0

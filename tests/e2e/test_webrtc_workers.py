@@ -275,10 +275,21 @@ async def test_sigterm_drains_the_workers_calls_and_leaves_no_process(gateway_pr
 async def test_workers_end_when_their_front_is_killed(gateway_process, http):
     gw = gateway_process(webrtc={**LOOPBACK, "workers": 2})
     pids = [w["pid"] for w in await process_workers(http, gw.url)]
+    runtime = {os.path.dirname(worker_socket(pid)) for pid in pids}
+    assert len(runtime) == 1 and os.path.isdir(runtime.copy().pop())
     gw.proc.kill()
     await asyncio.to_thread(gw.proc.wait, 5)
-    # each worker sees its stdin (a pipe from the front) close and drains by itself
+    # each worker sees its stdin (a pipe from the front) close and drains by itself, and the
+    # front's runtime directory (the sockets, the workers' config) goes with the last of them
     await wait_gone(pids, 15)
+    assert not os.path.exists(runtime.pop())
+
+
+def worker_socket(pid: int) -> str:
+    """The socket a worker process was started on (its --worker argument)."""
+    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+        args = fh.read().decode().split("\0")
+    return args[args.index("--worker") + 1]
 
 
 async def connect_url(http, url: str):

@@ -28,6 +28,7 @@ leg does not.
     .venv/bin/python scripts/bench_webrtc.py --legs 60 --seconds 20 --codec pcmu --peer-procs 2
     .venv/bin/python scripts/bench_webrtc.py --legs 40 --seconds 20 --gateways 2     # the machine: a process per core
     .venv/bin/python scripts/bench_webrtc.py --legs 10 --seconds 10 --aiortc-path    # peers on aiortc's own media path
+    .venv/bin/python scripts/bench_webrtc.py --legs 30 --seconds 20 --workers 0,1,2  # worker processes, one run each
 
 Last line of output: one JSON object of the figures.
 """
@@ -54,6 +55,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 OUT_TONE, IN_TONE = 440.0, 300.0
+# What one line per run says with --workers (the full figures are in the last line).
+SUMMARY = ("legs", "clean", "legs_ended_early", "gateway_cpu_pct_by_process", "out_packets_per_s_min", "out_arrival_jitter_ms_p99",
+           "in_legs_impaired", "in_late_fraction", "clock_lateness_ms_p99", "loadavg_before")
 
 
 # --- the peers (run in worker processes) -------------------------------------------------------
@@ -115,6 +119,7 @@ async def peer_worker(args: argparse.Namespace) -> None:
             self.pcm: list[np.ndarray] = []
             self.pcm_rate = 16000
             self.keep = index < args.recorded
+            self.ended: str | None = None     # the hangup reason of a leg the gateway ended mid-run
             self.measuring = False
             self.ws = None
             if args.aiortc_path:
@@ -166,8 +171,12 @@ async def peer_worker(args: argparse.Namespace) -> None:
 
     async def replay(leg: Leg) -> None:
         async for msg in leg.ws:
-            if '"trackEnd"' in msg.data and '"serverSideTrack"' in msg.data:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            if '"trackEnd"' in msg.data and '"serverSideTrack"' in msg.data and not leg.ws.closed:
                 await leg.ws.send_json({"command": "play", "url": "tone.wav"})
+            elif '"hangup"' in msg.data and not stop.is_set():
+                leg.ended = json.loads(msg.data).get("reason")    # the gateway ended it mid-run
 
     stop = asyncio.Event()
 
@@ -226,24 +235,30 @@ async def peer_worker(args: argparse.Namespace) -> None:
                 spectrum[0] = 0
                 sampled.append(float(np.argmax(spectrum) * rate / len(pcm)))
         for leg in legs:
-            await leg.ws.send_json({"command": "hangup"})
+            if not leg.ws.closed:
+                try:
+                    await leg.ws.send_json({"command": "hangup"})
+                except ConnectionError:
+                    pass          # ended by the gateway meanwhile: counted below
             await leg.ws.close()
             await leg.pc.close()
     dev = np.concatenate(deviations) if deviations else np.zeros(1)
     sent = {f"bench-{leg.index}": leg.out.sent for leg in legs if leg.keep}
     print(json.dumps({"rates": rates, "sent": sent, "dev_p50": float(np.percentile(dev, 50)), "dev_p99": float(np.percentile(dev, 99)),
-                      "dev_max": float(dev.max()), "sampled_hz": sampled, "cpu_pct": 100 * cpu / elapsed}), flush=True)
+                      "dev_max": float(dev.max()), "sampled_hz": sampled, "cpu_pct": 100 * cpu / elapsed,
+                      "ended_early": [leg.ended for leg in legs if leg.ended is not None]}), flush=True)
 
 
 # --- the gateway and the run --------------------------------------------------------------------
 
-def start_gateway(tmp: Path, legs: int) -> tuple[subprocess.Popen, str]:
-    """One gateway process in `tmp` (its config, media, recordings and log), ready to call."""
+def start_gateway(tmp: Path, legs: int, workers: int = 0) -> tuple[subprocess.Popen, str]:
+    """One gateway process in `tmp` (its config, media, recordings and log), ready to call; with
+    `workers`, its WebRTC calls run in that many worker processes of its own."""
     conf = tmp / "bench.toml"
     conf.write_text(f'http_addr = "127.0.0.1:0"\nsip_addr = "127.0.0.1"\nudp_port = 0\n'
                     f'max_calls = {legs + 10}\nlog_level = "info"\n'
                     f'log_format = "json"\ndump_root = "{tmp}/dumps"\nmedia_root = "{tmp}/media"\n'
-                    f'recorder_root = "{tmp}/rec"\n[webrtc]\nhost_addresses = ["127.0.0.1"]\n')
+                    f'recorder_root = "{tmp}/rec"\n[webrtc]\nhost_addresses = ["127.0.0.1"]\nworkers = {workers}\n')
     (tmp / "media").mkdir()
     with wave.open(str(tmp / "media" / "tone.wav"), "wb") as w:    # what `play` plays, 15 s at 16 kHz
         w.setnchannels(1)
@@ -291,6 +306,8 @@ def recorded_quality(path: Path, sent: int) -> dict:
 async def run(args: argparse.Namespace) -> dict:
     import aiohttp
 
+    workers_per_gateway = args.workers if args.workers is not None else 0
+
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         gateways: list[tuple[subprocess.Popen, str, Path]] = []
@@ -305,7 +322,7 @@ async def run(args: argparse.Namespace) -> dict:
             for g, share in enumerate(shares):
                 home = tmp / f"gw{g}"
                 home.mkdir()
-                proc, url = start_gateway(home, share)
+                proc, url = start_gateway(home, share, workers_per_gateway)
                 gateways.append((proc, url, home))
                 per = -(-share // args.peer_procs)
                 for start in range(first, first + share, per):
@@ -318,7 +335,9 @@ async def run(args: argparse.Namespace) -> dict:
                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT))
                     recorded_left -= count
                 first += share
-            gprocs = [psutil.Process(proc.pid) for proc, _, _ in gateways]
+            # The gateway processes and their worker processes (which carry the WebRTC calls then).
+            gprocs = [p for proc, _, _ in gateways
+                      for p in [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)]
             idle_rss = sum(g.memory_info().rss for g in gprocs)
             for w in workers:
                 line = await asyncio.to_thread(w.stdout.readline)
@@ -371,12 +390,15 @@ async def run(args: argparse.Namespace) -> dict:
                     proc.kill()
                     proc.wait()
     cpu = sum(cpus)
-    clock = max((h["clock"] for h in healths), key=lambda c: c["lateness_ms_p99"])
+    clocks = [h["clock"] for h in healths] + [w["clock"] for h in healths for w in h.get("workers", [])
+                                              if w.get("clock") is not None]
+    clock = max(clocks, key=lambda c: c["lateness_ms_p99"])
     rates = [r for res in results for r in res["rates"]]
     sampled = [hz for res in results for hz in res["sampled_hz"]]
     out_p99 = max(res["dev_p99"] for res in results)
     impaired = sum(1 for r in legs_closed if r["gaps"] > 0.01 * max(1, r["played"] + r["gaps"]))
-    clean = (min(rates) >= 49.0 and out_p99 < 20.0 and clock["lateness_ms_p99"] < 10.0 and impaired == 0
+    ended_early = [reason for res in results for reason in res["ended_early"]]
+    clean = (not ended_early and min(rates) >= 49.0 and out_p99 < 20.0 and clock["lateness_ms_p99"] < 10.0 and impaired == 0
              and len(legs_closed) == args.legs
              and all(abs(hz - OUT_TONE) < 10 for hz in sampled)
              and all(r["hz"] is not None and abs(r["hz"] - IN_TONE) < 10 and r["loss"] < 0.01 for r in recordings))
@@ -392,6 +414,7 @@ async def run(args: argparse.Namespace) -> dict:
         "loadavg_before": round(load_before, 2),
         "loadavg_after": round(load_after, 2),
         "gateways": args.gateways,
+        "workers": workers_per_gateway,
         "gateway_cpu_pct_total": round(100 * cpu / elapsed, 1),
         "gateway_cpu_pct_by_process": [round(100 * c / elapsed, 1) for c in cpus],
         "gateway_cpu_pct_per_leg": round(100 * cpu / elapsed / args.legs, 3),
@@ -403,6 +426,7 @@ async def run(args: argparse.Namespace) -> dict:
         # cost per leg (without it they only packetise pre-encoded frames and count packets)
         "peers_media_path": "aiortc" if args.aiortc_path else "pre-encoded",
         "peers_cpu_pct_per_leg": round(sum(res["cpu_pct"] for res in results) / args.legs, 3),
+        "legs_ended_early": ended_early,      # hangup reasons of legs the gateway ended mid-run
         "out_packets_per_s_min": round(min(rates), 2),
         "out_packets_per_s_mean": round(float(np.mean(rates)), 2),
         "out_arrival_jitter_ms_p50": round(max(res["dev_p50"] for res in results), 3),
@@ -418,6 +442,8 @@ async def run(args: argparse.Namespace) -> dict:
         "out_frames_dropped": sum(r["frames_out_dropped"] for r in legs_closed),
         # legs whose jitter buffer played more than 1 % of its frames as gaps (lost or late)
         "in_legs_impaired": sum(1 for r in legs_closed if r["gaps"] > 0.01 * max(1, r["played"] + r["gaps"])),
+        "in_late_fraction": round(sum(r["late"] for r in legs_closed)
+                                  / max(1, sum(r["packets_in"] for r in legs_closed)), 4),
         "in_late_fraction_by_leg": sorted(round(r["late"] / max(1, r["packets_in"]), 3) for r in legs_closed),
         "clock_lateness_ms_p50": clock["lateness_ms_p50"],
         "clock_lateness_ms_p99": clock["lateness_ms_p99"],
@@ -437,6 +463,9 @@ def main() -> None:
                    help="run this VAD on every call's inbound audio")
     p.add_argument("--gateways", type=int, default=1, help="gateway processes the legs are spread over "
                                                           "(one per core: the machine's figure)")
+    p.add_argument("--workers", default=None,
+                   help="webrtc.workers of each gateway; a comma-separated list (0,1,2) runs the bench once "
+                        "per value, in this run, and the last line holds every run")
     p.add_argument("--peer-procs", type=int, default=1, help="peer processes per gateway")
     p.add_argument("--recorded", type=int, default=2, help="legs whose inbound audio the gateway records and "
                                                           "the bench checks")
@@ -455,10 +484,18 @@ def main() -> None:
         except ImportError:
             asyncio.run(peer_worker(args))
         return
-    figures = asyncio.run(run(args))
-    for key, value in figures.items():
-        print(f"{key:32} {value}")
-    print(json.dumps(figures))
+    if args.workers is None:
+        figures = asyncio.run(run(args))
+        for key, value in figures.items():
+            print(f"{key:32} {value}")
+        print(json.dumps(figures))
+        return
+    runs = []
+    for count in (int(w) for w in args.workers.split(",")):
+        one = asyncio.run(run(argparse.Namespace(**{**vars(args), "workers": count})))
+        print(f"workers={count}: " + " ".join(f"{k}={one[k]}" for k in SUMMARY), flush=True)
+        runs.append(one)
+    print(json.dumps({"runs": runs}))
 
 
 if __name__ == "__main__":

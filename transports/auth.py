@@ -22,7 +22,8 @@ from actors.messages import Owner
 
 from .config import Config
 
-__all__ = ["Access", "OWNER_KEY", "access_middleware", "exposure_warning", "token_id"]
+__all__ = ["Access", "OWNER_HEADER", "OWNER_KEY", "access_middleware", "exposure_warning", "front_middleware",
+           "owner_headers", "token_id"]
 
 OWNER_KEY = web.RequestKey("owner", object)  # Owner | None: who the request acts for
 PUBLIC_PATHS = frozenset({"/health", "/"})  # liveness probes rarely carry credentials; / is the demo page
@@ -30,6 +31,11 @@ PUBLIC_PREFIXES = ("/static/",)             # the demo page's files: no call dat
 #                                             them without the token the page then sends with its calls
 ADMIN_PATHS = frozenset({"/metrics"})      # gateway-wide figures: not for one tenant's token
 REALM = 'Bearer realm="active-call"'
+# A worker process (docs/architecture.md) is reached only by its front, on a Unix socket in a
+# directory of the gateway's user: the front has checked the token and the Origin, and names the
+# owner it acts for in these headers (no header: the front itself, which reaches every call).
+OWNER_HEADER = "X-Active-Call-Owner"
+ADMIN_HEADER = "X-Active-Call-Admin"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -121,3 +127,23 @@ def exposure_warning(config: Config) -> str | None:
     return (f"NO ACCESS CONTROL: listening on {host} with no api_tokens configured: anyone who can reach "
             "this address can list, kill and listen to every call. Set api_tokens (docs/security.md) "
             "or listen on 127.0.0.1.")
+
+
+def owner_headers(owner: Owner | None) -> dict[str, str]:
+    """The headers a front sends its worker for a request made by `owner`."""
+    if owner is None:
+        return {}
+    return {OWNER_HEADER: owner.id, ADMIN_HEADER: "1" if owner.admin else "0"}
+
+
+def front_middleware() -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """A worker's access check: the owner is the one its front names (see OWNER_HEADER)."""
+
+    @web.middleware
+    async def named(request: web.Request, handler: Handler) -> web.StreamResponse:
+        owner_id = request.headers.get(OWNER_HEADER)
+        request[OWNER_KEY] = (None if owner_id is None
+                              else Owner(owner_id, admin=request.headers.get(ADMIN_HEADER) == "1"))
+        return await handler(request)
+
+    return named

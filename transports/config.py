@@ -185,6 +185,13 @@ class WebRtcConfig:
     jitter_max_ms: int = 260             # further ahead than this, playout jumps forward (counted)
     outbound_frames: int = 10            # frames queued towards aiortc's sender; past it the oldest goes
     dtmf_timeout: float = 0.5            # a received RFC 4733 digit whose end packets are lost ends after this
+    # Worker processes (docs/architecture.md): the calls of /call/webrtc run in `workers` processes
+    # of their own, the API stays on this one. 0: they run in this process.
+    workers: int = 0
+    worker_start_timeout: float = 30.0   # seconds a worker has to answer on its socket once started
+    worker_restarts: int = 3             # a worker that dies is started again this often ...
+    worker_period: float = 60.0          # ... within this many seconds; past it the gateway's limits apply
+    worker_drain_timeout: float = 10.0   # seconds a stopping worker has to end its calls, then SIGKILL
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,6 +482,15 @@ def _validate_webrtc(webrtc: WebRtcConfig) -> None:
         )
     if not 1 <= webrtc.outbound_frames <= 500:
         raise ConfigError(f"webrtc.outbound_frames: must be 1..500, got {webrtc.outbound_frames}")
+    if not 0 <= webrtc.workers <= MAX_WORKERS:
+        raise ConfigError(f"webrtc.workers: must be 0..{MAX_WORKERS} (0: calls in this process), got {webrtc.workers}")
+    for name in ("worker_start_timeout", "worker_period", "worker_drain_timeout"):
+        _positive(getattr(webrtc, name), f"webrtc.{name}")
+    if webrtc.worker_restarts < 0:
+        raise ConfigError(f"webrtc.worker_restarts: must be 0 or more, got {webrtc.worker_restarts}")
+
+
+MAX_WORKERS = 64
 
 
 ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")

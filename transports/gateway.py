@@ -7,6 +7,7 @@ gateway (one_for_one)
 ├── sip      SipServer         the SIP endpoint: UDP/TCP listeners, transactions, Call-ID routing
 ├── register Registrar         keeps [[register_users]] registered (un-REGISTERs before sip stops)
 ├── calls    CallSupervisor    one temporary child per call, behind max_calls
+├── workers  WorkerPool        worker processes for WebRTC calls (webrtc.workers; none by default)
 └── http     HttpServer        the API WebSockets and REST
 ```
 
@@ -53,10 +54,11 @@ from .file_writer import FileWriter, WrittenSink
 from .wav_sink import open_recording, segment_path
 from .webrtc_ice import use_host_addresses
 from .webrtc_leg import WebRtcSettings, webrtc_legs
+from .worker_pool import GetWorkers, WorkerPool
 
 log = structlog.get_logger("gateway")
 
-TREE = ("clock", "engines", "sip", "register", "calls", "http")
+TREE = ("clock", "engines", "sip", "register", "calls", "workers", "http")
 SILERO_ENGINE = "silero"
 
 
@@ -81,7 +83,9 @@ class Gateway:
 
     async def stop(self) -> bool:
         self.sip.draining = True      # INVITEs arriving during the drain are answered 503
-        stopped = await self.ref.stop(timeout=self.config.supervision.call_shutdown_timeout + 10.0)
+        # Worker processes drain after the calls (each within webrtc.worker_drain_timeout).
+        workers = self.config.webrtc.worker_drain_timeout + 5.0 if self.config.webrtc.workers else 0.0
+        stopped = await self.ref.stop(timeout=self.config.supervision.call_shutdown_timeout + 10.0 + workers)
         await self.sip.close()
         await self.media.close()
         await asyncio.to_thread(self.writer.stop)
@@ -132,8 +136,10 @@ def transport_legs(config: Config) -> dict[str, LegProvider]:
 
 def gateway_children(config: Config, clock: MediaClock, engines: EngineHost, services: CallServices,
                      current: dict[str, ActorRef], claims: RecordingClaims | None = None,
-                     telemetry: Telemetry | None = None, sip: SipCalls | None = None) -> list[ChildSpec]:
-    """The gateway's children, in start order (TREE)."""
+                     telemetry: Telemetry | None = None, sip: SipCalls | None = None,
+                     worker_socket: str | None = None) -> list[ChildSpec]:
+    """The gateway's children, in start order (TREE). With `worker_socket`, the gateway is a
+    worker process: its HTTP server listens on that Unix socket, for its front only."""
     sup = config.supervision
     claims = claims if claims is not None else RecordingClaims()
     telemetry = telemetry if telemetry is not None else Telemetry(engines=engines, media=None, claims=claims,
@@ -162,11 +168,17 @@ def gateway_children(config: Config, clock: MediaClock, engines: EngineHost, ser
                   start=lambda parent: started("calls", CallSupervisor.start(
                       config.max_calls, claims.release_session, max_pending=config.max_pending_calls,
                       parent=parent, name="calls"))),
+        # Stopped after http (which ends the calls relayed to the workers), before the calls.
+        ChildSpec(id="workers", restart=Restart.PERMANENT,
+                  shutdown=config.webrtc.worker_drain_timeout + 5.0,
+                  start=lambda parent: started("workers", WorkerPool.start(config, parent=parent, name="workers"))),
         ChildSpec(id="http", restart=Restart.PERMANENT, shutdown=sup.call_shutdown_timeout + 2.0,
                   start=lambda parent: started("http", HttpServer.start(config, lambda: current["calls"], clock,
                                                                         services, legs={"sip": sip.legs, **legs},
                                                                         telemetry=telemetry,
                                                                         health=lambda: {"sip": sip.stats()},
+                                                                        workers=lambda: current.get("workers"),
+                                                                        unix_path=worker_socket,
                                                                         parent=parent, name="http"))),
     ]
 
@@ -188,7 +200,7 @@ def _preloaded(task: asyncio.Future[None]) -> None:
         log.warning("whisper model did not load", error=repr(error.__cause__ or error))
 
 
-async def start_gateway(config: Config) -> Gateway:
+async def start_gateway(config: Config, worker_socket: str | None = None) -> Gateway:
     sup = config.supervision
     clock = MediaClock(ptime_ms=20)
     engines = EngineHost(restart_intensity=sup.engine_restarts, restart_period=sup.engine_period)
@@ -203,7 +215,7 @@ async def start_gateway(config: Config) -> Gateway:
     telemetry = Telemetry(engines=engines, media=media, claims=claims, tally=services.tally)
     current: dict[str, ActorRef] = {}
     sip = SipCalls(config, calls=lambda: current.get("calls"), clock=clock, services=services)
-    children = gateway_children(config, clock, engines, services, current, claims, telemetry, sip)
+    children = gateway_children(config, clock, engines, services, current, claims, telemetry, sip, worker_socket)
     ref = Supervisor.start(children, strategy=Strategy.ONE_FOR_ONE, intensity=sup.gateway_restarts,
                            period=sup.gateway_period, name="gateway",
                            on_restart=lambda id: services.tally.restarted(f"gateway.{id}"))
@@ -218,6 +230,14 @@ async def start_gateway(config: Config) -> Gateway:
         await sip_server.ask(GetSipEndpoint(), timeout=10.0)
         http = await ref.ask(GetChild("http"), timeout=10.0)
         address = await http.ask(GetAddress(), timeout=10.0)
+        if config.webrtc.workers:
+            await wait_workers(ref, config)
+    except WorkersNotReady as exc:
+        await ref.stop(timeout=config.webrtc.worker_drain_timeout + 10.0)
+        await sip.close()
+        await media.close()
+        await asyncio.to_thread(writer.stop)
+        raise GatewayStartError(str(exc)) from None
     except (ActorDeadError, TimeoutError, AttributeError) as exc:
         await ref.stop(timeout=5.0)
         await sip.close()
@@ -234,3 +254,26 @@ async def start_gateway(config: Config) -> Gateway:
 
 class GatewayStartError(Exception):
     pass
+
+
+class WorkersNotReady(Exception):
+    pass
+
+
+async def wait_workers(ref: ActorRef, config: Config) -> None:
+    """Until every worker process answers on its socket (a gateway that returns takes WebRTC calls
+    on all of them), within webrtc.worker_start_timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + config.webrtc.worker_start_timeout + 1.0
+    figures: list[dict[str, object]] = []
+    while loop.time() < deadline:
+        try:
+            pool = await ref.ask(GetChild("workers"), timeout=2.0)
+            figures = await pool.ask(GetWorkers(), timeout=2.0) if pool is not None else []
+        except (ActorDeadError, TimeoutError):
+            figures = []
+        if figures and all(w["ready"] for w in figures):
+            return
+        await asyncio.sleep(0.05)
+    raise WorkersNotReady(f"worker processes not ready within {config.webrtc.worker_start_timeout} s "
+                          f"(webrtc.worker_start_timeout): {figures}")

@@ -18,12 +18,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import structlog
 from aiohttp import WSMsgType, web
 
 from actors import ActorDeadError, ActorRef
 from actors.base import Actor
-from actors.call import Call, CallSettings, now_ms
+from actors.call import Call, CallSettings, iso8601, now_ms
 from actors.call_supervisor import (
     AdmissionRefused,
     CallStartFailed,
@@ -56,12 +57,14 @@ from actors.supervisor import Backoff
 from protocol import api
 from protocol.redact import redact
 
-from .auth import OWNER_KEY, Access, access_middleware, exposure_warning
+from .auth import OWNER_KEY, Access, access_middleware, exposure_warning, front_middleware, owner_headers
 from .config import Config
 from .event_dump import DumpWriter, EventDump
 from .leg_maker import LegMaker, LegProvider
 from .metrics import CONTENT_TYPE, CountedPipe, Counters, Telemetry, render
 from .ws_leg import UnavailableLeg, WebSocketLeg
+from .relay import REASON_HEADER, Relay, RelayedCall, kill_on_worker, worker_get, worker_url
+from .worker_pool import CallLeft, GetWorkers, NoWorker, PlaceCall, WorkerAddress, worker_session
 from .ws_session import ApiWebSocket, Outbox, session_id_ok
 
 log = structlog.get_logger("http")
@@ -143,9 +146,14 @@ class CallRouter:
     def __init__(self, config: Config, calls: Callable[[], ActorRef], clock: MediaClock,
                  services: CallServices, legs: Mapping[str, LegProvider] | None = None,
                  telemetry: Telemetry | None = None,
-                 health: Callable[[], Mapping[str, object]] | None = None) -> None:
+                 health: Callable[[], Mapping[str, object]] | None = None,
+                 workers: Callable[[], ActorRef | None] | None = None, behind_front: bool = False) -> None:
         self.config = config
         self.calls = calls
+        # The WorkerPool's current ref when WebRTC calls run in worker processes (webrtc.workers).
+        self.workers = workers if config.webrtc.workers > 0 else None
+        self.behind_front = behind_front    # this process is a worker: its front checked the requests
+        self.worker_errors = 0              # REST requests to a worker that failed (lists, health)
         self.health_extra = health     # the transports' own figures (SIP endpoint, RTP ports) for /health
         self.clock = clock
         self.services = services
@@ -163,7 +171,8 @@ class CallRouter:
         return EventDump(self.config.dump_root, session_id, self.dump_writer, self.config.dump.max_bytes)
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[access_middleware(Access.from_config(self.config))])
+        check = front_middleware() if self.behind_front else access_middleware(Access.from_config(self.config))
+        app = web.Application(middlewares=[check])
         r = app.router
         for path, call_type in (("/call", "websocket"), ("/call/sip", "sip"), ("/call/webrtc", "webrtc")):
             handler = self._ws_handler(call_type)
@@ -207,7 +216,8 @@ class CallRouter:
         return [ref for ref in refs if ref is not None]
 
     async def _describe_all(self, owner: Owner | None) -> list[CallInfo]:
-        refs = await self._call_refs(owner)
+        """This process's own calls (a call relayed to a worker is listed by its worker)."""
+        refs = [ref for ref in await self._call_refs(owner) if ref.actor_class is not RelayedCall]
 
         async def describe(ref: ActorRef) -> CallInfo | None:
             try:
@@ -224,6 +234,8 @@ class CallRouter:
              "option": redact(i.option)}
             for i in await self._describe_all(request[OWNER_KEY])
         ]
+        for answer in await self._from_workers("/call/lists", request[OWNER_KEY]):
+            calls += answer.get("calls", [])
         return web.json_response({"calls": calls})
 
     async def list_calls_original(self, request: web.Request) -> web.Response:
@@ -232,7 +244,33 @@ class CallRouter:
              "ringTime": None, "startTime": i.created_at}
             for i in await self._describe_all(request[OWNER_KEY])
         ]
+        for answer in await self._from_workers("/list", request[OWNER_KEY]):
+            calls += answer.get("active_calls", [])
         return web.json_response({"active_calls": calls})
+
+    async def _ready_workers(self) -> list[WorkerAddress]:
+        pool = self.workers() if self.workers is not None else None
+        if pool is None:
+            return []
+        try:
+            figures = await pool.ask(GetWorkers(), timeout=2.0)
+        except (ActorDeadError, TimeoutError):
+            return []
+        return [WorkerAddress(w["index"], w["path"], w["pid"]) for w in figures if w["ready"]]
+
+    async def _from_workers(self, path: str, owner: Owner | None) -> list[dict]:
+        """Each ready worker's JSON answer to GET `path` for `owner`; a worker that does not answer
+        is left out, logged and counted (activecall_worker_request_errors)."""
+        workers = await self._ready_workers()
+        answers = await asyncio.gather(*(worker_get(w, path, owner) for w in workers), return_exceptions=True)
+        out = []
+        for worker, answer in zip(workers, answers):
+            if isinstance(answer, BaseException):
+                self.worker_errors += 1
+                log.warning("worker did not answer", worker=worker.index, path=path, error=repr(answer))
+            elif isinstance(answer, dict):
+                out.append(answer)
+        return out
 
     async def end_all_calls(self, reason: str) -> None:
         try:
@@ -247,21 +285,24 @@ class CallRouter:
         await asyncio.gather(*(asyncio.wait_for(ref.wait_stopped(), self.config.supervision.call_shutdown_timeout)
                                for ref in refs), return_exceptions=True)
 
-    async def _kill(self, session_id: str, owner: Owner | None) -> bool:
-        """True if the call was told to end; raises NotYourCall for another token's call."""
+    async def _kill(self, session_id: str, owner: Owner | None, reason: str = "killed") -> bool:
+        """True if the call was told to end; raises NotYourCall for another token's call. A call
+        relayed to a worker is reached through its RelayedCall."""
         ref = await self.calls().ask(GetCall(session_id, owner=owner), timeout=2.0)
         if ref is None:
             return False
         try:
-            ref.tell(Kill(reason="killed", initiator="system"))
+            ref.tell(Kill(reason=reason, initiator="system"))
         except ActorDeadError:
             return False
         return True
 
     async def kill_call(self, request: web.Request) -> web.Response:
         session_id = request.match_info["id"]
+        # A worker's front names the reason (the drain ends calls with `shutdown`).
+        reason = request.headers.get(REASON_HEADER, "killed")[:64] if self.behind_front else "killed"
         try:
-            killed = await self._kill(session_id, request[OWNER_KEY])
+            killed = await self._kill(session_id, request[OWNER_KEY], reason)
         except NotYourCall as exc:
             return web.json_response({"error": str(exc)}, status=403)
         if not killed:
@@ -293,7 +334,29 @@ class CallRouter:
             "open_fds": _open_fds(),
             "clocked_tracks": len(self.clock),
             "clock": self.clock.stats(),
+            **({"workers": await self._worker_figures(clock=True)} if self.workers is not None else {}),
         })
+
+    async def _worker_figures(self, clock: bool = False) -> list[dict]:
+        """The pool's figures per worker (not where its socket is); with `clock`, each ready
+        worker's media clock figures from its own /health."""
+        pool = self.workers() if self.workers is not None else None
+        try:
+            workers = await pool.ask(GetWorkers(), timeout=2.0) if pool is not None else []
+        except (ActorDeadError, TimeoutError):
+            return []
+        out = [{k: v for k, v in w.items() if k != "path"} for w in workers]
+        if clock:
+            ready = [(o, WorkerAddress(w["index"], w["path"], w["pid"])) for o, w in zip(out, workers) if w["ready"]]
+            answers = await asyncio.gather(*(worker_get(a, "/health", None) for _, a in ready),
+                                           return_exceptions=True)
+            for (o, a), answer in zip(ready, answers):
+                if isinstance(answer, BaseException) or not isinstance(answer, dict):
+                    self.worker_errors += 1
+                    log.warning("worker did not answer", worker=a.index, path="/health", error=repr(answer))
+                else:
+                    o["clock"] = answer.get("clock")
+        return out
 
     async def metrics(self, request: web.Request) -> web.Response:
         sup = self.calls()
@@ -325,6 +388,8 @@ class CallRouter:
                      "written_bytes": self.dump_writer.written_bytes},
             "binary_frames_dropped": self.binary_dropped,
             "tally": t.tally, "event_queues": [o.queued_bytes for o in self.outboxes],
+            "workers": await self._worker_figures(clock=True) if self.workers is not None else [],
+            "worker_request_errors": self.worker_errors,
             "recordings": len(t.claims) if t.claims is not None else 0, "open_fds": _open_fds(), "tasks": len(asyncio.all_tasks()),
         })
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
@@ -338,6 +403,8 @@ class CallRouter:
             except BadParams as exc:
                 return web.json_response({"error": str(exc)}, status=400)
             params = dataclasses.replace(params, owner=request[OWNER_KEY])
+            if call_type == "webrtc" and self.workers is not None:
+                return await self._serve_relayed(request, params)
             return await self._serve_call(request, call_type, params)
 
         return handler
@@ -446,6 +513,93 @@ class CallRouter:
             self.telemetry.counters.outbound_frames_dropped += outbox.audio_dropped
             if dump is not None:
                 dump.close()
+        return ws
+
+    async def _serve_relayed(self, request: web.Request, params: CallParams) -> web.StreamResponse:
+        """A WebRTC call placed on a worker process (transports/relay.py)."""
+        ws = web.WebSocketResponse(max_msg_size=self.config.frame_close_bytes, autoping=True)
+        await ws.prepare(request)
+        sid = params.session_id
+        clog = log.bind(session_id=sid, call_type="webrtc")
+        held: list[ActorRef] = []
+
+        def too_slow(reason: str) -> None:
+            for ref in held:
+                if ref.is_alive():
+                    ref.tell(Kill(reason="client_too_slow", initiator="system"))
+
+        outbox = Outbox(ws, event_budget=self.config.event_queue_bytes, on_too_slow=too_slow)
+
+        def emit(event: object) -> None:
+            outbox.event(api.dumps_event(event))
+
+        async def refuse(code: int, close_code: int, reason: str) -> web.StreamResponse:
+            emit(api.ErrorEvent(track_id=sid, timestamp=now_ms(), sender="server",
+                                error=f"call refused: {reason}", code=code))
+            clog.warning("call refused", error=reason)
+            outbox.close(code=close_code)
+            await outbox.wait_closed(CLOSE_GRACE)
+            return ws
+
+        def binary() -> None:
+            self.binary_dropped += 1
+
+        pool = self.workers() if self.workers is not None else None
+        worker: WorkerAddress | None = None
+        relayed: ActorRef | None = None
+        relay: Relay | None = None
+        created = iso8601(time.time())
+        try:
+            try:
+                if pool is None:
+                    raise NoWorker("no worker process is ready for a WebRTC call")
+                worker = await pool.ask(PlaceCall(sid), timeout=2.0)
+                kill = functools.partial(kill_on_worker, worker, sid)
+                placed = worker
+
+                def start(parent: ActorRef) -> ActorRef:
+                    return RelayedCall.start(sid, placed, created, kill, parent=parent, name=f"relay:{sid}")
+
+                relayed = await self.calls().ask(StartCall(sid, start, owner=params.owner), timeout=5.0)
+            except (DuplicateSession, AdmissionRefused, CallStartFailed, NoWorker, ActorDeadError,
+                    TimeoutError) as exc:
+                if isinstance(exc, DuplicateSession):
+                    return await refuse(409, 1008, str(exc))
+                if isinstance(exc, CallStartFailed):
+                    return await refuse(500, 1011, str(exc))
+                if isinstance(exc, (AdmissionRefused, NoWorker)):
+                    return await refuse(503, 1013, str(exc))
+                return await refuse(503, 1013, "the gateway is shutting down or overloaded")
+            held.append(relayed)
+            if outbox.too_slow:
+                too_slow("")
+            relay = Relay(sid, worker, outbox, emit, created, binary, self.config.supervision.call_shutdown_timeout)
+            try:
+                async with worker_session(worker.path) as session:
+                    await relay.run(ws, session, worker_url("/call/webrtc", dict(request.query)),
+                                    owner_headers(params.owner), self.config.frame_close_bytes)
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                if relay.upstream is None:
+                    return await refuse(503, 1013, f"worker {worker.index} is not reachable ({exc!r})")
+                if not relay.saw_hangup and not relay.client_left:
+                    relay.lost()
+        finally:
+            if relayed is not None and relayed.is_alive():
+                try:
+                    relayed.tell(Detach())
+                except ActorDeadError:
+                    pass
+                try:
+                    await asyncio.wait_for(relayed.wait_stopped(), 2.0)
+                except asyncio.TimeoutError:
+                    await relayed.stop(timeout=1.0)
+            if worker is not None and pool is not None:
+                try:
+                    pool.tell(CallLeft(sid, lost=relay is not None and relay.lost_worker))
+                except ActorDeadError:
+                    pass
+            outbox.close()
+            await outbox.wait_closed(CLOSE_GRACE)
         return ws
 
     async def _call_for(self, sid: str, call_type: str, start: Callable[[ActorRef], ActorRef],
@@ -565,9 +719,13 @@ class HttpServer(Actor):
     def __init__(self, config: Config, calls: Callable[[], ActorRef], clock: MediaClock,
                  services: CallServices, legs: Mapping[str, LegProvider] | None = None,
                  telemetry: Telemetry | None = None,
-                 health: Callable[[], Mapping[str, object]] | None = None) -> None:
+                 health: Callable[[], Mapping[str, object]] | None = None,
+                 workers: Callable[[], ActorRef | None] | None = None, unix_path: str | None = None) -> None:
         self.config = config
-        self.router = CallRouter(config, calls, clock, services, legs, telemetry, health)
+        # On a Unix socket the server is a worker process's, reached only by its front.
+        self.unix_path = unix_path
+        self.router = CallRouter(config, calls, clock, services, legs, telemetry, health, workers=workers,
+                                 behind_front=unix_path is not None)
         self.runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
 
@@ -578,7 +736,8 @@ class HttpServer(Actor):
         await self.runner.setup()
         self.router.dump_writer.start()
         self.router.telemetry.loop_lag.start()
-        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        site: web.BaseSite = (web.TCPSite(self.runner, host, port, reuse_address=True) if self.unix_path is None
+                              else web.UnixSite(self.runner, self.unix_path))
         try:
             await site.start()
         except OSError as exc:
@@ -587,10 +746,14 @@ class HttpServer(Actor):
             await self.router.dump_writer.stop()
             await self.router.telemetry.loop_lag.stop()
             raise
+        if self.unix_path is not None:
+            self.address = (self.unix_path, 0)
+            log.info("http listening", socket=self.unix_path)
+            return
         sockets = site._server.sockets if site._server is not None else []  # noqa: SLF001 - bound port for :0
         self.address = sockets[0].getsockname()[:2] if sockets else (host, port)
         log.info("http listening", address=f"{self.address[0]}:{self.address[1]}")
-        warning = exposure_warning(self.config)
+        warning = exposure_warning(self.config) if self.unix_path is None else None
         if warning is not None:
             log.warning(warning)
 

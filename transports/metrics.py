@@ -201,6 +201,7 @@ def render(figures: dict[str, Any]) -> bytes:
         _gauge("activecall_event_queue_bytes_max", "Event bytes queued for the most backed-up connection",
                max(queues, default=0)),
     ]
+    families += _worker_families(figures.get("workers", []), figures.get("worker_request_errors", 0))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(families))
     return generate_latest(registry)
@@ -237,6 +238,32 @@ def _tally_families(tally: Tally, engines: list[Any]) -> list[Metric]:
                         "Each ended call's playout jitter: the p99 of its media ticks' deviation from 20 ms",
                         tally.playout_jitter)
     return [ended, errors, restarts, jitter]
+def _worker_families(workers: list[dict[str, Any]], errors: int) -> list[Metric]:
+    """The worker processes of WebRTC calls (webrtc.workers), one series per worker."""
+    up = GaugeMetricFamily("activecall_worker_up", "Whether the worker process answers and takes calls",
+                           labels=["worker"])
+    calls = GaugeMetricFamily("activecall_worker_calls", "Calls placed on the worker process", labels=["worker"])
+    restarts = CounterMetricFamily("activecall_worker_restarts", "Times the worker process was started again",
+                                   labels=["worker"])
+    lost = CounterMetricFamily("activecall_worker_calls_lost", "Calls ended because their worker process died",
+                               labels=["worker"])
+    late = CounterMetricFamily("activecall_worker_clock_late_ticks",
+                               "Media clock ticks of the worker process that ran after their deadline",
+                               labels=["worker"])
+    lateness = GaugeMetricFamily("activecall_worker_clock_lateness_p99_seconds",
+                                 "p99 of how late the worker process's clock ticks ran (last ~60 s)", labels=["worker"])
+    for w in workers:
+        label = [str(w["index"])]
+        up.add_metric(label, 1 if w["ready"] else 0)
+        calls.add_metric(label, w["calls"])
+        restarts.add_metric(label, w["restarts"])
+        lost.add_metric(label, w.get("lost_calls", 0))
+        clock = w.get("clock")
+        if clock is not None:
+            late.add_metric(label, clock["late_ticks"])
+            lateness.add_metric(label, clock["lateness_ms_p99"] / 1000)
+    return [up, calls, restarts, lost, late, lateness,
+            _counter("activecall_worker_request_errors", "REST requests to worker processes that failed", errors)]
 
 
 @dataclass

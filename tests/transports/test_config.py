@@ -130,6 +130,11 @@ def test_shipped_config_documents_every_sip_rtp_and_webrtc_key():
     ("[webrtc]\njitter_target_ms = 300", "webrtc.jitter_target_ms/jitter_max_ms"),
     ("[webrtc]\noutbound_frames = 0", "webrtc.outbound_frames: must be 1..500"),
     ("[webrtc]\ngather_with_ice_servers = 1", "webrtc.gather_with_ice_servers: expected bool, got int"),
+    ("[webrtc]\nworkers = -1", "webrtc.workers: must be 0..64 (0: calls in this process), got -1"),
+    ("[webrtc]\nworkers = 65", "webrtc.workers: must be 0..64"),
+    ("[webrtc]\nworker_start_timeout = 0", "webrtc.worker_start_timeout: must be greater than 0"),
+    ("[webrtc]\nworker_drain_timeout = -1", "webrtc.worker_drain_timeout: must be greater than 0"),
+    ("[webrtc]\nworker_restarts = -1", "webrtc.worker_restarts: must be 0 or more"),
 ])
 def test_bad_config_names_the_key_and_the_file(tmp_path, text, message):
     path = write(tmp_path, text)
@@ -185,3 +190,19 @@ def test_cli_takes_ice_servers_from_the_environment(tmp_path, capsys, monkeypatc
     monkeypatch.delenv("TURN_CREDENTIAL", raising=False)
     assert main(["--conf", str(write(tmp_path, ""))]) == 2
     assert "TURN_SERVER is set but TURN_USERNAME and TURN_CREDENTIAL is not" in capsys.readouterr().err
+
+
+def test_a_worker_runs_with_the_fronts_config_less_what_only_the_front_does():
+    from transports.config import parse_config
+    from transports.worker_pool import worker_config
+
+    front = parse_config({"http_addr": "127.0.0.1:8080", "udp_port": 5060, "api_tokens": ["t" * 16],
+                          "allowed_origins": ["https://app.example"], "max_calls": 7,
+                          "register_users": [{"server": "127.0.0.1", "username": "u", "password": "p"}],
+                          "ice_servers": [{"urls": ["stun:127.0.0.1:3478"]}],
+                          "webrtc": {"workers": 2, "jitter_target_ms": 40}})
+    worker = parse_config(worker_config(front))
+    assert worker.webrtc.workers == 0 and worker.webrtc.jitter_target_ms == 40
+    assert (worker.sip_addr, worker.udp_port, worker.register_users) == ("127.0.0.1", 0, ())
+    assert worker.api_tokens == () and worker.allowed_origins == ()
+    assert worker.max_calls == 7 and worker.ice_servers == front.ice_servers

@@ -372,6 +372,13 @@ async def test_past_its_restart_limit_the_pool_is_restarted_by_the_gateway(worke
     assert (await gw.ref.ask(GetRestartCounts(), timeout=2))["workers"] == 1
     assert not any(pid_alive(w["pid"]) for w in before)
     client = await connect(http, gw, path="/call/webrtc", id="after-restart")
-    async with http.get(f"{base_url(gw)}/call/lists") as resp:
-        assert [c["id"] for c in (await resp.json())["calls"]] == ["after-restart"]
+    # The connection is open before the front has placed it on a worker: poll the listing.
+    deadline = time.monotonic() + 10
+    while True:
+        async with http.get(f"{base_url(gw)}/call/lists") as resp:
+            listed = [c["id"] for c in (await resp.json())["calls"]]
+        if listed or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert listed == ["after-restart"]
     await client.ws.close()

@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import wave
 from pathlib import Path
 
 import aiohttp
@@ -32,6 +30,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gateway_process import base_config, start_gateway, stop, wait_ready, write_tone  # noqa: E402
 from protocol.codecs import Encoder, codec_info  # noqa: E402
 
 SPEECH = ("Thank you for calling. Your call is important to us. Please hold while we connect you "
@@ -66,49 +65,11 @@ def echo_server_main(port_file: str) -> None:
     asyncio.run(run())
 
 
-def start_process(args: list[str], ready_file: Path, log: Path, timeout: float = 30.0) -> subprocess.Popen:
-    proc = subprocess.Popen(args, stderr=open(log, "w"), stdout=subprocess.DEVNULL, cwd=ready_file.parent)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited early: {log.read_text()[-2000:]}")
-        if ready_file.exists() and ready_file.read_text().strip():
-            return proc
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("server did not become ready")
-
-
-def start_gateway(tmp: Path, calls: int) -> tuple[subprocess.Popen, str]:
-    conf = tmp / "bench.toml"
-    conf.write_text(f'http_addr = "127.0.0.1:0"\nsip_addr = "127.0.0.1"\nudp_port = 0\n'
-                    f'max_calls = {calls + 10}\nlog_level = "info"\n'
-                    f'log_format = "json"\ndump_root = "{tmp}/dumps"\nmedia_root = "{tmp}/media"\n')
-    (tmp / "media").mkdir()
-    with wave.open(str(tmp / "media" / "tone.wav"), "wb") as w:  # what `play` plays, 15 s at 8 kHz
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes((np.sin(2 * np.pi * 440 * np.arange(8000 * 15) / 8000) * 6000).astype("<i2").tobytes())
-    log = tmp / "gateway.log"
-    ready = tmp / "gateway.ready"
-    exe = Path(sys.executable).parent / "active-call"
-    proc = subprocess.Popen([str(exe), "--conf", str(conf)], stderr=open(log, "w"), cwd=tmp)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"gateway exited early: {log.read_text()[-2000:]}")
-        for line in log.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record.get("event") == "gateway ready":
-                ready.write_text(record["http"])
-                return proc, f"http://{record['http']}"
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("gateway did not become ready")
+def start_process(args: list[str], ready_file: Path, log: Path) -> subprocess.Popen:
+    with open(log, "w") as err:
+        proc = subprocess.Popen(args, stderr=err, stdout=subprocess.DEVNULL, cwd=ready_file.parent)
+    wait_ready(proc, lambda: ready_file.exists() and ready_file.read_text().strip() or None, log, "server")
+    return proc
 
 
 class Load:
@@ -208,12 +169,12 @@ async def measure(url: str, proc: psutil.Process, args: argparse.Namespace, gate
 async def main_async(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        gw_proc, gw_url = start_gateway(tmp, args.calls)
+        write_tone(tmp / "media" / "tone.wav", 440, 8000)      # what `play` plays
+        gateway = start_gateway(tmp, base_config(tmp, args.calls + 10))
         try:
-            gw = await measure(gw_url, psutil.Process(gw_proc.pid), args, gateway=True)
+            gw = await measure(gateway.url, psutil.Process(gateway.proc.pid), args, gateway=True)
         finally:
-            gw_proc.send_signal(signal.SIGTERM)
-            gw_proc.wait(timeout=30)
+            stop(gateway.proc)
         port_file = tmp / "echo.port"
         echo = start_process([sys.executable, __file__, "--echo-server", str(port_file)], port_file, tmp / "echo.log")
         try:

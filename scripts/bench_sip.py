@@ -29,10 +29,8 @@ import asyncio
 import importlib.util
 import json
 import shutil
-import signal
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +45,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gateway_process import base_config, start_gateway, stop  # noqa: E402
 from protocol.codecs import ulaw_encode  # noqa: E402
 
 SPEECH = ROOT / "tests" / "fixtures" / "audio" / "speech_8k.wav"
@@ -142,43 +141,12 @@ class App:
 # -- the gateway process -------------------------------------------------------------------------------
 
 
-def start_gateway(tmp: Path, calls: int, webhook: str, rtp_start: int) -> tuple[subprocess.Popen, str, int]:
-    conf = tmp / "bench.toml"
-    conf.write_text("\n".join([
-        'http_addr = "127.0.0.1:0"', 'sip_addr = "127.0.0.1"', "udp_port = 0", f"max_calls = {calls + 10}",
+def bench_config(tmp: Path, calls: int, webhook: str, rtp_start: int) -> str:
+    return base_config(tmp, calls + 10) + "\n".join([
         f"rtp_start_port = {rtp_start}", f"rtp_end_port = {rtp_start + 4 * calls + 200}",
-        'log_level = "info"', 'log_format = "json"', f'dump_root = "{tmp}/dumps"', f'media_root = "{tmp}/media"',
         f'recorder_root = "{tmp}/recordings"', "accept_timeout = 30.0",
         "[handler]", f'url = "{webhook}"', "",
-    ]))
-    log = tmp / "gateway.log"
-    exe = Path(sys.executable).parent / "active-call"
-    proc = subprocess.Popen([str(exe), "--conf", str(conf)], stderr=open(log, "w"), stdout=subprocess.DEVNULL,
-                            cwd=tmp)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"gateway exited early: {log.read_text()[-2000:]}")
-        for line in log.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record.get("event") == "gateway ready":
-                return proc, f"http://{record['http']}", int(record["sip"].rsplit(":", 1)[1])
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("gateway did not become ready")
-
-
-def stop(proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    ])
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -202,8 +170,9 @@ def response_times(tmp: Path) -> list[float]:
 async def run_gateway(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     app = App(args.vad)
     runner = await app.start()
-    proc, http_url, sip_port = start_gateway(tmp, args.calls, f"http://127.0.0.1:{app.port}/webhook", args.rtp_start)
-    app.http_url = http_url
+    gateway = start_gateway(tmp, bench_config(tmp, args.calls, f"http://127.0.0.1:{app.port}/webhook", args.rtp_start))
+    proc, sip_port = gateway.proc, gateway.sip_port
+    app.http_url = gateway.url
     ps = psutil.Process(proc.pid)
     loop = asyncio.get_running_loop()
     try:

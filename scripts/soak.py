@@ -23,9 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import wave
@@ -36,35 +33,12 @@ import aiohttp
 import numpy as np
 import psutil
 
+from gateway_process import base_config, start_gateway, stop
+
 ROOT = Path(__file__).resolve().parent.parent
 SPEECH_WAV = ROOT / "tests" / "fixtures" / "audio" / "speech_16k.wav"
 TEXT = "Thank you for calling. Your call is important to us. Please stay on the line."
 MiB = 1 << 20
-
-
-def start_gateway(tmp: Path, calls: int) -> tuple[subprocess.Popen, str, Path]:
-    conf = tmp / "soak.toml"
-    conf.write_text(f'http_addr = "127.0.0.1:0"\nsip_addr = "127.0.0.1"\nudp_port = 0\n'
-                    f'max_calls = {calls + 10}\nlog_level = "info"\nlog_format = "json"\n'
-                    f'dump_root = "{tmp}/dumps"\nmedia_root = "{tmp}/media"\nrecorder_root = "{tmp}/recorders"\n')
-    log = tmp / "gateway.log"
-    exe = Path(sys.executable).parent / "active-call"
-    proc = subprocess.Popen([str(exe), "--conf", str(conf)], stderr=open(log, "w"), stdout=subprocess.DEVNULL,
-                            cwd=tmp)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"gateway exited early: {log.read_text()[-2000:]}")
-        for line in log.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record.get("event") == "gateway ready":
-                return proc, f"http://{record['http']}", log
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("gateway did not become ready")
 
 
 def speech_frames() -> list[bytes]:
@@ -178,7 +152,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     frames = speech_frames()
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        proc, url, log = start_gateway(tmp, args.calls)
+        gateway = start_gateway(tmp, base_config(tmp, args.calls + 10) + f'recorder_root = "{tmp}/recorders"\n')
+        proc, url, log = gateway.proc, gateway.url, gateway.log
         gw = psutil.Process(proc.pid)
         try:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
@@ -201,12 +176,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 with wave.open(str(path)) as w:
                     recorded_s.append(w.getnframes() / w.getframerate())
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                code = proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = proc.wait()
+            code = stop(proc)
         problems = [line for line in log.read_text().splitlines()
                     if '"level": "error"' in line or '"level": "critical"' in line or "Traceback" in line]
     per_call = [c.events for c in calls]

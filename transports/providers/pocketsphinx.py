@@ -80,6 +80,8 @@ from actors.engines import EngineError, EngineHost, EngineStartError
 from actors.services import AsrProvider, AsrResult, ProviderError
 from protocol.api import TranscriptionOption
 
+from .recognition_results import END, read_results
+
 __all__ = [
     "ENGINE_NAME",
     "INTERIM_MS",
@@ -582,8 +584,6 @@ def register_pocketsphinx(host: EngineHost, *, name: str = ENGINE_NAME, max_stre
 
 # --- the loop side --------------------------------------------------------------------------
 
-_END = object()
-
 
 def _pcm_bytes(pcm: np.ndarray) -> bytes:
     array = np.asarray(pcm)
@@ -649,15 +649,8 @@ class PocketsphinxSession:
         if self._error is not None:
             raise self._error
 
-    async def results(self) -> AsyncIterator[AsrResult]:
-        while True:
-            item = await self._results.get()
-            if item is _END:
-                self._results.put_nowait(_END)      # any later reader ends too
-                return
-            if isinstance(item, ProviderError):
-                raise item
-            yield item
+    def results(self) -> AsyncIterator[AsrResult]:
+        return read_results(self._results)
 
     async def close(self) -> None:
         self._closing = True
@@ -694,7 +687,7 @@ class PocketsphinxSession:
             self._closing = True
             self._buffer.clear()
             self._room.set()
-            self._results.put_nowait(_END)
+            self._results.put_nowait(END)
 
     def _deliver(self, results: list[AsrResult]) -> None:
         for result in results:

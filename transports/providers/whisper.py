@@ -56,6 +56,8 @@ from actors.engines import EngineBusy, EngineError, EngineHost, EngineStartError
 from actors.services import AsrNotice, AsrProvider, AsrResult, ProviderError
 from protocol.api import TranscriptionOption
 
+from .recognition_results import END, read_results
+
 __all__ = [
     "ENGINE_PREFIX",
     "WHISPER_PROVIDER_NAMES",
@@ -189,8 +191,6 @@ def _provider_error(exc: BaseException) -> ProviderError:
     return ProviderError(f"whisper failed: {exc!r}")
 
 
-_END = object()
-
 
 class WhisperSession:
     """One call's stream: endpointing on the loop, one engine job per utterance."""
@@ -245,17 +245,7 @@ class WhisperSession:
         del self._pending[:taken]
 
     def results(self) -> AsyncIterator[AsrResult | AsrNotice]:
-        return self._read()
-
-    async def _read(self) -> AsyncIterator[AsrResult | AsrNotice]:
-        while True:
-            item = await self._results.get()
-            if item is _END:
-                self._results.put_nowait(_END)      # any later reader ends too
-                return
-            if isinstance(item, ProviderError):
-                raise item
-            yield item
+        return read_results(self._results)
 
     async def close(self) -> None:
         if not self._closing:
@@ -268,7 +258,7 @@ class WhisperSession:
             self._pending.clear()
             if self._in_utterance:
                 self._cut(max(self._start_ms, round(ep.speech_end * 1000)))
-            self._order.put_nowait(_END)
+            self._order.put_nowait(END)
         # The collector delivers what is in flight; cancelling this wait does not stop it.
         await asyncio.shield(self._collector)
 
@@ -339,7 +329,7 @@ class WhisperSession:
         try:
             while True:
                 item = await self._order.get()
-                if item is _END:
+                if item is END:
                     break
                 if isinstance(item, (AsrNotice, ProviderError)):
                     self._results.put_nowait(item)
@@ -362,7 +352,7 @@ class WhisperSession:
                 item = self._order.get_nowait()
                 if isinstance(item, tuple):
                     item[0].cancel()
-            self._results.put_nowait(_END)
+            self._results.put_nowait(END)
 
 
 class WhisperProvider:

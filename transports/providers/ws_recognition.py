@@ -32,12 +32,12 @@ import structlog
 from actors.services import AsrResult, ProviderError
 from protocol.codecs import Resampler
 
+from .recognition_results import END, read_results
 from .wire import ProviderSettings, closed_error
 
 __all__ = ["WsRecognition"]
 
 INPUT_RATE = 16000
-_END = object()
 
 
 class WsRecognition:
@@ -81,15 +81,8 @@ class WsRecognition:
             del self._pending[:size]
             await self._send_bytes(packet)
 
-    async def results(self) -> AsyncIterator[AsrResult]:
-        while True:
-            item = await self._queue.get()
-            if item is _END:
-                self._queue.put_nowait(_END)
-                return
-            if isinstance(item, ProviderError):
-                raise item
-            yield item
+    def results(self) -> AsyncIterator[AsrResult]:
+        return read_results(self._queue)
 
     async def close(self) -> None:
         """Ask the provider for its last results, wait for them up to `close_timeout`, release."""
@@ -180,7 +173,7 @@ class WsRecognition:
         except Exception as exc:  # noqa: BLE001 - a reader bug ends this stream, not the call
             self.fail(ProviderError(f"{self.provider}: {exc!r}", code=502))
         finally:
-            self._queue.put_nowait(_END)
+            self._queue.put_nowait(END)
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()

@@ -106,7 +106,8 @@ async def test_messages_sent_during_on_start_are_queued_not_lost() -> None:
     ref = SlowStart.start()
     ref.tell("early")
     answer = asyncio.create_task(ref.ask("get"))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: ref.mailbox_stats().normal_depth == 2)     # both wait behind on_start
+    await asyncio.sleep(0.01)   # a window for an answer that on_start did not hold back
     assert not answer.done()
     gate.set()
     assert await answer == ["started", "early"]
@@ -148,7 +149,7 @@ async def test_asks_pending_when_the_actor_fails_get_actor_dead_error() -> None:
     ref = FailsAfterGate.start()
     first = asyncio.create_task(ref.ask("first"))
     pending = [asyncio.create_task(ref.ask(n)) for n in range(3)]
-    await asyncio.sleep(0.01)
+    await eventually(lambda: ref.mailbox_stats().normal_depth == 3)     # the first is being handled
     gate.set()
     with pytest.raises(ValueError, match="boom"):
         await first
@@ -443,11 +444,11 @@ async def test_a_timer_replaced_after_it_expired_is_not_delivered():
     await eventually(lambda: (lambda st: st.system_depth + st.normal_depth)(ref.mailbox_stats()) == 1)
     gate.set()
     await eventually(lambda: seen)
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)   # a window for the replaced "first" to be delivered after all
     assert seen == ["second"]
     await ref.ask(("arm", "u", 0.01, "third"))
     await ref.ask(("disarm", "u"))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)   # past the disarmed timer's 10 ms: it must not fire
     assert seen == ["second"]
     await ref.stop()
 

@@ -17,6 +17,7 @@ from actors.supervisor import Backoff, GetRestartCounts
 from actors.messages import AppConnection
 from transports.ws_leg import WebSocketLeg
 from protocol import api
+from tests.support.poll import until
 from transports.providers.espeak import make_espeak_factory
 
 
@@ -78,6 +79,10 @@ async def wait_for(predicate, timeout: float = 10.0) -> None:
     await asyncio.wait_for(poll(), timeout)
 
 
+async def tts_restarts(call) -> int:
+    return (await call.ask(GetRestartCounts(), timeout=2)).get("tts", 0)
+
+
 async def test_a_synthesis_cut_half_way_is_resumed_and_the_call_goes_on(engines):
     sup, call, events, clock = await start_call(engines, failures=1)
     try:
@@ -109,9 +114,7 @@ async def test_a_provider_failing_past_its_resume_budget_restarts_the_tts_child(
         await wait_for(lambda: any(e.play_id == "one" for e in of(events, api.TrackEndEvent)))
         await wait_for(lambda: len(of(events, api.ErrorEvent)) == 4)
         assert "resuming" not in of(events, api.ErrorEvent)[-1].error
-        await asyncio.sleep(0.3)  # the restart backoff
-        counts = await call.ask(GetRestartCounts(), timeout=2)
-        assert counts["tts"] == 1
+        assert await until(lambda: tts_restarts(call), timeout=5, what="the tts child restarted") == 1
         call.tell(ClientCommand(api.Tts(text="and this one is spoken in full", play_id="two")))
         await wait_for(lambda: any(e.play_id == "two" for e in of(events, api.TrackEndEvent)))
         two = [e for e in of(events, api.TrackEndEvent) if e.play_id == "two"][0]
@@ -129,7 +132,8 @@ async def test_past_its_restart_limit_tts_gives_up_and_the_call_goes_on(engines)
             # Each synthesis fails past its resumptions (about 1.4 s of backoff) and fails the child.
             call.tell(ClientCommand(api.Tts(text="this sentence fails half way", play_id=f"p{i}")))
             await wait_for(lambda: any(e.play_id == f"p{i}" for e in of(events, api.TrackEndEvent)))
-            await asyncio.sleep(0.3)
+            if i == 0:      # the second sentence goes to the restarted child
+                await until(lambda: tts_restarts(call), timeout=5, what="the tts child restarted")
         await wait_for(lambda: any("gave up" in e.error for e in of(events, api.ErrorEvent)))
         assert await call.ask(GetChild("tts"), timeout=2) is None
         call.tell(ClientCommand(api.Tts(text="hello", play_id="late")))

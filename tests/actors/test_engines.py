@@ -28,6 +28,7 @@ class Workbench:
         self.built_on = threading.get_ident()
         self.closed_on: int | None = None
         self.log: list[tuple[str, float, float]] = []
+        self.started: list[str] = []         # jobs that began on the engine thread
         self.emitted = 0
 
     def whoami(self) -> int:
@@ -40,6 +41,7 @@ class Workbench:
         raise ValueError("boom")
 
     def work(self, label: str, seconds: float) -> str:
+        self.started.append(label)
         started = time.monotonic()
         time.sleep(seconds)
         self.log.append((label, started, time.monotonic()))
@@ -53,6 +55,7 @@ class Workbench:
 
     def spin(self, emitter, limit: float) -> None:
         # Produces nothing, only watches for the consumer leaving (a long native call would).
+        self.started.append("spin")
         deadline = time.monotonic() + limit
         while not emitter.cancelled and time.monotonic() < deadline:
             time.sleep(0.001)
@@ -191,9 +194,9 @@ async def test_a_queued_job_whose_caller_gave_up_is_skipped():
     async with host:
         await host.start("bench")
         first = asyncio.create_task(host.call("bench", "work", "first", 0.1))
-        await asyncio.sleep(0.01)
+        await wait_for(lambda: made[0].started == ["first"])
         second = asyncio.create_task(host.call("bench", "work", "second", 0.0))
-        await asyncio.sleep(0.01)
+        await wait_for(lambda: host.stats("bench").submitted == 3)      # start, first, and this behind it
         second.cancel()
         assert await first == "first"
         assert await host.call("bench", "add", 1) == 1
@@ -216,7 +219,8 @@ async def test_stream_keeps_at_most_max_in_flight_items_unread():
     async with host:
         async with aclosing(host.stream("bench", "count", 100)) as items:
             assert await anext(items) == 0
-            await asyncio.sleep(0.05)   # the engine fills the free slots, then waits
+            await wait_for(lambda: made[0].emitted >= 5)    # the engine fills the free slots ...
+            await asyncio.sleep(0.05)   # ... then waits: this window would show a sixth
             assert made[0].emitted == 5  # the item taken + 4 in flight
             rest = [item async for item in items]
         assert rest == list(range(1, 100))
@@ -237,15 +241,14 @@ async def test_a_consumer_that_stops_reading_stops_the_engine_promptly():
 
 
 async def test_cancelling_the_consumer_task_stops_a_busy_engine():
-    host, _ = bench_host()
+    host, made = bench_host()
     async with host:
         async def consume() -> None:
             async for _ in host.stream("bench", "spin", 5.0):
                 pass
 
         task = asyncio.create_task(consume())
-        await wait_for(lambda: host.stats("bench").submitted == 1)
-        await asyncio.sleep(0.02)
+        await wait_for(lambda: made and made[0].started == ["spin"])
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -298,7 +301,7 @@ async def test_stop_fails_pending_jobs_closes_engines_on_their_thread_and_joins_
         return [item async for item in host.stream("bench", "count", 10)]
 
     streaming = asyncio.create_task(consume())
-    await asyncio.sleep(0.02)
+    await wait_for(lambda: made[0].started == ["running"] and host.stats("bench").submitted == 4)   # start + 3
     assert await host.stop() is True
     for task in (running, queued, streaming):
         with pytest.raises(EngineStopped):
@@ -312,10 +315,10 @@ async def test_stop_fails_pending_jobs_closes_engines_on_their_thread_and_joins_
 
 
 async def test_stop_gives_up_waiting_after_its_timeout_and_can_be_awaited_again():
-    host, _ = bench_host()
+    host, made = bench_host()
     await host.start("bench")
     job = asyncio.create_task(host.call("bench", "work", "slow", 0.3))
-    await asyncio.sleep(0.02)
+    await wait_for(lambda: made[0].started == ["slow"])
     assert await host.stop(timeout=0.05) is False
     assert len(host.threads()) == 1
     assert await host.stop(timeout=2.0) is True

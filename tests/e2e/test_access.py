@@ -21,6 +21,8 @@ import pytest
 
 from tests.conftest import CallClient, base_url
 from tests.support.audio import dominant_frequency, frames, rms, tone
+from tests.support.bridging import loud_frames, until_heard
+from tests.support.poll import until
 from transports.auth import exposure_warning
 from transports.config import ConfigError, parse_config
 from transports.gateway import start_gateway
@@ -117,7 +119,7 @@ async def test_listing_and_kill_see_only_the_tokens_own_calls(secured, http):
         assert resp.status == 403 and "another API token" in (await resp.json())["error"]
     async with http.get(f"{url}/kill/alice-call", headers=bearer(BOB)) as resp:
         assert resp.status == 403 and (await resp.json())["status"] == "forbidden"
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)    # a window in which a kill that went through would show
     assert a.of("hangup") == [] and not a.ws.closed
     # Alice may end her own call; the admin may end anyone's.
     async with http.post(f"{url}/call/kill/alice-call", headers=bearer(ALICE)) as resp:
@@ -138,23 +140,22 @@ async def test_bridge_to_another_tokens_call_is_refused_and_hears_nothing(secure
     assert err["sender"] == "bridge" and err["code"] == 403 and "victim" in err["error"]
     # The same-token call bridges, so the victim's audio does flow to a bridge when allowed.
     await friend.send({"command": "bridge", "targetSessionId": "victim"})
-    await asyncio.sleep(0.2)
+    await until_heard(victim, friend)
     spy_mark, friend_mark = len(spy.audio), len(friend.audio)
     loop = asyncio.get_running_loop()
     start = loop.time()
     for i, frame in enumerate(frames(tone(700, 1.0, 16000), 320)):
         await victim.ws.send_bytes(frame.tobytes())
         await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - loop.time()))
-    await asyncio.sleep(0.1)
+    await until(lambda: len(loud_frames(friend, friend_mark)) >= 40, timeout=2, what="the friend hears the tone")
     heard_by_spy = np.concatenate([np.frombuffer(f, dtype="<i2") for f in spy.audio[spy_mark:]])
-    heard_by_friend = [np.frombuffer(f, dtype="<i2") for f in friend.audio[friend_mark:]]
     assert len(heard_by_spy) > 16000 * 0.8 and rms(heard_by_spy) == 0
-    loud = [f for f in heard_by_friend if rms(f) > 1000]
-    assert len(loud) >= 40 and abs(dominant_frequency(np.concatenate(loud), 16000) - 700) < 10
+    loud = loud_frames(friend, friend_mark)
+    assert abs(dominant_frequency(np.concatenate(loud), 16000) - 700) < 10
     # An admin's call may bridge to any call.
     admin = await answered(http, secured, "supervisor", ADMIN)
     await admin.send({"command": "bridge", "targetSessionId": "spy"})
-    await asyncio.sleep(0.3)
+    await until_heard(spy, admin)
     assert admin.of("error") == []
     for client in (victim, spy, friend, admin):
         await client.ws.close()
@@ -236,7 +237,7 @@ async def test_another_tokens_call_cannot_be_joined_by_its_id(secured, http):
     err, = intruder.of("error")
     assert err["code"] == 403 and "another API token" in err["error"]
     assert intruder.ws.close_code == 1008
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)    # a window in which a hangup of the owner's call would show
     assert owner.of("hangup") == [] and not owner.ws.closed
     await owner.ws.close()
 

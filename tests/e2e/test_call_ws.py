@@ -16,6 +16,7 @@ from actors.track import Enqueue, Subscribe
 from protocol.codecs import Decoder, Encoder, codec_info
 from tests.conftest import base_url, connect
 from tests.support.audio import dominant_frequency, frames, rms, tone
+from tests.support.poll import until
 
 
 async def call_ref(gw, session_id):
@@ -34,14 +35,6 @@ def ToneItem(pcm: np.ndarray) -> Enqueue:
     feed.push(pcm)
     feed.finish()
     return Enqueue(PlaySpec(10_000, "tone", "play"), feed)
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 def parse_iso(text: str) -> datetime:
@@ -111,7 +104,7 @@ async def test_hangup_command_sends_hangup_then_closes(gateway, http):
     client = await connect(http, gateway, id="h1")
     await client.send({"command": "invite", "option": {"codec": "pcmu"}})
     await client.wait_event("answer")
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)    # the track plays a while: its trackEnd duration says how long
     await client.send({"command": "hangup", "reason": "user_requested", "initiator": "user"})
     await client.wait_closed()
     end, = client.of("trackEnd")
@@ -183,8 +176,13 @@ async def test_odd_sized_pcm_frame_is_an_error_event_not_a_crash(gateway, http):
     err, = await client.wait_event("error")
     assert err["sender"] == "media" and "whole number" in err["error"]
     await client.ws.send_bytes(np.zeros(160, dtype=np.int16).tobytes())  # any whole number of samples
-    await asyncio.sleep(0.1)
-    stats = await (await call_ref(gateway, "odd")).ask(GetTrackStats(), timeout=2)
+    call = await call_ref(gateway, "odd")
+
+    async def counted() -> bool:
+        return (await call.ask(GetTrackStats(), timeout=2)).bytes_in >= 323
+
+    await until(counted, what="both frames counted")
+    stats = await call.ask(GetTrackStats(), timeout=2)
     assert stats.bad_frames == 1 and stats.bytes_in == 323
     await client.ws.close()
 
@@ -288,7 +286,7 @@ async def test_dump_file_and_ping(gateway, http, tmp_path):
     quiet = await connect(http, gateway, id="quiet", dump="false", ping="0")
     await quiet.send({"command": "invite", "option": {"codec": "pcm"}})
     await quiet.wait_event("answer")
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)    # a window in which a ping or a dump line would show
     await quiet.ws.close()
     assert not (tmp_path / "dumps" / "quiet.events.jsonl").exists()
     assert quiet.of("ping") == []
@@ -385,7 +383,7 @@ async def test_a_connection_that_places_no_call_is_closed_after_the_handshake_ti
 
 async def test_duplicate_session_id_is_refused(gateway, http):
     a = await connect(http, gateway, id="same")
-    await asyncio.sleep(0.1)
+    await until(lambda: call_ref(gateway, "same"), what="the first call registered")
     b = await connect(http, gateway, id="same")
     await b.wait_closed()
     err, = b.of("error")

@@ -166,7 +166,7 @@ async def test_tts_connection_killed_three_times_still_speaks_the_whole_text(gat
     await client.send({"command": "tts", "text": LONG_TEXT, "playId": "long"})
     end = next(e for e in await client.wait_event("trackEnd", timeout=60) if e.get("playId") == "long")
     heard = pcm_of(client.audio[mark:])
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: any(m["key"] == f"completed.tts.{kit.name}" for m in client.of("metrics")), 5)
     drops = [e for e in client.of("error") if e["sender"] == "tts"]
     reconnects = [m for m in client.of("metrics") if m["key"] == f"reconnect.tts.{kit.name}"]
     completed = [m for m in client.of("metrics") if m["key"] == f"completed.tts.{kit.name}"]

@@ -111,7 +111,7 @@ async def test_a_second_call_cannot_record_into_a_live_recording(gateway, http, 
     again = await connect(http, gateway, id="again")
     await again.send({"command": "invite", "option": {"codec": "pcm", "recorder": recorder}})
     await again.wait_event("answer")
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)    # a window in which the recorder's refusal would show
     assert again.of("error") == []
     await again.ws.close()
 
@@ -129,6 +129,6 @@ async def test_unusable_recorder_paths_are_refused_at_once(gateway, http, tmp_pa
         # Refused up front with 400, not after the recorder's restart budget.
         assert asyncio.get_running_loop().time() - started < 1.0
         assert err["sender"] == "recorder" and err["code"] == 400 and why in err["error"], err
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)    # a window in which a retry's second error would show
         assert len(client.of("error")) == 1 and client.of("answer")
         await client.ws.close()

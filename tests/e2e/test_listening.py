@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import connect
 from tests.support.audio import frames, tone
+from tests.support.poll import until
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "audio"
 
@@ -138,7 +139,7 @@ async def test_inband_dtmf_sequence_is_detected_exactly(gateway, http, fixture, 
     for i, chunk in enumerate(frames(np.concatenate([pcm, np.zeros(8000, np.int16)]), 320)):
         await client.ws.send_bytes(enc.encode(chunk))
         await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - loop.time()))
-    await asyncio.sleep(0.2)
+    await until(lambda: len(client.of("dtmf")) >= 6, timeout=3, what="six digits")
     assert "".join(e["digit"] for e in client.of("dtmf")) == "159#*0"
     assert all(e["trackId"] == f"dtmf-{codec}" for e in client.of("dtmf"))
     await client.ws.close()

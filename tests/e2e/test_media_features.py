@@ -13,6 +13,7 @@ from aiohttp import WSMsgType, web
 from protocol.codecs import Encoder, codec_info
 from tests.conftest import connect
 from tests.support.audio import dominant_frequency, frames, rms, tone
+from tests.support.poll import file_closed, until
 from tests.support.servers import local_server
 
 
@@ -61,7 +62,7 @@ async def test_interrupting_speech_reports_words_and_subtitle(gateway, http):
     text = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen"
     await client.send({"command": "tts", "text": text, "playId": "count"})
     await client.wait_event("trackStart", count=2, timeout=10)
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(1.5)    # the speech plays in real time: the interruption lands a few words in
     await client.send({"command": "interrupt"})
     ev, = await client.wait_event("interruption")
     assert ev["playId"] == "count" and ev["subtitle"] == text
@@ -176,8 +177,8 @@ async def test_recorder_holds_both_directions_aligned(gateway, http, tmp_path):
     await client.wait_event("trackEnd", timeout=5)
     await client.send({"command": "hangup"})
     await client.wait_closed()
-    await asyncio.sleep(0.3)
     path = tmp_path / "recorders" / "calls" / "rec.wav"
+    await until(lambda: file_closed(path), what="the recording is closed")
     with wave.open(str(path)) as w:
         assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (2, 2, 16000)
         data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)
@@ -224,10 +225,13 @@ async def test_media_pass_round_trip_with_an_echo_server(local_fetch_gateway, ht
         for chunk in frames(tone(600, 1.0, 16000), 320):
             await client.ws.send_bytes(chunk.tobytes())
             await asyncio.sleep(0.02)
-        await asyncio.sleep(0.4)
-        heard = pcm_of(client.audio[mark:])
-        loud = [f for f in frames(heard, 320) if rms(f) > 1000]
-        assert len(loud) > 30, len(loud)  # the caller's tone came back through the external service
+
+        def loud_frames() -> list[np.ndarray]:
+            return [f for f in frames(pcm_of(client.audio[mark:]), 320) if rms(f) > 1000]
+
+        # the caller's tone comes back through the external service
+        await until(lambda: len(loud_frames()) > 30, timeout=3, what="the tone back from the external service")
+        loud = loud_frames()
         assert abs(dominant_frequency(np.concatenate(loud), 16000) - 600) < 15
         assert len(connections) == 1
         await client.ws.close()
@@ -258,7 +262,7 @@ async def test_muting_the_caller_silences_its_recorder_channel(gateway, http, tm
         await asyncio.sleep(max(0, start + (i + 1) * 0.02 - loop.time()))
     await client.send({"command": "hangup"})
     await client.wait_closed()
-    await asyncio.sleep(0.3)
+    await until(lambda: file_closed(tmp_path / "recorders" / "mrec.wav"), what="the recording is closed")
     with wave.open(str(tmp_path / "recorders" / "mrec.wav")) as w:
         left = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)[:, 0]
     onset = int(np.argmax(np.abs(left) > 2000))

@@ -54,8 +54,9 @@ async def test_calls_refusals_drops_clock_loop_and_engines_are_counted(gateway_c
             await client.ws.send_bytes(frame.tobytes())
         await client.send({"command": "tts", "text": "metrics", "playId": "m"})
         await client.wait_event("trackEnd", timeout=10)
-        await asyncio.sleep(0.3)
-        figures = await scrape(http, gw)
+        # The figures other threads and periodic samplers feed: the dump writer, the loop-lag probe.
+        figures = await poll_scrape(http, gw, lambda f: f.get(("activecall_dump_written_bytes_total", ()), 0) > 0
+                                    and f.get(("activecall_event_loop_lag_seconds_count", ()), 0) >= 3)
         assert figures[("activecall_calls_live", (("type", "websocket"),))] == 1
         assert figures[("activecall_calls_live", (("type", "sip"),))] == 0
         assert figures[("activecall_admissions_refused_total", ())] == 1
@@ -70,8 +71,7 @@ async def test_calls_refusals_drops_clock_loop_and_engines_are_counted(gateway_c
         assert figures[("activecall_dump_written_bytes_total", ())] > 0
         await client.ws.close()
         await client.wait_closed()
-        await asyncio.sleep(0.2)
-        after = await scrape(http, gw)
+        after = await poll_scrape(http, gw, lambda f: f.get(("activecall_calls_live", (("type", "websocket"),))) == 0)
         assert after[("activecall_calls_live", (("type", "websocket"),))] == 0
         # Counters never go back when calls end.
         assert after[("activecall_inbound_frames_dropped_total", ())] == \

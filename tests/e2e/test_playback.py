@@ -11,6 +11,8 @@ import numpy as np
 
 from tests.conftest import connect
 from tests.support.audio import dominant_frequency, rms, tone
+from tests.support.bridging import loud_frames, until_heard
+from tests.support.poll import until
 
 
 def b64(pcm: np.ndarray) -> str:
@@ -211,7 +213,6 @@ async def test_bridge_patches_two_calls_both_ways_and_unbridge_undoes_it(gateway
     err, = await a.wait_event("error")
     assert err["code"] == 404 and "nobody" in err["error"]
     await a.send({"command": "bridge", "targetSessionId": "bb"})
-    await asyncio.sleep(0.2)
 
     async def talk(seconds: float) -> None:
         loop = asyncio.get_running_loop()
@@ -221,22 +222,21 @@ async def test_bridge_patches_two_calls_both_ways_and_unbridge_undoes_it(gateway
             await a.ws.send_bytes(fa.tobytes())
             await b.ws.send_bytes(fb.tobytes())
             await asyncio.sleep(max(0, start + (i + 1) * 0.02 - loop.time()))
-        await asyncio.sleep(0.1)
 
+    await until_heard(a, b)
     ma, mb = len(a.audio), len(b.audio)
     await talk(1.0)
-    heard_by_b = [np.frombuffer(f, dtype="<i2") for f in b.audio[mb:]]
-    heard_by_a = [np.frombuffer(f, dtype="<i2") for f in a.audio[ma:]]
-    loud_b = [f for f in heard_by_b if rms(f) > 1000]
-    loud_a = [f for f in heard_by_a if rms(f) > 1000]
-    assert len(loud_b) >= 40 and len(loud_a) >= 40
+    await until(lambda: len(loud_frames(b, mb)) >= 40 and len(loud_frames(a, ma)) >= 40, timeout=2,
+                what="both tones heard")
+    loud_b, loud_a = loud_frames(b, mb), loud_frames(a, ma)
     assert abs(dominant_frequency(np.concatenate(loud_b), 16000) - 700) < 10
     assert abs(dominant_frequency(np.concatenate(loud_a), 16000) - 1200) < 10
 
     await b.send({"command": "unbridge"})
-    await asyncio.sleep(0.2)
+    await until_heard(a, b, hears=False)
     ma, mb = len(a.audio), len(b.audio)
     await talk(0.5)
+    await asyncio.sleep(0.1)    # a window for the last frames sent to be heard, if they were
     assert rms(received(a, ma)) == 0 and rms(received(b, mb)) == 0
     await a.ws.close()
     await b.ws.close()

@@ -18,6 +18,7 @@ from tests.conftest import base_url, connect
 from tests.e2e.test_cli_sessions import gateway_process  # noqa: F401 - the fixture
 from tests.e2e.test_call_webrtc import LOOPBACK, peers, recent_rms, until  # noqa: F401 - peers: the fixture
 from tests.support.audio import tone
+from tests.support.slow_client import flood_until_cut, hangup_reasons
 
 SENTENCE = Path(__file__).resolve().parents[1] / "fixtures" / "asr" / "sentence_a.wav"   # "please call me back tomorrow morning"
 
@@ -304,50 +305,23 @@ async def connect_url(http, url: str):
 async def test_a_relayed_client_that_never_reads_is_cut_as_in_process(worker_gateway, tmp_path):
     """The front's Outbox bounds what waits for the client: past event_queue_bytes the client is
     closed with the same reason, and the call on the worker hangs up client_too_slow."""
-    import json
-    import time
-
     import aiohttp
 
     gw = await worker_gateway(event_queue_bytes=2 << 20)
     url = base_url(gw)
     async with aiohttp.ClientSession() as http:
         ws = await http.ws_connect(f"{url}/call/webrtc?id=slow", max_msg_size=0)
-        blob = "x" * (512 << 10)
-        for _ in range(40):      # echoed back as `custom` events that this client never reads
-            if ws.closed:
-                break
-            try:
-                await asyncio.wait_for(ws.send_str(json.dumps({"command": "custom", "data": blob})), 5)
-            except (ConnectionError, asyncio.TimeoutError):
-                break
-        deadline = time.monotonic() + 20
-        while True:
-            async with http.get(f"{url}/call/lists") as resp:
-                if not (await resp.json())["calls"]:
-                    break
-            assert time.monotonic() < deadline, "the slow client's call is still up"
-            await asyncio.sleep(0.05)
-        while True:
-            msg = await asyncio.wait_for(ws.receive(), 10)
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                close_code, close_reason = ws.close_code, str(msg.extra or "")
-                break
+        close_code, close_reason, last = await flood_until_cut(http, url, ws)
         assert close_code in (1008, 1006), close_code
         # the reason comes with the CLOSE message (a send of ours that met the closing socket
         # leaves only the code)
-        if close_code == 1008 and msg.type == aiohttp.WSMsgType.CLOSE:
+        if close_code == 1008 and last == aiohttp.WSMsgType.CLOSE:
             assert "client too slow" in close_reason
     # the worker wrote the call's dump: its hangup says why
     dump = tmp_path / "dumps" / "slow.events.jsonl"
-    deadline = time.monotonic() + 5
-    while not dump.exists() or '"hangup' not in dump.read_text():
-        assert time.monotonic() < deadline, "no hangup in the dump"
-        await asyncio.sleep(0.05)
-    lines = [json.loads(line) for line in dump.read_text().splitlines()]
-    contents = [json.loads(x["content"]) for x in lines if x.get("type") == "event"]
-    hangups = [c for c in contents if isinstance(c, dict) and c.get("event") == "hangup"]
-    assert hangups and hangups[-1]["reason"] == "client_too_slow"
+    await until(lambda: dump.exists() and '"hangup' in dump.read_text(), timeout=5, what="a hangup in the dump")
+    reasons = hangup_reasons(dump)
+    assert reasons and reasons[-1] == "client_too_slow"
 
 
 async def test_past_its_restart_limit_the_pool_is_restarted_by_the_gateway(worker_gateway, http):

@@ -1,12 +1,11 @@
 """Real peers around a gateway's SIP calls: SIPp answering or calling, a UDP socket that receives
-the gateway's RTP (and answers it), the webhook an incoming call is announced to, and polling."""
+the gateway's RTP (and answers it), the webhook an incoming call is announced to."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import socket
-import time
 import wave
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,15 +17,8 @@ from aiohttp import web
 
 from protocol.codecs import CodecInfo, Decoder, codec_info
 from protocol.rtp import RtpPacket, pack_rtp
+from tests.support.poll import until  # noqa: F401 - the SIP tests import it from here
 from tests.support.sipp import Sipp, free_media_port, free_port, scenario, wait_echo
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 @asynccontextmanager

@@ -14,6 +14,7 @@ import pytest
 from actors.engines import EngineActor, EngineHost
 from actors.services import ProviderError, SynthChunk, SynthRequest
 from protocol.api import SynthesisOption
+from tests.support.poll import until
 from transports.providers.espeak import (
     ENGINE_NAME,
     ESPEAK_PROVIDER_NAMES,
@@ -204,12 +205,15 @@ async def test_cancelling_mid_text_stops_promptly_and_the_next_synthesis_works(h
     assert 0.5 < next_speech.seconds < 1.5
 
     # the same through task cancellation
+    chunks = []
+
     async def consume() -> None:
-        async for _ in espeak.synthesize(SynthRequest(very_long)):
+        async for chunk in espeak.synthesize(SynthRequest(very_long)):
+            chunks.append(chunk)
             await asyncio.sleep(0)
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0.01)
+    await until(lambda: chunks, what="the synthesis streams")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from actors.services import MediaClip, MediaLoadError
 from tests.support.audio import dominant_frequency, rms
+from tests.support.poll import until
 from transports.fetch_policy import FetchPolicy
 from transports.media_loader import MediaLoader
 
@@ -112,6 +113,7 @@ class MediaServer:
     delay: float = 0.0                  # before answering /f/*
     fail_next: int = 0                  # answer /f/* with 500 this many times
     sent: Counter = field(default_factory=Counter)   # body bytes written per path
+    ended: Counter = field(default_factory=Counter)  # handlers of a streamed body that returned
     release: asyncio.Event = field(default_factory=asyncio.Event)
     port: int = 0
 
@@ -176,6 +178,8 @@ class MediaServer:
             await resp.write_eof()
         except ConnectionError:
             pass
+        finally:
+            self.ended["chunked_big"] += 1
         return resp
 
 
@@ -438,7 +442,7 @@ async def test_oversize_while_streaming_chunked_is_413(media_root, server):
     try:
         err = await refused(ml, server.url("/chunked-big?total=2000000"), 413)
         assert "200000" in str(err)
-        await asyncio.sleep(0.1)
+        await until(lambda: server.ended["chunked_big"] == 1, what="the server's handler ends")
         assert server.sent["chunked_big"] < 2_000_000   # the client hung up mid-stream
         # Under the limit the same endpoint is just bytes, and undecodable ones at that.
         await refused(ml, server.url("/chunked-big?total=163840"), 415)
@@ -511,7 +515,7 @@ async def test_a_cancelled_waiter_does_not_abort_the_shared_fetch(loader, server
     url = server.url("/f/w.wav")
     quitter = asyncio.create_task(loader.load(url))
     stayer = asyncio.create_task(loader.load(url))
-    await asyncio.sleep(0.05)
+    await until(lambda: server.hits["w.wav"] == 1, what="the shared fetch reaches the server")
     quitter.cancel()
     assert_tone(await stayer, 1000, 0.5)
     with pytest.raises(asyncio.CancelledError):
@@ -524,7 +528,7 @@ async def test_close_ends_pending_loads_and_refuses_new_ones(media_root, server)
     server.delay = 1.0
     ml = MediaLoader(str(media_root), policy=LOCAL)
     pending = asyncio.create_task(ml.load(server.url("/f/p.wav")))
-    await asyncio.sleep(0.05)
+    await until(lambda: server.hits["p.wav"] == 1, what="the load reaches the server")
     started = time.perf_counter()
     await ml.close()
     assert time.perf_counter() - started < 0.5

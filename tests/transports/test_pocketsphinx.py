@@ -25,6 +25,7 @@ import pytest
 from actors.engines import EngineActor, EngineHost
 from actors.services import AsrResult, ProviderError
 from protocol.api import TranscriptionOption
+from tests.support.poll import until
 from transports.providers.pocketsphinx import (
     ENGINE_NAME,
     POCKETSPHINX_PROVIDER_NAMES,
@@ -108,13 +109,6 @@ async def no_live_streams(host: EngineHost) -> bool:
 
 async def handed_over(session: PocketsphinxSession) -> bool:
     return session.backlog_ms == 0
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 @dataclass
@@ -343,8 +337,9 @@ async def test_a_cancelled_close_still_frees_the_decoder(provider, host):
 
 async def test_an_open_cancelled_while_the_decoder_is_built_frees_it_once_built(provider, host):
     await host.start(ENGINE_NAME)
+    submitted = host.stats(ENGINE_NAME).submitted
     opening = asyncio.create_task(provider.open(OPEN))      # ~0.3 s to build on a cold engine
-    await asyncio.sleep(0.01)
+    await until(lambda: host.stats(ENGINE_NAME).submitted > submitted, what="the open reaches the engine")
     opening.cancel()
     with pytest.raises(asyncio.CancelledError):
         await opening

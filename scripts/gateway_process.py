@@ -8,13 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-import wave
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fixture_audio import write_wav
 
 READY_TIMEOUT = 30.0
 
@@ -102,9 +103,5 @@ def log_records(log: Path, mentioning: str = "") -> tuple[list[dict], int]:
 def write_tone(path: Path, hz: float, rate: int, seconds: float = 15.0) -> None:
     """A mono 16-bit WAV of a sine, for `play` to play."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        t = np.arange(int(rate * seconds)) / rate
-        w.writeframes((np.sin(2 * np.pi * hz * t) * 6000).astype("<i2").tobytes())
+    t = np.arange(int(rate * seconds)) / rate
+    write_wav(path, np.sin(2 * np.pi * hz * t) * 6000, rate)

@@ -25,6 +25,7 @@ left for `Gateway.stop` but the media cache and the tree itself.
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 
 import structlog
@@ -46,7 +47,7 @@ from .media_loader import MediaLoader
 from .media_pass import media_pass_starter
 from .metrics import Telemetry
 from .providers.registry import provider_factories, whisper_settings
-from .recording_paths import RecordingClaims, resolve_recording
+from .recording_paths import CLAIMS_DIR, RecordingClaims, resolve_recording
 from .sip_calls import SipCalls
 from .sip_register import Registrar
 from .sip_server import GetSipEndpoint, SipServer, sip_endpoint_spec
@@ -210,7 +211,9 @@ async def start_gateway(config: Config, worker_socket: str | None = None) -> Gat
                         max_duration=fetch.max_seconds, decode_memory=fetch.decode_memory,
                         cache_bytes=fetch.cache_bytes)
     writer = FileWriter(config.recorder_pending_bytes)
-    claims = RecordingClaims()
+    # Shared by every process writing under this root: a front and its WebRTC workers (or two
+    # gateways) never write one recording at once.
+    claims = RecordingClaims(lock_dir=os.path.join(config.recorder_root, CLAIMS_DIR))
     services = build_services(config, engines, media, writer, claims)
     telemetry = Telemetry(engines=engines, media=media, claims=claims, tally=services.tally)
     current: dict[str, ActorRef] = {}

@@ -195,6 +195,32 @@ async def test_a_worker_killed_mid_call_ends_its_calls_and_is_restarted(worker_g
     await c.wait_closed()
 
 
+async def test_one_recording_name_is_written_by_one_call_across_workers(worker_gateway, http, peers, tmp_path):
+    gw = await worker_gateway()
+    first, second = peers(freq=440), peers(freq=440)
+    recorder = {"recorderFile": "shared-name.wav"}
+    a = await place(http, gw, first, "rec-a", recorder=recorder)
+    b = await place(http, gw, second, "rec-b", recorder=recorder)
+    # the two calls run in two worker processes
+    assert [w["calls"] for w in await figures(gw)] == [1, 1]
+    error, = await b.wait_event("error", timeout=10)
+    assert error["sender"] == "recorder" and error["code"] == 400 and "another call" in error["error"]
+    assert a.of("error") == []
+    await a.send({"command": "hangup"})
+    await a.wait_closed()
+    await b.send({"command": "hangup"})
+    await b.wait_closed()
+    recording = tmp_path / "recorders" / "shared-name.wav"
+    with wave.open(str(recording)) as w:
+        assert w.getnchannels() == 2 and w.getnframes() > 0
+    # its name is free again once its call has ended, in whichever worker the next call runs
+    c = await place(http, gw, peers(freq=440), "rec-c", recorder=recorder)
+    await c.send({"command": "hangup"})
+    await c.wait_closed()
+    assert c.of("error") == []
+    assert list((tmp_path / "recorders" / ".claims").iterdir()) == []
+
+
 TOKEN_A, TOKEN_B, ADMIN = "a" * 20, "b" * 20, "c" * 20
 
 

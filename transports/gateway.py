@@ -112,6 +112,7 @@ def build_services(config: Config, engines: EngineHost, media: MediaLoader, writ
         # One live writer per recording path: the claim is freed when its call ends.
         resolve_recording=lambda path, session_id: claims.claim(
             resolve_recording(path, session_id, config.recorder_root), session_id),
+        release_recordings=claims.release_session,
         media_pass=lambda option, tap, feed, on_error: media_pass_starter(
             option, tap, feed, on_error,
             connect_timeout=config.fetch.connect_timeout, policy=FetchPolicy(config.fetch.allow_hosts)),

@@ -3,8 +3,10 @@
 `Browser.start` launches Debian's `chromium` with a fake microphone file and the flags a WebRTC
 test needs headless, finds its DevTools port (`--remote-debugging-port=0` writes it to
 DevToolsActivePort), and attaches to the page. `Page.evaluate` runs JavaScript in the page and
-returns its value; `until` polls an expression with a deadline. `stop` always ends the browser
-(terminate, then kill) and removes nothing it did not create.
+returns its value; `until` polls an expression with a deadline; `console` and `errors` hold what
+the page logged (console calls, uncaught exceptions). `stop` always ends the browser (terminate,
+then kill) and removes nothing it did not create. tests/support/bidi.py has the same surface for
+Firefox.
 """
 
 from __future__ import annotations

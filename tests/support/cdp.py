@@ -3,8 +3,10 @@
 `Browser.start` launches Debian's `chromium` with a fake microphone file and the flags a WebRTC
 test needs headless, finds its DevTools port (`--remote-debugging-port=0` writes it to
 DevToolsActivePort), and attaches to the page. `Page.evaluate` runs JavaScript in the page and
-returns its value; `until` polls an expression with a deadline. `stop` always ends the browser
-(terminate, then kill) and removes nothing it did not create.
+returns its value; `until` polls an expression with a deadline; `console` and `errors` hold what
+the page logged (console calls, uncaught exceptions). `stop` always ends the browser (terminate,
+then kill) and removes nothing it did not create. tests/support/bidi.py has the same surface for
+Firefox.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class Page:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self.console: list[str] = []
+        self.errors: list[str] = []
         self._reader = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
@@ -64,9 +67,15 @@ class Page:
                     future.set_result(data.get("result", {}))
             elif data.get("method") == "Runtime.consoleAPICalled":
                 args = data["params"].get("args", [])
-                self.console.append(" ".join(str(a.get("value", a.get("description", ""))) for a in args))
+                text = " ".join(str(a.get("value", a.get("description", ""))) for a in args)
+                line = f"{data['params'].get('type')}: {text}"
+                self.console.append(line)
+                if data["params"].get("type") in ("error", "assert"):
+                    self.errors.append(line)
             elif data.get("method") == "Runtime.exceptionThrown":
-                self.console.append("exception: " + json.dumps(data["params"].get("exceptionDetails", {}))[:500])
+                line = "exception: " + json.dumps(data["params"].get("exceptionDetails", {}))[:500]
+                self.console.append(line)
+                self.errors.append(line)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(CdpError("DevTools connection closed"))
@@ -95,6 +104,10 @@ class Page:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"page: {expression!r} not true within {timeout:g} s")
             await asyncio.sleep(interval)
+
+    async def set_viewport(self, width: int, height: int) -> None:
+        await self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
+                        mobile=False)
 
     async def screenshot(self, path: Path) -> None:
         shot = await self.call("Page.captureScreenshot", timeout=20.0, format="png", captureBeyondViewport=True)

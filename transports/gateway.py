@@ -145,7 +145,7 @@ def gateway_children(config: Config, clock: MediaClock, engines: EngineHost, ser
     sup = config.supervision
     claims = claims if claims is not None else RecordingClaims()
     telemetry = telemetry if telemetry is not None else Telemetry(engines=engines, media=None, claims=claims,
-                                                                  tally=services.tally)
+                                                                  tally=services.tally, vad=services.silero)
     sip = sip if sip is not None else SipCalls(config, calls=lambda: current.get("calls"), clock=clock,
                                                services=services)
     legs = transport_legs(config)
@@ -216,7 +216,7 @@ async def start_gateway(config: Config, worker_socket: str | None = None) -> Gat
     # gateways) never write one recording at once.
     claims = RecordingClaims(lock_dir=os.path.join(config.recorder_root, CLAIMS_DIR))
     services = build_services(config, engines, media, writer, claims)
-    telemetry = Telemetry(engines=engines, media=media, claims=claims, tally=services.tally)
+    telemetry = Telemetry(engines=engines, media=media, claims=claims, tally=services.tally, vad=services.silero)
     current: dict[str, ActorRef] = {}
     sip = SipCalls(config, calls=lambda: current.get("calls"), clock=clock, services=services)
     children = gateway_children(config, clock, engines, services, current, claims, telemetry, sip, worker_socket)

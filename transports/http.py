@@ -390,7 +390,10 @@ class CallRouter:
             "tally": t.tally, "event_queues": [o.queued_bytes for o in self.outboxes],
             "workers": await self._worker_figures(clock=True) if self.workers is not None else [],
             "worker_request_errors": self.worker_errors,
-            "recordings": len(t.claims) if t.claims is not None else 0, "open_fds": _open_fds(), "tasks": len(asyncio.all_tasks()),
+            "recordings": len(t.claims) if t.claims is not None else 0, "open_fds": _open_fds(),
+            "tasks": len(asyncio.all_tasks()),
+            "vad": None if t.vad is None else {key: getattr(t.vad, key) for key in
+                                               ("windows", "inferences", "dropped_windows", "lost_windows")},
         })
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
 import json
 import math
 import os
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from tests.support.remote_page import RemotePage
 
 FIREFOX = shutil.which("firefox-esr") or shutil.which("firefox")
 
@@ -92,45 +93,22 @@ def plain(remote: dict[str, Any]) -> Any:
     return {"type": kind}
 
 
-class Page:
+class Page(RemotePage):
     """One browsing context of a BiDi session."""
 
+    Error = BidiError
+
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
+        super().__init__(ws)
         self.context = ""
-        self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self.console: list[str] = []
-        self.errors: list[str] = []
-        self._reader = asyncio.ensure_future(self._read())
 
-    async def _read(self) -> None:
-        async for msg in self.ws:
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                continue
-            data = json.loads(msg.data)
-            future = self._pending.pop(data.get("id", -1), None)
-            if future is not None and not future.done():
-                if data.get("type") == "error":
-                    future.set_exception(BidiError(f"{data.get('error')}: {data.get('message')}"))
-                else:
-                    future.set_result(data.get("result", {}))
-            elif data.get("method") == "log.entryAdded":
-                entry = data["params"]
-                line = f"{entry.get('level')} ({entry.get('type')}): {entry.get('text')}"
-                self.console.append(line)
-                if entry.get("level") == "error":
-                    self.errors.append(line)
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(BidiError("BiDi connection closed"))
+    def failure(self, answer: dict[str, Any]) -> str | None:
+        return f"{answer.get('error')}: {answer.get('message')}" if answer.get("type") == "error" else None
 
-    async def call(self, method: str, timeout: float = 10.0, **params: Any) -> Any:
-        ident = next(self._ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[ident] = future
-        await self.ws.send_json({"id": ident, "method": method, "params": params})
-        return await asyncio.wait_for(future, timeout)
+    def on_event(self, method: str, params: dict[str, Any]) -> None:
+        if method == "log.entryAdded":
+            self.logged(f"{params.get('level')} ({params.get('type')}): {params.get('text')}",
+                        params.get("level") == "error")
 
     async def evaluate(self, expression: str, timeout: float = 10.0) -> Any:
         result = await self.call("script.evaluate", timeout=timeout, expression=expression,
@@ -140,17 +118,6 @@ class Page:
             raise BidiError(f"{expression!r} raised: {details.get('text')}")
         return plain(result["result"])
 
-    async def until(self, expression: str, timeout: float, interval: float = 0.1) -> Any:
-        """Poll `expression` until it is truthy; its value, or TimeoutError naming it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = await self.evaluate(expression)
-            if value:
-                return value
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"page: {expression!r} not true within {timeout:g} s")
-            await asyncio.sleep(interval)
-
     async def set_viewport(self, width: int, height: int) -> None:
         await self.call("browsingContext.setViewport", context=self.context,
                         viewport={"width": width, "height": height})
@@ -159,11 +126,6 @@ class Page:
         shot = await self.call("browsingContext.captureScreenshot", timeout=20.0, context=self.context,
                                origin="document")
         path.write_bytes(base64.b64decode(shot["data"]))
-
-    async def close(self) -> None:
-        await self.ws.close()
-        self._reader.cancel()
-        await asyncio.gather(self._reader, return_exceptions=True)
 
 
 class Browser:

@@ -238,6 +238,7 @@ class Call(Supervisor):
             self._end("shutdown", "system", I.KILL)
         await self._release()
         await super().on_stop()
+        self._release_recordings()
         await self._close_leg()
         self._close_app()
         self.log.info("call stopped")
@@ -251,6 +252,7 @@ class Call(Supervisor):
         finally:
             await self._release()
             await super().on_failure(error)
+            self._release_recordings()
             await self._close_leg()
             self._close_app()
 
@@ -828,6 +830,13 @@ class Call(Supervisor):
         if self.offer is not None:
             return getattr(self.offer, which)
         return None
+
+    def _release_recordings(self) -> None:
+        # Its recorder (a child) has closed its files: the names are free before the application's
+        # connection closes, so a client may reuse one as soon as it sees the close.
+        release = self.services.release_recordings
+        if release is not None:
+            release(self.session_id)
 
     def _close_app(self) -> None:
         app, self._app = self._app, None

@@ -185,6 +185,8 @@ class CallServices:
     open_recording: OpenRecording | None = None
     # (recorderFile, session id) -> the file's path; raises ValueError for a path it refuses
     resolve_recording: Callable[[str, str], str] | None = None
+    # session id -> frees the recording paths it resolved, once its recorder has closed them
+    release_recordings: Callable[[str], None] | None = None
     media_pass: OpenMediaPass | None = None
     asr: Mapping[str, AsrFactory] = field(default_factory=dict)
     default_asr: str | None = None

@@ -48,20 +48,24 @@ function log(direction, name, detail) {
   list.scrollTop = list.scrollHeight;
 }
 
+// JSON with a space after each separator, so a long event wraps between its fields in every browser
+// (literal newlines only come from the indentation: JSON escapes those inside strings).
+const shown = (value) => JSON.stringify(value, null, 1).replace(/\n */g, " ");
+
 function send(command) {
   if (!ws || ws.readyState !== WebSocket.OPEN) return;
   ws.send(JSON.stringify(command));
   if (command.command !== "addIceCandidate") {
     const { command: name, ...rest } = command;
-    const shown = name === "invite" ? { ...rest, option: { ...rest.option, offer: "(sdp)" } } : rest;
-    log("out", name, Object.keys(shown).length ? JSON.stringify(shown) : "");
+    const detail = name === "invite" ? { ...rest, option: { ...rest.option, offer: "(sdp)" } } : rest;
+    log("out", name, Object.keys(detail).length ? shown(detail) : "");
   }
 }
 
 function summary(event) {
   const { event: _name, trackId: _t, timestamp: _ts, sdp, ...rest } = event;
-  const text = JSON.stringify(rest);
-  return (sdp !== undefined ? "(sdp) " : "") + (text === "{}" ? "" : text);
+  const text = Object.keys(rest).length ? shown(rest) : "";
+  return (sdp !== undefined ? "(sdp) " : "") + text;
 }
 
 function showTranscript(event) {

@@ -25,6 +25,7 @@ left for `Gateway.stop` but the media cache and the tree itself.
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 
 import structlog
@@ -46,7 +47,7 @@ from .media_loader import MediaLoader
 from .media_pass import media_pass_starter
 from .metrics import Telemetry
 from .providers.registry import provider_factories, whisper_settings
-from .recording_paths import RecordingClaims, resolve_recording
+from .recording_paths import CLAIMS_DIR, RecordingClaims, resolve_recording
 from .sip_calls import SipCalls
 from .sip_register import Registrar
 from .sip_server import GetSipEndpoint, SipServer, sip_endpoint_spec
@@ -111,6 +112,7 @@ def build_services(config: Config, engines: EngineHost, media: MediaLoader, writ
         # One live writer per recording path: the claim is freed when its call ends.
         resolve_recording=lambda path, session_id: claims.claim(
             resolve_recording(path, session_id, config.recorder_root), session_id),
+        release_recordings=claims.release_session,
         media_pass=lambda option, tap, feed, on_error: media_pass_starter(
             option, tap, feed, on_error,
             connect_timeout=config.fetch.connect_timeout, policy=FetchPolicy(config.fetch.allow_hosts)),
@@ -143,7 +145,7 @@ def gateway_children(config: Config, clock: MediaClock, engines: EngineHost, ser
     sup = config.supervision
     claims = claims if claims is not None else RecordingClaims()
     telemetry = telemetry if telemetry is not None else Telemetry(engines=engines, media=None, claims=claims,
-                                                                  tally=services.tally)
+                                                                  tally=services.tally, vad=services.silero)
     sip = sip if sip is not None else SipCalls(config, calls=lambda: current.get("calls"), clock=clock,
                                                services=services)
     legs = transport_legs(config)
@@ -210,9 +212,11 @@ async def start_gateway(config: Config, worker_socket: str | None = None) -> Gat
                         max_duration=fetch.max_seconds, decode_memory=fetch.decode_memory,
                         cache_bytes=fetch.cache_bytes)
     writer = FileWriter(config.recorder_pending_bytes)
-    claims = RecordingClaims()
+    # Shared by every process writing under this root: a front and its WebRTC workers (or two
+    # gateways) never write one recording at once.
+    claims = RecordingClaims(lock_dir=os.path.join(config.recorder_root, CLAIMS_DIR))
     services = build_services(config, engines, media, writer, claims)
-    telemetry = Telemetry(engines=engines, media=media, claims=claims, tally=services.tally)
+    telemetry = Telemetry(engines=engines, media=media, claims=claims, tally=services.tally, vad=services.silero)
     current: dict[str, ActorRef] = {}
     sip = SipCalls(config, calls=lambda: current.get("calls"), clock=clock, services=services)
     children = gateway_children(config, clock, engines, services, current, claims, telemetry, sip, worker_socket)

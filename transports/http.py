@@ -14,7 +14,7 @@ import functools
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -390,7 +390,10 @@ class CallRouter:
             "tally": t.tally, "event_queues": [o.queued_bytes for o in self.outboxes],
             "workers": await self._worker_figures(clock=True) if self.workers is not None else [],
             "worker_request_errors": self.worker_errors,
-            "recordings": len(t.claims) if t.claims is not None else 0, "open_fds": _open_fds(), "tasks": len(asyncio.all_tasks()),
+            "recordings": len(t.claims) if t.claims is not None else 0, "open_fds": _open_fds(),
+            "tasks": len(asyncio.all_tasks()),
+            "vad": None if t.vad is None else {key: getattr(t.vad, key) for key in
+                                               ("windows", "inferences", "dropped_windows", "lost_windows")},
         })
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
@@ -435,18 +438,7 @@ class CallRouter:
                 dump.event(text)
             outbox.event(text)
 
-        async def refused_frame(code: int) -> str:
-            limit = self.config.frame_close_bytes
-            if code == 1009:
-                reason, status = f"frame larger than the {limit}-byte limit (frame_close_bytes); closing", 413
-            else:
-                reason, status = "malformed WebSocket frame; closing", 400
-            clog.warning("frame refused; closing", code=code, error=reason)
-            emit(api.ErrorEvent(track_id=sid, timestamp=now_ms(), sender="server", error=reason, code=status))
-            await outbox.flush(CLOSE_GRACE)
-            return reason
-
-        ws.before_refusal = refused_frame
+        ws.before_refusal = self._frame_refusal(sid, emit, outbox, clog)
         provider = self.legs.get(call_type)
         if provider is not None:
             maker = provider(sid, outbox)
@@ -515,9 +507,29 @@ class CallRouter:
                 dump.close()
         return ws
 
+    def _frame_refusal(self, sid: str, emit: Callable[[object], None], outbox: Outbox,
+                       clog: structlog.typing.FilteringBoundLogger) -> Callable[[int], Awaitable[str]]:
+        """What a client reads before its connection is closed for a frame aiohttp refuses."""
+
+        async def refused_frame(code: int) -> str:
+            limit = self.config.frame_close_bytes
+            if code == 1009:
+                reason, status = f"frame larger than the {limit}-byte limit (frame_close_bytes); closing", 413
+            else:
+                reason, status = "malformed WebSocket frame; closing", 400
+            clog.warning("frame refused; closing", code=code, error=reason)
+            emit(api.ErrorEvent(track_id=sid, timestamp=now_ms(), sender="server", error=reason, code=status))
+            await outbox.flush(CLOSE_GRACE)
+            return reason
+
+        return refused_frame
+
     async def _serve_relayed(self, request: web.Request, params: CallParams) -> web.StreamResponse:
         """A WebRTC call placed on a worker process (transports/relay.py)."""
-        ws = web.WebSocketResponse(max_msg_size=self.config.frame_close_bytes, autoping=True)
+        # As for a call in this process: text frames are relayed as bytes (the worker answers
+        # invalid UTF-8 and commands over text_frame_bytes with an `error`, and the call goes on),
+        # and a frame aiohttp refuses is announced before the close.
+        ws = ApiWebSocket(max_msg_size=self.config.frame_close_bytes, autoping=True, decode_text=False)
         await ws.prepare(request)
         sid = params.session_id
         clog = log.bind(session_id=sid, call_type="webrtc")
@@ -532,6 +544,8 @@ class CallRouter:
 
         def emit(event: object) -> None:
             outbox.event(api.dumps_event(event))
+
+        ws.before_refusal = self._frame_refusal(sid, emit, outbox, clog)
 
         async def refuse(code: int, close_code: int, reason: str) -> web.StreamResponse:
             emit(api.ErrorEvent(track_id=sid, timestamp=now_ms(), sender="server",

@@ -17,14 +17,21 @@ def redact_secrets(_logger: object, _method: str, event_dict: dict) -> dict:
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def configure_logging(level: str = "info", fmt: str = "console") -> None:
+def configure_logging(level: str = "info", fmt: str = "console", worker: int | None = None) -> None:
+    """`worker`: the index of a WebRTC worker process, carried on each of its lines, since workers
+    share their front's stderr."""
     renderer: structlog.typing.Processor
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    def name_worker(_logger: object, _method: str, event_dict: dict) -> dict:
+        event_dict.setdefault("worker", worker)
+        return event_dict
+
     structlog.configure(
         processors=[
+            *([name_worker] if worker is not None else []),
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -34,9 +41,12 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write per line (print() writes the line and its newline apart): the front and its
+        # workers share one stderr, and two processes' lines must not interleave mid-line.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     # aiohttp's access log goes through stdlib logging at the same level.
-    logging.basicConfig(level=_LEVELS[level], stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    prefix = f"worker={worker} " if worker is not None else ""
+    logging.basicConfig(level=_LEVELS[level], stream=sys.stderr, format=f"{prefix}%(levelname)s %(name)s %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

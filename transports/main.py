@@ -28,6 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # A worker process for WebRTC calls, started by a front's WorkerPool (transports/worker_pool.py).
     p.add_argument("--worker", metavar="SOCKET", help=argparse.SUPPRESS)
     p.add_argument("--worker-config", help=argparse.SUPPRESS)
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"active-call: config error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.log_level, config.log_format)
+    configure_logging(config.log_level, config.log_format, worker=args.worker_index if args.worker else None)
     # uvloop's socket paths cost a fraction of the stock loop's per frame, which is what per-call
     # cost is made of; the stock loop remains the fallback where uvloop cannot be installed.
     try:

@@ -194,6 +194,17 @@ def render(figures: dict[str, Any]) -> bytes:
         _gauge("activecall_open_fds", "Open file descriptors of the process", figures["open_fds"] or 0),
         _gauge("activecall_asyncio_tasks", "asyncio tasks of the process", figures["tasks"]),
     ]
+    vad = figures.get("vad")
+    if vad is not None:
+        families += [
+            _counter("activecall_vad_windows", "Silero VAD windows inferred, all calls", vad["windows"]),
+            _counter("activecall_vad_inferences", "Silero VAD batched inferences (one per media tick with "
+                     "windows due, at most)", vad["inferences"]),
+            _counter("activecall_vad_windows_dropped", "Silero VAD windows dropped past a call's vad_backlog_ms "
+                     "(each call is told by a vad.skipped metrics event)", vad["dropped_windows"]),
+            _counter("activecall_vad_windows_lost", "Silero VAD windows of batches whose inference failed",
+                     vad["lost_windows"]),
+        ]
     families += _tally_families(figures["tally"], figures["engines"])
     queues = figures["event_queues"]
     families += [
@@ -273,6 +284,7 @@ class Telemetry:
     engines: Any                       # actors.engines.EngineHost
     media: Any                         # transports.media_loader.MediaLoader
     claims: Any                        # transports.recording_paths.RecordingClaims
+    vad: Any = None                    # actors.vad.SileroEngine: every call's silero windows
     tally: Tally = field(default_factory=Tally)   # what calls and supervisors count as it happens
     counters: Counters = field(default_factory=Counters)
     loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)

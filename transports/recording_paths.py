@@ -10,19 +10,24 @@ a file or not writable) is refused here, before any recorder starts.
 One live writer per path: `RecordingClaims` gives a path to the first call that asks for it until
 that call ends; another call asking for it (or for one of its segment names, ``x.partN.wav``) is
 refused and records nothing. The application learns it from an `error` event and may pick another
-name, e.g. with ``{id}``.
+name, e.g. with ``{id}``. With a lock directory, the claim also holds across processes (a front and
+its WebRTC workers, or two gateways sharing a recorder root): each claim is an exclusive `flock` on
+a file there, which the kernel releases when its process ends, however it ends.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import re
 import stat
 
-__all__ = ["RecordingClaims", "RecordingPathError", "resolve_recording", "safe_session_id"]
+__all__ = ["CLAIMS_DIR", "RecordingClaims", "RecordingPathError", "resolve_recording", "safe_session_id"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _SEGMENT = re.compile(r"\.part\d+(\.wav)$", re.IGNORECASE)
+CLAIMS_DIR = ".claims"     # under the recorder root: the lock files of the recordings being written
 NAME_MAX = 255      # bytes in one path component (Linux filesystems)
 PATH_MAX = 4095     # bytes in a whole path
 
@@ -99,9 +104,11 @@ def _check_writable(recorder_file: str, real: str) -> None:
 class RecordingClaims:
     """Which call writes which recording: one live writer per path, until its call ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, lock_dir: str | None = None) -> None:
+        self.lock_dir = lock_dir
         self._owner: dict[str, str] = {}            # claim key -> session id
         self._keys: dict[str, set[str]] = {}        # session id -> its claim keys
+        self._locks: dict[str, tuple[str, int]] = {}    # claim key -> (lock file, its descriptor)
 
     @staticmethod
     def key(path: str) -> str:
@@ -112,9 +119,9 @@ class RecordingClaims:
         key = self.key(path)
         owner = self._owner.get(key)
         if owner is not None and owner != session_id:
-            raise RecordingPathError(
-                f"recorderFile {os.path.basename(path)!r} is being recorded by another call; "
-                "this call is not recorded (use another name, e.g. with {id})")
+            raise _taken(path)
+        if owner is None and self.lock_dir is not None:
+            self._locks[key] = self._lock(key, path)
         self._owner[key] = session_id
         self._keys.setdefault(session_id, set()).add(key)
         return path
@@ -123,6 +130,51 @@ class RecordingClaims:
         for key in self._keys.pop(session_id, ()):
             if self._owner.get(key) == session_id:
                 del self._owner[key]
+                lock = self._locks.pop(key, None)
+                if lock is not None:
+                    _unlock(*lock)
 
     def __len__(self) -> int:
         return len(self._owner)
+
+    def _lock(self, key: str, path: str) -> tuple[str, int]:
+        assert self.lock_dir is not None
+        name = os.path.join(self.lock_dir, hashlib.sha256(os.fsencode(key)).hexdigest()[:40] + ".lock")
+        try:
+            os.makedirs(self.lock_dir, mode=0o700, exist_ok=True)
+            # Bounded: each round means another process released (and removed) the file between
+            # our open and our lock; three in a row would be a process claiming and releasing the
+            # same name in a tight loop.
+            for _ in range(3):
+                fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    raise _taken(path) from None
+                try:
+                    same = os.stat(name).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    return name, fd
+                os.close(fd)
+        except OSError as exc:
+            raise RecordingPathError(f"recorderFile {os.path.basename(path)!r}: its claim in {self.lock_dir!r} "
+                                     f"cannot be taken ({exc.strerror or exc})") from None
+        raise _taken(path)
+
+
+def _taken(path: str) -> RecordingPathError:
+    return RecordingPathError(f"recorderFile {os.path.basename(path)!r} is being recorded by another call; "
+                              "this call is not recorded (use another name, e.g. with {id})")
+
+
+def _unlock(name: str, fd: int) -> None:
+    # Removed while still locked, so a process that opened it meanwhile sees, once it holds the
+    # lock, that the file it locked is no longer the one named there, and tries again.
+    try:
+        os.unlink(name)
+    except OSError:
+        pass
+    os.close(fd)

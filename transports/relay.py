@@ -137,7 +137,9 @@ class Relay:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 try:
-                    await upstream.send_str(msg.data)
+                    # Bytes as they came (the client's socket does not decode text): the worker
+                    # reads them as it reads its own clients', invalid UTF-8 included.
+                    await upstream.send_frame(msg.data, WSMsgType.TEXT)
                 except (ConnectionError, RuntimeError):
                     return
             elif msg.type == WSMsgType.BINARY:
@@ -147,19 +149,28 @@ class Relay:
 
     async def _to_client(self, upstream: aiohttp.ClientWebSocketResponse) -> None:
         outbox = self.outbox
-        async for msg in upstream:
+        reason = ""
+        while True:
+            msg = await upstream.receive()
             if msg.type == WSMsgType.TEXT:
                 if not self.saw_hangup and '"hangup"' in msg.data and api_event_name(msg.data) == "hangup":
                     self.saw_hangup = True
                 outbox.event(msg.data)  # type: ignore[attr-defined]
             elif msg.type == WSMsgType.BINARY:
                 outbox.audio(msg.data)  # type: ignore[attr-defined]
+            elif msg.type == WSMsgType.CLOSE:
+                # The worker's reason is the client's (e.g. "client too slow: ..." when the front
+                # itself fell behind reading the worker's events).
+                reason = str(msg.extra or "")
+                break
+            elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                break
         code = upstream.close_code
         if code in LOST and not self.saw_hangup and not self.client_left:
             self.lost()
             outbox.close()  # type: ignore[attr-defined]
         else:
-            outbox.close(code=code or 1000)  # type: ignore[attr-defined]
+            outbox.close(code=code or 1000, reason=reason)  # type: ignore[attr-defined]
 
     def lost(self) -> None:
         """The worker went away mid-call: say so, and end the call as a lost leg ends one."""

@@ -116,6 +116,7 @@ class WorkerProcess(Actor):
             os.unlink(self.path)
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "transports.main", "--worker", self.path, "--worker-config", self.config_path,
+            "--worker-index", str(self.index),
             stdin=asyncio.subprocess.PIPE)
         try:
             await asyncio.wait_for(self._until_ready(), self.webrtc.worker_start_timeout)

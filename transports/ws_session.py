@@ -89,11 +89,12 @@ class Outbox:
         self._audio.append((self._seq, payload))
         self._wake.set()
 
-    def close(self, code: int = 1000) -> None:
+    def close(self, code: int = 1000, reason: str = "") -> None:
         """Send what is queued, then close the WebSocket."""
         if not self._closing:
             self._closing = True
             self._close_code = code
+            self._close_reason = reason
             self._wake.set()
 
     async def flush(self, timeout: float) -> None:
@@ -154,7 +155,7 @@ class Outbox:
         if self.audio_dropped:
             log.info("client read audio too slowly; oldest frames dropped", frames=self.audio_dropped)
         if not ws.closed:
-            await ws.close(code=self._close_code)
+            await ws.close(code=self._close_code, message=self._close_reason.encode()[:120])
 
 
 class ApiWebSocket(web.WebSocketResponse):

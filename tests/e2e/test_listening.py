@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import connect
+from tests.conftest import base_url, connect
 from tests.support.audio import frames, tone
 from tests.support.poll import until
 
@@ -204,5 +205,10 @@ async def test_vad_that_falls_behind_says_how_much_audio_it_skipped(gateway_conf
         await client.send({"command": "hangup"})              # the call goes on and ends normally
         await client.wait_closed()
         assert client.events[-1]["event"] == "hangup"
+        # and the operator sees it on /metrics: at least what the call was told
+        async with http.get(f"{base_url(gw)}/metrics") as resp:
+            text = await resp.text()
+        dropped = float(re.search(r"^activecall_vad_windows_dropped_total (\S+)$", text, re.M).group(1))
+        assert dropped >= sum(m["data"]["windows"] for m in client.of("metrics") if m["key"] == "vad.skipped") > 0
     finally:
         await gw.stop()

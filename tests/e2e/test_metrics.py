@@ -222,3 +222,25 @@ async def test_the_inbound_audio_queue_follows_audio_in_frames(gateway_config, h
         await client.ws.close()
     finally:
         await gw.stop()
+
+
+async def test_silero_windows_are_counted(gateway_config, http):
+    gw = await start_gateway(gateway_config())
+    try:
+        client = await connect(http, gw, id="vad-count")
+        await client.send({"command": "invite", "option": {"codec": "pcm", "vad": {"type": "silero"}}})
+        await client.wait_event("answer")
+        for frame in frames(tone(440, 1.0, 16000), 320):       # one second, in real time
+            await client.ws.send_bytes(frame.tobytes())
+            await asyncio.sleep(0.02)
+        deadline = asyncio.get_running_loop().time() + 15
+        while (figures := await scrape(http, gw))[("activecall_vad_windows_total", ())] < 25:
+            assert asyncio.get_running_loop().time() < deadline, figures
+            await asyncio.sleep(0.05)
+        assert 0 < figures[("activecall_vad_inferences_total", ())] <= figures[("activecall_vad_windows_total", ())]
+        assert figures[("activecall_vad_windows_dropped_total", ())] == 0
+        assert figures[("activecall_vad_windows_lost_total", ())] == 0
+        await client.send({"command": "hangup"})
+        await client.wait_closed()
+    finally:
+        await gw.stop()

@@ -196,6 +196,67 @@ async def test_a_worker_killed_mid_call_ends_its_calls_and_is_restarted(worker_g
     await c.wait_closed()
 
 
+async def test_one_recording_name_is_written_by_one_call_across_workers(worker_gateway, http, peers, tmp_path):
+    gw = await worker_gateway()
+    first, second = peers(freq=440), peers(freq=440)
+    recorder = {"recorderFile": "shared-name.wav"}
+    a = await place(http, gw, first, "rec-a", recorder=recorder)
+    b = await place(http, gw, second, "rec-b", recorder=recorder)
+    # the two calls run in two worker processes
+    assert [w["calls"] for w in await figures(gw)] == [1, 1]
+    error, = await b.wait_event("error", timeout=10)
+    assert error["sender"] == "recorder" and error["code"] == 400 and "another call" in error["error"]
+    assert a.of("error") == []
+    await a.send({"command": "hangup"})
+    await a.wait_closed()
+    await b.send({"command": "hangup"})
+    await b.wait_closed()
+    recording = tmp_path / "recorders" / "shared-name.wav"
+    with wave.open(str(recording)) as w:
+        assert w.getnchannels() == 2 and w.getnframes() > 0
+    # its name is free again once its call has ended, in whichever worker the next call runs
+    c = await place(http, gw, peers(freq=440), "rec-c", recorder=recorder)
+    await c.send({"command": "hangup"})
+    await c.wait_closed()
+    assert c.of("error") == []
+    assert list((tmp_path / "recorders" / ".claims").iterdir()) == []
+
+
+async def test_a_relayed_client_meets_the_same_frame_limits_as_in_process(worker_gateway, http, peers):
+    import aiohttp
+    import json
+
+    KiB = 1024
+    gw = await worker_gateway(text_frame_bytes=64 * KiB, frame_close_bytes=256 * KiB)
+    client = await place(http, gw, peers(freq=440), "frames")
+    # over text_frame_bytes: an error, and the call goes on
+    big = json.dumps({"command": "tts", "text": "a" * (100 * KiB)})
+    await client.send(big)
+    err, = await client.wait_event("error", timeout=10)
+    assert err["code"] == 413 and f"{len(big)} bytes" in err["error"] and "(text_frame_bytes)" in err["error"]
+    # text that is not UTF-8 reaches the worker as it was sent: a malformed command
+    await client.ws.send_frame(b'{"command": "tts", "text": "\xff\xfe"}', aiohttp.WSMsgType.TEXT)
+    err = (await client.wait_event("error", count=2, timeout=10))[-1]
+    assert err["code"] == 400 and "not UTF-8" in err["error"]
+    await client.send({"command": "tts", "text": "still here", "playId": "after"})
+    await client.wait_event("trackEnd", timeout=15)
+    assert client.of("hangup") == []
+    # over frame_close_bytes: the front names the limit, then closes 1009; the worker's call ends
+    await client.send(json.dumps({"command": "tts", "text": "b" * (300 * KiB)}))
+    await client.wait_closed(timeout=10)
+    err = client.of("error")[-1]
+    assert err["code"] == 413 and f"{256 * KiB}-byte limit (frame_close_bytes)" in err["error"]
+    assert client.ws.close_code == 1009
+
+    async def worker_calls() -> list[int]:
+        return [w["calls"] for w in await figures(gw)]
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while await worker_calls() != [0, 0]:
+        assert asyncio.get_running_loop().time() < deadline, "the worker's call did not end"
+        await asyncio.sleep(0.05)
+
+
 TOKEN_A, TOKEN_B, ADMIN = "a" * 20, "b" * 20, "c" * 20
 
 
@@ -315,8 +376,8 @@ async def test_a_relayed_client_that_never_reads_is_cut_as_in_process(worker_gat
         assert close_code in (1008, 1006), close_code
         # the reason comes with the CLOSE message (a send of ours that met the closing socket
         # leaves only the code)
-        if close_code == 1008 and last == aiohttp.WSMsgType.CLOSE:
-            assert "client too slow" in close_reason
+        if close_code == 1008 and last.type == aiohttp.WSMsgType.CLOSE:
+            assert "client too slow" in close_reason, (last, ws.close_code, ws.exception())
     # the worker wrote the call's dump: its hangup says why
     dump = tmp_path / "dumps" / "slow.events.jsonl"
     await until(lambda: dump.exists() and '"hangup' in dump.read_text(), timeout=5, what="a hangup in the dump")

@@ -3,15 +3,16 @@
 `Browser.start` launches Debian's `chromium` with a fake microphone file and the flags a WebRTC
 test needs headless, finds its DevTools port (`--remote-debugging-port=0` writes it to
 DevToolsActivePort), and attaches to the page. `Page.evaluate` runs JavaScript in the page and
-returns its value; `until` polls an expression with a deadline. `stop` always ends the browser
-(terminate, then kill) and removes nothing it did not create.
+returns its value; `until` polls an expression with a deadline; `console` and `errors` hold what
+the page logged (console calls, uncaught exceptions). `stop` always ends the browser (terminate,
+then kill) and removes nothing it did not create. tests/support/bidi.py has the same surface for
+Firefox.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
 import json
 import shutil
 import subprocess
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from tests.support.remote_page import RemotePage
 
 CHROMIUM = shutil.which("chromium")
 
@@ -41,42 +44,20 @@ def chromium_flags(profile: Path, mic: Path) -> list[str]:
     ]
 
 
-class Page:
+class Page(RemotePage):
     """One page target's DevTools session."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self.console: list[str] = []
-        self._reader = asyncio.ensure_future(self._read())
+    Error = CdpError
 
-    async def _read(self) -> None:
-        async for msg in self.ws:
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                continue
-            data = json.loads(msg.data)
-            future = self._pending.pop(data.get("id", -1), None)
-            if future is not None and not future.done():
-                if "error" in data:
-                    future.set_exception(CdpError(str(data["error"])))
-                else:
-                    future.set_result(data.get("result", {}))
-            elif data.get("method") == "Runtime.consoleAPICalled":
-                args = data["params"].get("args", [])
-                self.console.append(" ".join(str(a.get("value", a.get("description", ""))) for a in args))
-            elif data.get("method") == "Runtime.exceptionThrown":
-                self.console.append("exception: " + json.dumps(data["params"].get("exceptionDetails", {}))[:500])
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(CdpError("DevTools connection closed"))
+    def failure(self, answer: dict[str, Any]) -> str | None:
+        return str(answer["error"]) if "error" in answer else None
 
-    async def call(self, method: str, timeout: float = 10.0, **params: Any) -> Any:
-        ident = next(self._ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[ident] = future
-        await self.ws.send_json({"id": ident, "method": method, "params": params})
-        return await asyncio.wait_for(future, timeout)
+    def on_event(self, method: str, params: dict[str, Any]) -> None:
+        if method == "Runtime.consoleAPICalled":
+            text = " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", []))
+            self.logged(f"{params.get('type')}: {text}", params.get("type") in ("error", "assert"))
+        elif method == "Runtime.exceptionThrown":
+            self.logged("exception: " + json.dumps(params.get("exceptionDetails", {}))[:500], True)
 
     async def evaluate(self, expression: str, timeout: float = 10.0) -> Any:
         result = await self.call("Runtime.evaluate", timeout=timeout, expression=expression, returnByValue=True,
@@ -85,25 +66,13 @@ class Page:
             raise CdpError(f"{expression!r} raised: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    async def until(self, expression: str, timeout: float, interval: float = 0.1) -> Any:
-        """Poll `expression` until it is truthy; its value, or TimeoutError naming it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = await self.evaluate(expression)
-            if value:
-                return value
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"page: {expression!r} not true within {timeout:g} s")
-            await asyncio.sleep(interval)
+    async def set_viewport(self, width: int, height: int) -> None:
+        await self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
+                        mobile=False)
 
     async def screenshot(self, path: Path) -> None:
         shot = await self.call("Page.captureScreenshot", timeout=20.0, format="png", captureBeyondViewport=True)
         path.write_bytes(base64.b64decode(shot["data"]))
-
-    async def close(self) -> None:
-        await self.ws.close()
-        self._reader.cancel()
-        await asyncio.gather(self._reader, return_exceptions=True)
 
 
 class Browser:

@@ -15,9 +15,9 @@ BLOB = "x" * (512 << 10)
 
 
 async def flood_until_cut(http: aiohttp.ClientSession, url: str,
-                          ws: aiohttp.ClientWebSocketResponse) -> tuple[int | None, str, aiohttp.WSMsgType]:
+                          ws: aiohttp.ClientWebSocketResponse) -> tuple[int | None, str, aiohttp.WSMessage]:
     """Flood, wait until the gateway lists no call, then read what the client was sent: some
-    events, then the end of the connection. Its close code, close reason and the last message's type."""
+    events, then the end of the connection. Its close code, close reason and the last message."""
     for _ in range(40):
         if ws.closed:
             break
@@ -34,7 +34,7 @@ async def flood_until_cut(http: aiohttp.ClientSession, url: str,
     while True:
         msg = await asyncio.wait_for(ws.receive(), 10)
         if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-            return ws.close_code, str(msg.extra or ""), msg.type
+            return ws.close_code, str(msg.extra or ""), msg
 
 
 def hangup_reasons(dump: Path) -> list[str]:

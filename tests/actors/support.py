@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
+import functools
 from dataclasses import dataclass
 
 from actors import Actor, ActorRef, ChildExited, ChildSpec, Supervisor, SystemMessage
+from tests.support.poll import until
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,13 +22,8 @@ class Block:
     gate: asyncio.Event
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
-    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.002)
+# Actors answer within milliseconds: poll often.
+eventually = functools.partial(until, interval=0.002)
 
 
 class Recorder(Actor):

@@ -3,8 +3,6 @@ pipes, with the real espeak-ng engine behind a wrapper that fails on demand (fau
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from actors import AudioPipe, CallSupervisor, GetChild, StartCall
@@ -17,8 +15,8 @@ from actors.supervisor import Backoff, GetRestartCounts
 from actors.messages import AppConnection
 from transports.ws_leg import WebSocketLeg
 from protocol import api
-from tests.support.poll import until
 from transports.providers.espeak import make_espeak_factory
+from tests.support.poll import until
 
 
 class Failing:
@@ -72,13 +70,6 @@ def of(events, cls):
     return [e for e in events if isinstance(e, cls)]
 
 
-async def wait_for(predicate, timeout: float = 10.0) -> None:
-    async def poll():
-        while not predicate():
-            await asyncio.sleep(0.02)
-    await asyncio.wait_for(poll(), timeout)
-
-
 async def tts_restarts(call) -> int:
     return (await call.ask(GetRestartCounts(), timeout=2)).get("tts", 0)
 
@@ -87,16 +78,16 @@ async def test_a_synthesis_cut_half_way_is_resumed_and_the_call_goes_on(engines)
     sup, call, events, clock = await start_call(engines, failures=1)
     try:
         call.tell(ClientCommand(api.Tts(text="this sentence fails half way", play_id="one")))
-        await wait_for(lambda: of(events, api.ErrorEvent))
+        await until(lambda: of(events, api.ErrorEvent), timeout=10)
         err, = of(events, api.ErrorEvent)
         assert err.sender == "tts" and "connection reset" in err.error and "resuming" in err.error
-        await wait_for(lambda: any(e.play_id == "one" for e in of(events, api.TrackEndEvent)))
+        await until(lambda: any(e.play_id == "one" for e in of(events, api.TrackEndEvent)), timeout=10)
         one = [e for e in of(events, api.TrackEndEvent) if e.play_id == "one"][0]
         reconnect, = [m for m in of(events, api.MetricsEvent) if m.key == "reconnect.tts.flaky"]
         assert reconnect.data["attempt"] == 1 and reconnect.data["playId"] == "one"
         # The whole sentence was heard: as long as the same sentence spoken without a cut.
         call.tell(ClientCommand(api.Tts(text="this sentence fails half way", play_id="two")))
-        await wait_for(lambda: any(e.play_id == "two" for e in of(events, api.TrackEndEvent)))
+        await until(lambda: any(e.play_id == "two" for e in of(events, api.TrackEndEvent)), timeout=10)
         two = [e for e in of(events, api.TrackEndEvent) if e.play_id == "two"][0]
         assert abs(one.duration - two.duration) <= 40, (one.duration, two.duration)
         counts = await call.ask(GetRestartCounts(), timeout=2)
@@ -111,12 +102,12 @@ async def test_a_provider_failing_past_its_resume_budget_restarts_the_tts_child(
     sup, call, events, clock = await start_call(engines, failures=4)     # 1 try + 3 resumptions
     try:
         call.tell(ClientCommand(api.Tts(text="this sentence fails half way", play_id="one")))
-        await wait_for(lambda: any(e.play_id == "one" for e in of(events, api.TrackEndEvent)))
-        await wait_for(lambda: len(of(events, api.ErrorEvent)) == 4)
+        await until(lambda: any(e.play_id == "one" for e in of(events, api.TrackEndEvent)), timeout=10)
+        await until(lambda: len(of(events, api.ErrorEvent)) == 4)
         assert "resuming" not in of(events, api.ErrorEvent)[-1].error
         assert await until(lambda: tts_restarts(call), timeout=5, what="the tts child restarted") == 1
         call.tell(ClientCommand(api.Tts(text="and this one is spoken in full", play_id="two")))
-        await wait_for(lambda: any(e.play_id == "two" for e in of(events, api.TrackEndEvent)))
+        await until(lambda: any(e.play_id == "two" for e in of(events, api.TrackEndEvent)), timeout=10)
         two = [e for e in of(events, api.TrackEndEvent) if e.play_id == "two"][0]
         assert two.duration > 1000
         assert call.is_alive() and not of(events, api.HangupEvent)
@@ -131,13 +122,13 @@ async def test_past_its_restart_limit_tts_gives_up_and_the_call_goes_on(engines)
         for i in range(2):
             # Each synthesis fails past its resumptions (about 1.4 s of backoff) and fails the child.
             call.tell(ClientCommand(api.Tts(text="this sentence fails half way", play_id=f"p{i}")))
-            await wait_for(lambda: any(e.play_id == f"p{i}" for e in of(events, api.TrackEndEvent)))
+            await until(lambda: any(e.play_id == f"p{i}" for e in of(events, api.TrackEndEvent)), timeout=10)
             if i == 0:      # the second sentence goes to the restarted child
                 await until(lambda: tts_restarts(call), timeout=5, what="the tts child restarted")
-        await wait_for(lambda: any("gave up" in e.error for e in of(events, api.ErrorEvent)))
+        await until(lambda: any("gave up" in e.error for e in of(events, api.ErrorEvent)), timeout=10)
         assert await call.ask(GetChild("tts"), timeout=2) is None
         call.tell(ClientCommand(api.Tts(text="hello", play_id="late")))
-        await wait_for(lambda: any("unavailable" in e.error for e in of(events, api.ErrorEvent)))
+        await until(lambda: any("unavailable" in e.error for e in of(events, api.ErrorEvent)), timeout=10)
         assert call.is_alive() and not of(events, api.HangupEvent)
     finally:
         await sup.stop()

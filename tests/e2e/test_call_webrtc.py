@@ -15,6 +15,7 @@ from tests.conftest import base_url, connect
 from tests.e2e.test_call_ws import ToneItem, track_ref
 from tests.support.audio import dominant_frequency, rms, tone
 from tests.support.webrtc_peer import WebRtcPeer, strip_candidates
+from tests.support.poll import until
 
 LOOPBACK = {"host_addresses": ["127.0.0.1"]}
 
@@ -299,14 +300,6 @@ async def test_the_demo_page_is_served(gateway_config, http, tmp_path):
     assert demo_url("0.0.0.0", 8080) == "http://127.0.0.1:8080/"
     assert demo_url("::", 8080) == "http://[::1]:8080/"
     assert demo_url("10.0.0.5", 80) == "http://10.0.0.5:80/"
-
-
-async def until(condition, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 def recent_rms(peer: WebRtcPeer, frames: int = 5) -> float:

@@ -16,7 +16,8 @@ import pytest
 from protocol.codecs import Resampler
 from tests.conftest import base_url, connect
 from tests.e2e.test_cli_sessions import gateway_process  # noqa: F401 - the fixture
-from tests.e2e.test_call_webrtc import LOOPBACK, peers, recent_rms, until  # noqa: F401 - peers: the fixture
+from tests.e2e.test_call_webrtc import LOOPBACK, peers, recent_rms  # noqa: F401 - peers: the fixture
+from tests.support.poll import until
 from tests.support.audio import tone
 from tests.support.slow_client import flood_until_cut, hangup_reasons
 

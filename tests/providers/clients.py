@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ import numpy as np
 
 from actors.services import AsrResult, ProviderError, SynthChunk, SynthRequest
 from protocol.codecs import Resampler
+from tests.support.poll import until
 
 
 async def recognise(session: Any, pcm: np.ndarray, *, speed: float = 4.0, tail_s: float = 1.0,
@@ -127,9 +129,4 @@ def to_rate(pcm: np.ndarray, source: int, target: int) -> np.ndarray:
     return Resampler(source, target).process(pcm) if source != target else pcm
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.01)
+eventually = functools.partial(until, interval=0.01)

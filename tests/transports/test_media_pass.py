@@ -20,6 +20,7 @@ from tests.support.audio import dominant_frequency, frames, rms, tone
 from transports.fetch_policy import FetchPolicy
 from actors.supervisor import Backoff, ChildSpec, Restart, Supervisor
 from transports.media_pass import LinkCounters, MediaPassLink, media_pass_starter
+from tests.support.poll import until
 
 FRAME = 320  # 20 ms at 16 kHz
 
@@ -90,14 +91,6 @@ async def echo(peer: Peer, ws: web.WebSocketResponse, index: int) -> None:
         if msg.type is WSMsgType.BINARY:
             peer.received[index].append(msg.data)
             await ws.send_bytes(msg.data)
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 def free_port() -> int:

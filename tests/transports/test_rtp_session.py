@@ -21,6 +21,7 @@ from tests.support.pcap import udp_payloads
 from tests.support.sipp import PCAPS, Sipp, free_media_port, free_port, wait_echo
 from tests.transports.test_rtp_ports import free_block
 from tests.support.udp import UdpPeer
+from tests.support.poll import until
 
 PTIME = 0.02
 PCMU = NegotiatedCodec("PCMU", 0, 8000, 8000)
@@ -73,14 +74,6 @@ async def ticks(on_tick: Callable[[float, int], bool | None], *, limit: float) -
         if now - start > limit:
             raise AssertionError(f"not done within {limit} s ({n} ticks)")
         await asyncio.sleep(max(0.0, start + n * PTIME - time.monotonic()))
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the deadline")
-        await asyncio.sleep(0.01)
 
 
 # -- two sessions ----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from transports.config import SipConfig
 from transports.sip_endpoint import EndpointClosed, SipEndpoint, SipTarget, target_for_uri
 from tests.support.sipp import Sipp, free_port, scenario
 from tests.support.udp import UdpPeer, sip_request
+from tests.support.poll import until
 
 
 async def start_endpoint(**config: object) -> SipEndpoint:
@@ -39,14 +40,6 @@ async def peer() -> AsyncIterator[UdpPeer]:
         yield p
     finally:
         p.close()
-
-
-async def until(predicate, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the deadline")
-        await asyncio.sleep(0.01)
 
 
 async def response(peer: UdpPeer, timeout: float = 2.0) -> Response:

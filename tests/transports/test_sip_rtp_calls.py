@@ -24,6 +24,7 @@ from transports.rtp_session import RtpSession
 from transports.sip_endpoint import SipEndpoint, SipEvent, SipTarget, target_for_uri
 from tests.support.sipp import Sipp, free_media_port, free_port, scenario, wait_echo
 from tests.transports.test_rtp_ports import free_block
+from tests.support.poll import until
 
 PREFS = ["PCMU", "PCMA", "telephone-event"]
 
@@ -32,14 +33,6 @@ PREFS = ["PCMU", "PCMA", "telephone-event"]
 async def allocator() -> AsyncIterator[RtpPortAllocator]:
     start = free_block(16)
     yield RtpPortAllocator("127.0.0.1", start, start + 15)
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the deadline")
-        await asyncio.sleep(0.02)
 
 
 class AnsweringLeg:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 
@@ -11,19 +10,12 @@ from transports.config import parse_config
 from transports.sip_endpoint import SipEndpoint
 from transports.sip_server import GetSipEndpoint, GetSipStats, SipServer, sip_endpoint_spec
 from tests.support.udp import UdpPeer, sip_request
+from tests.support.poll import until
 
 
 def config(port: int = 0, **extra: object):
     return parse_config({"sip_addr": "127.0.0.1", "udp_port": port,
                          "supervision": {"backoff_initial": 0.05, "backoff_max": 0.2}, **extra})
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the deadline")
-        await asyncio.sleep(0.01)
 
 
 async def test_the_endpoint_runs_under_a_supervisor_and_stops_with_it():

@@ -74,6 +74,12 @@ async def stats(page: Any) -> dict:
     return await page.evaluate("({...window.demo.stats})")
 
 
+# getStats audioLevel (0..1) of what the browser plays: the gateway's speech peaks at 0.3-0.8;
+# the digital silence it sends muted decodes to a floor of ~0.0005 in both browsers.
+SPEAKING = 0.05
+QUIET = 0.005
+
+
 async def level_until(page: Any, check, timeout: float) -> list[float]:
     """audioLevel samples of the page's stats until `check(level)` holds; TimeoutError if not."""
     levels: list[float] = []
@@ -172,25 +178,25 @@ async def drive(page: Any, base: str, http: aiohttp.ClientSession, facts: dict, 
                         "document.getElementById('tts').click(); true")
     await page.until("window.demo.events.filter(e => e.event === 'trackStart' && "
                      "e.trackId === 'serverSideTrack').length === 2", 10)
-    facts["long_tts_level"] = max(await level_until(page, lambda v: v > 0.05, 10))
+    facts["long_tts_level"] = max(await level_until(page, lambda v: v > SPEAKING, 10))
     await page.evaluate("document.getElementById('mute').click(); true")
     facts["mute_button"] = await page.evaluate(
         "[document.getElementById('mute').textContent, document.getElementById('mute').getAttribute('aria-pressed')]")
     muted_at = time.monotonic()
-    facts["muted_level"] = (await level_until(page, lambda v: v < 0.001, 5))[-1]
+    facts["muted_level"] = (await level_until(page, lambda v: v < QUIET, 5))[-1]
     # held long enough that the recording shows it as a gap of several 0.5 s windows
     await asyncio.sleep(max(0.0, 2.0 - (time.monotonic() - muted_at)))
     facts["muted_for_s"] = round(time.monotonic() - muted_at, 2)
     await page.evaluate("document.getElementById('mute').click(); true")
     facts["unmute_button"] = await page.evaluate(
         "[document.getElementById('mute').textContent, document.getElementById('mute').getAttribute('aria-pressed')]")
-    facts["unmuted_level"] = max(await level_until(page, lambda v: v > 0.05, 5))
+    facts["unmuted_level"] = max(await level_until(page, lambda v: v > SPEAKING, 5))
     await page.evaluate("document.getElementById('interrupt').click(); true")
     await page.until(has_event("e.event === 'interruption'"), 5)
     await page.until("window.demo.events.filter(e => e.event === 'trackEnd' && "
                      "e.trackId === 'serverSideTrack').length === 2", 5)
     facts["interruption"] = await page.evaluate("window.demo.events.find(e => e.event === 'interruption')")
-    facts["level_after_interrupt"] = (await level_until(page, lambda v: v < 0.001, 5))[-1]
+    facts["level_after_interrupt"] = (await level_until(page, lambda v: v < QUIET, 5))[-1]
     before_hangup = await stats(page)
     facts["packets_received"] = before_hangup.get("packetsReceived")
     facts["packets_sent"] = before_hangup.get("packetsSent")

@@ -214,7 +214,7 @@ async def start_gateway(config: Config, worker_socket: str | None = None) -> Gat
     writer = FileWriter(config.recorder_pending_bytes)
     # Shared by every process writing under this root: a front and its WebRTC workers (or two
     # gateways) never write one recording at once.
-    claims = RecordingClaims(lock_dir=os.path.join(config.recorder_root, CLAIMS_DIR))
+    claims = RecordingClaims(lock_dir=os.path.join(os.path.abspath(config.recorder_root), CLAIMS_DIR))
     services = build_services(config, engines, media, writer, claims)
     telemetry = Telemetry(engines=engines, media=media, claims=claims, tally=services.tally, vad=services.silero)
     current: dict[str, ActorRef] = {}

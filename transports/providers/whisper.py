@@ -191,7 +191,6 @@ def _provider_error(exc: BaseException) -> ProviderError:
     return ProviderError(f"whisper failed: {exc!r}")
 
 
-
 class WhisperSession:
     """One call's stream: endpointing on the loop, one engine job per utterance."""
 

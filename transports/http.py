@@ -68,6 +68,8 @@ from .worker_pool import CallLeft, GetWorkers, NoWorker, PlaceCall, WorkerAddres
 from .ws_session import ApiWebSocket, Outbox, session_id_ok
 
 log = structlog.get_logger("http")
+# The silero engine's counters /health and /metrics show (the front's and each worker's).
+VAD_FIGURES = ("windows", "inferences", "dropped_windows", "lost_windows")
 
 # Wire names of the call types, as the original active-call serialises them.
 CALL_TYPE_WIRE = {"websocket": "webSocket", "sip": "sip", "webrtc": "webrtc"}
@@ -334,8 +336,13 @@ class CallRouter:
             "open_fds": _open_fds(),
             "clocked_tracks": len(self.clock),
             "clock": self.clock.stats(),
+            "vad": self._vad_figures(),
             **({"workers": await self._worker_figures(clock=True)} if self.workers is not None else {}),
         })
+
+    def _vad_figures(self) -> dict[str, int] | None:
+        vad = self.telemetry.vad
+        return None if vad is None else {key: getattr(vad, key) for key in VAD_FIGURES}
 
     async def _worker_figures(self, clock: bool = False) -> list[dict]:
         """The pool's figures per worker (not where its socket is); with `clock`, each ready
@@ -356,6 +363,7 @@ class CallRouter:
                     log.warning("worker did not answer", worker=a.index, path="/health", error=repr(answer))
                 else:
                     o["clock"] = answer.get("clock")
+                    o["vad"] = answer.get("vad")
         return out
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -392,8 +400,7 @@ class CallRouter:
             "worker_request_errors": self.worker_errors,
             "recordings": len(t.claims) if t.claims is not None else 0, "open_fds": _open_fds(),
             "tasks": len(asyncio.all_tasks()),
-            "vad": None if t.vad is None else {key: getattr(t.vad, key) for key in
-                                               ("windows", "inferences", "dropped_windows", "lost_windows")},
+            "vad": self._vad_figures(),
         })
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 

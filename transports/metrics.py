@@ -263,6 +263,10 @@ def _worker_families(workers: list[dict[str, Any]], errors: int) -> list[Metric]
                                labels=["worker"])
     lateness = GaugeMetricFamily("activecall_worker_clock_lateness_p99_seconds",
                                  "p99 of how late the worker process's clock ticks ran (last ~60 s)", labels=["worker"])
+    vad_windows = CounterMetricFamily("activecall_worker_vad_windows", "Silero VAD windows the worker process "
+                                      "inferred", labels=["worker"])
+    vad_dropped = CounterMetricFamily("activecall_worker_vad_windows_dropped", "Silero VAD windows the worker "
+                                      "process dropped past a call's vad_backlog_ms", labels=["worker"])
     for w in workers:
         label = [str(w["index"])]
         up.add_metric(label, 1 if w["ready"] else 0)
@@ -273,7 +277,11 @@ def _worker_families(workers: list[dict[str, Any]], errors: int) -> list[Metric]
         if clock is not None:
             late.add_metric(label, clock["late_ticks"])
             lateness.add_metric(label, clock["lateness_ms_p99"] / 1000)
-    return [up, calls, restarts, lost, late, lateness,
+        vad = w.get("vad")
+        if vad is not None:
+            vad_windows.add_metric(label, vad["windows"])
+            vad_dropped.add_metric(label, vad["dropped_windows"])
+    return [up, calls, restarts, lost, late, lateness, vad_windows, vad_dropped,
             _counter("activecall_worker_request_errors", "REST requests to worker processes that failed", errors)]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 import wave
@@ -151,6 +152,11 @@ async def test_calls_spread_over_the_workers_and_work_end_to_end(worker_gateway,
     async with http.get(f"{base_url(gw)}/metrics") as resp:
         text = await resp.text()
     assert 'activecall_worker_up{worker="0"} 1.0' in text and 'activecall_worker_calls{worker="1"} 0.0' in text
+    # the speaking peer's silero VAD ran in its worker, and the front shows it
+    vad = {m.group(1): float(m.group(2)) for m in
+           re.finditer(r'^activecall_worker_vad_windows_total\{worker="(\d)"\} (\S+)$', text, re.M)}
+    assert sorted(vad) == ["0", "1"] and max(vad.values()) > 50 and min(vad.values()) == 0
+    assert 'activecall_worker_vad_windows_dropped_total{worker="0"} 0.0' in text
 
 
 async def test_a_worker_killed_mid_call_ends_its_calls_and_is_restarted(worker_gateway, http, peers):

@@ -62,7 +62,8 @@ async def test_interrupting_speech_reports_words_and_subtitle(gateway, http):
     text = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen"
     await client.send({"command": "tts", "text": text, "playId": "count"})
     await client.wait_event("trackStart", count=2, timeout=10)
-    await asyncio.sleep(1.5)    # the speech plays in real time: the interruption lands a few words in
+    # 1.5 s of the speech played (the call sends a frame every 20 ms): a few words in
+    await client.wait_audio(len(client.audio) + 75, timeout=10)
     await client.send({"command": "interrupt"})
     ev, = await client.wait_event("interruption")
     assert ev["playId"] == "count" and ev["subtitle"] == text

@@ -233,10 +233,7 @@ async def test_silero_windows_are_counted(gateway_config, http):
         for frame in frames(tone(440, 1.0, 16000), 320):       # one second, in real time
             await client.ws.send_bytes(frame.tobytes())
             await asyncio.sleep(0.02)
-        deadline = asyncio.get_running_loop().time() + 15
-        while (figures := await scrape(http, gw))[("activecall_vad_windows_total", ())] < 25:
-            assert asyncio.get_running_loop().time() < deadline, figures
-            await asyncio.sleep(0.05)
+        figures = await poll_scrape(http, gw, lambda f: f[("activecall_vad_windows_total", ())] >= 25, timeout=15)
         assert 0 < figures[("activecall_vad_inferences_total", ())] <= figures[("activecall_vad_windows_total", ())]
         assert figures[("activecall_vad_windows_dropped_total", ())] == 0
         assert figures[("activecall_vad_windows_lost_total", ())] == 0

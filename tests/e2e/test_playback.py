@@ -236,7 +236,8 @@ async def test_bridge_patches_two_calls_both_ways_and_unbridge_undoes_it(gateway
     await until_heard(a, b, hears=False)
     ma, mb = len(a.audio), len(b.audio)
     await talk(0.5)
-    await asyncio.sleep(0.1)    # a window for the last frames sent to be heard, if they were
+    # each call has sent 5 frames (100 ms) more than was talked: the last talked frames would be in
+    await until(lambda: len(a.audio) - ma >= 30 and len(b.audio) - mb >= 30, timeout=5, what="0.6 s of audio")
     assert rms(received(a, ma)) == 0 and rms(received(b, mb)) == 0
     await a.ws.close()
     await b.ws.close()

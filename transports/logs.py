@@ -25,6 +25,7 @@ def configure_logging(level: str = "info", fmt: str = "console", worker: int | N
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+
     def name_worker(_logger: object, _method: str, event_dict: dict) -> dict:
         event_dict.setdefault("worker", worker)
         return event_dict

@@ -21,6 +21,11 @@ from aiohttp import WSCloseCode, web
 log = structlog.get_logger("ws")
 
 
+def close_message(reason: str) -> bytes:
+    """A close frame's reason: its payload holds at most 125 bytes, two of them the code."""
+    return reason.encode()[:120]
+
+
 class Outbox:
     """``event_budget`` bounds the bytes of events queued for a client that does not read them.
     Events are never dropped one by one: past the budget the client is too slow to be served, its
@@ -75,7 +80,7 @@ class Outbox:
 
     async def _close_now(self, code: int, reason: str) -> None:
         try:
-            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()[:120]), self.CLOSE_WAIT)
+            await asyncio.wait_for(self.ws.close(code=code, message=close_message(reason)), self.CLOSE_WAIT)
         except (asyncio.TimeoutError, ConnectionError, RuntimeError):
             # The client's window is full and a send is stuck behind it: drop the connection.
             self._abort()
@@ -155,7 +160,7 @@ class Outbox:
         if self.audio_dropped:
             log.info("client read audio too slowly; oldest frames dropped", frames=self.audio_dropped)
         if not ws.closed:
-            await ws.close(code=self._close_code, message=self._close_reason.encode()[:120])
+            await ws.close(code=self._close_code, message=close_message(self._close_reason))
 
 
 class ApiWebSocket(web.WebSocketResponse):
@@ -175,7 +180,7 @@ class ApiWebSocket(web.WebSocketResponse):
         if hook is not None and code in self.REFUSALS and not self.closed:
             reason = await hook(code)
             if not message:
-                message = reason.encode()[:120]
+                message = close_message(reason)
         return await super().close(code=code, message=message, drain=drain)
 
 
